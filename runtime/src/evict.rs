@@ -1,0 +1,267 @@
+//! Taking pages out of RAM: claim, move out, store, and hand refused pages back.
+//!
+//! A batch of pages is claimed in its region's page table, moved out of the
+//! program's page tables into the runtime's staging area with UFFDIO_MOVE (so a
+//! thread that touches a page from then on faults and waits, and no write can
+//! slip in between the copy and the unmapping), stored in a tier from staging,
+//! and only then marked `Evicted`. A fault during the batch is served from
+//! staging. Pages a tier refuses go back through the fault thread, the only
+//! thread that installs pages.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use farmem_tiers::{Handle, Page, PageClass, TierError};
+
+use crate::fault::Request;
+use crate::mem::Mapping;
+use crate::pagestate::State;
+use crate::region::Region;
+use crate::{Shared, PAGE_SIZE};
+
+/// What one eviction call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EvictReport {
+    /// Pages now held only by a tier.
+    pub evicted: u64,
+    /// Pages that were not in RAM (never touched, or already evicted).
+    pub absent: u64,
+    /// Pages the kernel would not move (shared with a forked child, pinned), or
+    /// that a thread was faulting in: they stay in RAM.
+    pub busy: u64,
+    /// Pages a tier refused as incompressible: put back, they stay in RAM.
+    pub rejected: u64,
+    /// Pages put back because every tier was full.
+    pub full: u64,
+    /// Pages the program dropped or faulted back while they were being evicted.
+    pub raced: u64,
+}
+
+impl EvictReport {
+    fn add(&mut self, o: &EvictReport) {
+        self.evicted += o.evicted;
+        self.absent += o.absent;
+        self.busy += o.busy;
+        self.rejected += o.rejected;
+        self.full += o.full;
+        self.raced += o.raced;
+    }
+}
+
+/// The runtime's staging area: where pages wait between leaving the program's
+/// page tables and reaching a tier. Registered (write-protect mode, never
+/// write-protected) with a userfaultfd of its own, because UFFDIO_MOVE needs its
+/// destination registered and that fd has no events to report.
+pub(crate) struct Staging {
+    map: Mapping,
+    pages: usize,
+    /// One batch at a time uses the area.
+    pub lock: Mutex<()>,
+}
+
+impl Staging {
+    pub fn new(pages: usize) -> io::Result<Self> {
+        Ok(Staging { map: Mapping::anonymous(pages * PAGE_SIZE)?, pages, lock: Mutex::new(()) })
+    }
+
+    pub fn base(&self) -> u64 {
+        self.map.addr() as u64
+    }
+
+    pub fn len(&self) -> u64 {
+        (self.pages * PAGE_SIZE) as u64
+    }
+
+    pub fn slot_addr(&self, slot: u64) -> *const u8 {
+        assert!((slot as usize) < self.pages, "staging slot {slot} beyond {}", self.pages);
+        // SAFETY: the slot lies inside the mapping.
+        unsafe { self.map.addr().add(slot as usize * PAGE_SIZE) }
+    }
+
+    fn page(&self, slot: usize) -> &Page {
+        // SAFETY: the slot lies inside the mapping and holds a moved-in page that
+        // nobody writes while the evictor reads it (the fault thread only reads).
+        unsafe { &*(self.slot_addr(slot as u64) as *const Page) }
+    }
+}
+
+/// Evicts the pages `[first, first+count)` of `region`.
+pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, first: usize, count: usize) -> io::Result<EvictReport> {
+    let staging = &shared.staging;
+    let _area = staging.lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut total = EvictReport::default();
+    let mut at = first;
+    let end = first + count;
+    while at < end {
+        let n = (end - at).min(staging.pages);
+        let r = evict_batch(shared, region, at, n)?;
+        total.add(&r);
+        at += n;
+    }
+    Ok(total)
+}
+
+fn evict_batch(shared: &Shared, region: &Arc<Region>, first: usize, n: usize) -> io::Result<EvictReport> {
+    let staging = &shared.staging;
+    let mut report = EvictReport::default();
+    let mut claimed = vec![false; n];
+    let mut refused: Vec<usize> = Vec::new();
+    {
+        let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if region.closed.load(Ordering::Acquire) {
+            return Ok(report);
+        }
+        for (k, c) in claimed.iter_mut().enumerate() {
+            match region.states.get(first + k) {
+                State::Resident => *c = region.states.transition(first + k, State::Resident, State::Claimed),
+                State::Evicted { .. } | State::Poisoned => report.absent += 1,
+                _ => report.busy += 1,
+            }
+            if !*c && region.states.get(first + k) == State::Resident {
+                report.busy += 1;
+            }
+        }
+        move_out(shared, region, first, &mut claimed, &mut report);
+        let mut resident = vec![0u8; n];
+        staging.map.residency(0, &mut resident)?;
+        for k in 0..n {
+            if !claimed[k] {
+                continue;
+            }
+            let i = first + k;
+            if resident[k] & 1 == 0 {
+                // A hole: never touched, or dropped by the program.
+                region.states.transition(i, State::Claimed, State::Resident);
+                report.absent += 1;
+                claimed[k] = false;
+            } else if !region.states.transition(i, State::Claimed, State::Staged { slot: k as u64 }) {
+                report.raced += 1;
+                claimed[k] = false;
+            }
+        }
+        for k in 0..n {
+            if !claimed[k] {
+                continue;
+            }
+            let i = first + k;
+            let staged = State::Staged { slot: k as u64 };
+            match store(shared, staging.page(k)) {
+                Ok((tier, handle)) => {
+                    if region.states.transition(i, staged, State::Evicted { tier, handle: handle.raw() }) {
+                        region.evicted.fetch_add(1, Ordering::Relaxed);
+                        report.evicted += 1;
+                    } else {
+                        // Faulted back from staging or dropped meanwhile.
+                        wait_while_restoring(region, i);
+                        shared.tiers[tier as usize].remove(handle);
+                        report.raced += 1;
+                    }
+                }
+                Err(e) => {
+                    match e {
+                        TierError::Incompressible { .. } => report.rejected += 1,
+                        TierError::Full { .. } => report.full += 1,
+                        ref other => tracing::warn!("storing page {:#x} failed: {other}; it stays in RAM", region.page_addr(i)),
+                    }
+                    refused.push(i);
+                }
+            }
+        }
+    }
+    // Put refused pages back through the fault thread, then wait until no page
+    // of this batch needs staging any more before the area is reused.
+    for &i in &refused {
+        shared.requests.push(Request::Restore { region: Arc::clone(region), page: i });
+    }
+    for &i in &refused {
+        loop {
+            match region.states.get(i) {
+                State::Staged { .. } | State::Restoring { .. } => std::thread::yield_now(),
+                _ => break,
+            }
+        }
+    }
+    shared.counters.pages_evicted.fetch_add(report.evicted, Ordering::Relaxed);
+    shared.counters.evict_skipped_busy.fetch_add(report.busy, Ordering::Relaxed);
+    shared.counters.evict_rejected.fetch_add(report.rejected, Ordering::Relaxed);
+    shared.counters.evict_tier_full.fetch_add(report.full, Ordering::Relaxed);
+    staging.map.discard(0, n * PAGE_SIZE)?;
+    Ok(report)
+}
+
+/// Moves each run of claimed pages into staging (slot k for page first+k).
+/// Pages the kernel will not move are unclaimed.
+fn move_out(shared: &Shared, region: &Region, first: usize, claimed: &mut [bool], report: &mut EvictReport) {
+    let n = claimed.len();
+    let mut k = 0;
+    while k < n {
+        if !claimed[k] {
+            k += 1;
+            continue;
+        }
+        let mut run_end = k;
+        while run_end < n && claimed[run_end] {
+            run_end += 1;
+        }
+        let mut cur = k;
+        while cur < run_end {
+            let dst = shared.staging.base() + (cur * PAGE_SIZE) as u64;
+            let src = region.page_addr(first + cur);
+            let len = ((run_end - cur) * PAGE_SIZE) as u64;
+            match shared.staging_uffd.move_pages(dst, src, len, true) {
+                Ok(()) => break,
+                Err(p) => {
+                    let stuck = cur + (p.done / PAGE_SIZE as u64) as usize;
+                    match p.error.raw_os_error() {
+                        Some(libc::EAGAIN) => {
+                            cur = stuck;
+                            continue;
+                        }
+                        // Shared with a forked child, pinned, or a page the kernel
+                        // cannot move: it stays where it is.
+                        Some(libc::EBUSY) => {
+                            if stuck < run_end {
+                                region.states.transition(first + stuck, State::Claimed, State::Resident);
+                                claimed[stuck] = false;
+                                report.busy += 1;
+                            }
+                            cur = stuck + 1;
+                        }
+                        _ => {
+                            // The range is gone (unmapped) or changed: give up the rest.
+                            tracing::debug!("move out of {src:#x} stopped: {}", p.error);
+                            for (j, c) in claimed.iter_mut().enumerate().take(run_end).skip(stuck) {
+                                if *c && region.states.transition(first + j, State::Claimed, State::Resident) {
+                                    report.busy += 1;
+                                }
+                                *c = false;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        k = run_end;
+    }
+}
+
+/// Stores a page in the first tier that takes it.
+fn store(shared: &Shared, page: &Page) -> Result<(u8, Handle), TierError> {
+    let mut last = None;
+    for (t, tier) in shared.tiers.iter().enumerate() {
+        match tier.store(page, PageClass::DEFAULT) {
+            Ok(h) => return Ok((t as u8, h)),
+            Err(e @ TierError::Full { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one tier"))
+}
+
+fn wait_while_restoring(region: &Region, i: usize) {
+    while let State::Restoring { .. } = region.states.get(i) {
+        std::hint::spin_loop();
+    }
+}

@@ -1,0 +1,557 @@
+//! The fault thread: the one place pages come back into the program's memory.
+//!
+//! It reads the userfaultfd's messages in the kernel's order and serves each in
+//! turn: faults (from a tier, from staging, or with zeros), the kernel's events
+//! for what the program did to its memory (REMOVE, UNMAP, REMAP), and requests
+//! from the runtime (put a staged page back, unregister a region). Because one
+//! thread does all of it in order, a page the program dropped is never brought
+//! back, and a page is never installed twice.
+//!
+//! Nothing here allocates from the program's heap on the fault path, and nothing
+//! touches registered memory: the page buffer is on this thread's stack and the
+//! zero buffer is static.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use farmem_tiers::{Handle, Page};
+
+use crate::pagestate::State;
+use crate::region::Region;
+use crate::uffd::{Event, Partial};
+use crate::{Shared, PAGE_SIZE};
+
+/// A page-aligned page on the stack, as UFFDIO_COPY wants its source.
+#[repr(C, align(4096))]
+pub(crate) struct AlignedPage(pub Page);
+
+/// The most neighbours a zero-fill covers at once.
+pub(crate) const MAX_ZERO_BATCH: usize = 16;
+
+#[repr(C, align(4096))]
+struct Zeros([u8; PAGE_SIZE * MAX_ZERO_BATCH]);
+static ZEROS: Zeros = Zeros([0; PAGE_SIZE * MAX_ZERO_BATCH]);
+
+/// What a caller asks of the fault thread.
+pub(crate) enum Request {
+    /// Copy a staged page back into its region (a tier refused it).
+    Restore { region: Arc<Region>, page: usize },
+    /// Bring every page of the region back, unregister it, and report.
+    Unregister { region: Arc<Region>, done: Arc<Completion> },
+}
+
+/// A one-shot result a caller waits on.
+#[derive(Default)]
+pub(crate) struct Completion {
+    result: Mutex<Option<io::Result<()>>>,
+    cv: Condvar,
+}
+
+impl Completion {
+    pub fn finish(&self, r: io::Result<()>) {
+        *self.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.cv.notify_all();
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let mut g = self.result.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = g.take() {
+                return r;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The queue of requests, with the eventfd that wakes the fault thread.
+pub(crate) struct Requests {
+    queue: Mutex<VecDeque<Request>>,
+    eventfd: std::os::fd::OwnedFd,
+}
+
+impl Requests {
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd(2) takes an initial value and flags, returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let eventfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(Requests { queue: Mutex::new(VecDeque::with_capacity(64)), eventfd })
+    }
+
+    pub fn push(&self, r: Request) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(r);
+        self.kick();
+    }
+
+    /// Wakes the fault thread if it sleeps in poll.
+    pub fn kick(&self) {
+        use std::os::fd::AsRawFd;
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn pop(&self) -> Option<Request> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    fn drain_eventfd(&self) {
+        use std::os::fd::AsRawFd;
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.eventfd.as_raw_fd()
+    }
+}
+
+/// How a fault came out.
+enum Served {
+    Done,
+    /// The kernel said EAGAIN (an event is pending): retry after reading it.
+    Again,
+}
+
+/// The fault thread's loop and its state.
+pub(crate) struct FaultThread {
+    shared: Arc<Shared>,
+    deferred: Vec<(u64, bool)>,
+    buf: Box<AlignedPage>,
+}
+
+impl FaultThread {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        FaultThread { shared, deferred: Vec::with_capacity(1024), buf: Box::new(AlignedPage([0; PAGE_SIZE])) }
+    }
+
+    /// Runs until the runtime stops.
+    pub fn run(mut self) {
+        let spin = self.shared.config.spin;
+        let mut events = [Event::Unknown(0); 64];
+        let mut idle_since = Instant::now();
+        while !self.shared.stopping.load(Ordering::Acquire) {
+            while let Some(r) = self.shared.requests.pop() {
+                self.serve_request(r);
+            }
+            let n = match self.shared.uffd.read_events(&mut events) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("reading userfaultfd failed: {e}; the fault thread stops");
+                    break;
+                }
+            };
+            if n > 0 {
+                let t0 = Instant::now();
+                for ev in &events[..n] {
+                    self.serve_event(*ev, t0);
+                }
+                self.retry_deferred();
+                idle_since = Instant::now();
+                continue;
+            }
+            if !self.deferred.is_empty() {
+                self.retry_deferred();
+                if !self.deferred.is_empty() {
+                    let _ = self.shared.uffd.poll(self.shared.requests.raw_fd(), 1);
+                }
+                continue;
+            }
+            if idle_since.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            match self.shared.uffd.poll(self.shared.requests.raw_fd(), -1) {
+                Ok((_, woken)) => {
+                    if woken {
+                        self.shared.requests.drain_eventfd();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("poll on userfaultfd failed: {e}; the fault thread stops");
+                    break;
+                }
+            }
+            idle_since = Instant::now();
+        }
+    }
+
+    /// Reads and serves whatever the kernel has pending, once. Used while a
+    /// request waits on EAGAIN: the event that causes it must be read first.
+    fn pump(&mut self) {
+        let mut events = [Event::Unknown(0); 16];
+        if let Ok(n) = self.shared.uffd.read_events(&mut events) {
+            let t0 = Instant::now();
+            for ev in &events[..n] {
+                self.serve_event(*ev, t0);
+            }
+        }
+        self.retry_deferred();
+    }
+
+    fn serve_event(&mut self, ev: Event, t0: Instant) {
+        match ev {
+            Event::Fault { addr, write, .. } => {
+                let addr = addr & !(PAGE_SIZE as u64 - 1);
+                if let Served::Again = self.serve_fault(addr, write) {
+                    self.shared.counters.faults_deferred.fetch_add(1, Ordering::Relaxed);
+                    self.deferred.push((addr, write));
+                    return;
+                }
+                let ns = t0.elapsed().as_nanos() as u64;
+                self.shared.counters.fault_latency.record(ns);
+                self.shared.counters.stall_ns.fetch_add(ns, Ordering::Relaxed);
+            }
+            Event::Remove { start, end } | Event::Unmap { start, end } => {
+                let unmap = matches!(ev, Event::Unmap { .. });
+                self.forget_range(start, end, unmap);
+            }
+            Event::Remap { from, to, len } => self.remap(from, to, len),
+            Event::Fork { uffd } => {
+                // Not asked for; close what the kernel gave so it does not leak.
+                // SAFETY: the kernel installed this fd for us; nothing else owns it.
+                unsafe { libc::close(uffd) };
+            }
+            Event::Unknown(t) => tracing::warn!("unknown userfaultfd message type {t:#x}"),
+        }
+    }
+
+    fn retry_deferred(&mut self) {
+        let mut pending = std::mem::take(&mut self.deferred);
+        pending.retain(|&(addr, write)| matches!(self.serve_fault(addr, write), Served::Again));
+        pending.append(&mut self.deferred);
+        self.deferred = pending;
+    }
+
+    /// Serves one fault on the page at `addr`.
+    fn serve_fault(&mut self, addr: u64, write: bool) -> Served {
+        let shared = Arc::clone(&self.shared);
+        let Some(region) = shared.regions.find(addr) else {
+            // Not ours (a stale message for an unregistered range): whoever waits
+            // retries the access and finds the page as the kernel has it now.
+            let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
+            return Served::Done;
+        };
+        let i = ((addr - region.start()) / PAGE_SIZE as u64) as usize;
+        loop {
+            let state = region.states.get(i);
+            match state {
+                State::Resident => return self.zero_fill(&region, i, write),
+                State::Staged { slot } => {
+                    if !region.states.transition(i, state, State::Restoring { slot }) {
+                        continue;
+                    }
+                    return self.restore_staged(&region, i, slot);
+                }
+                State::Evicted { tier, handle } => {
+                    if !region.states.transition(i, state, State::Faulting { tier, handle }) {
+                        continue;
+                    }
+                    return self.load_from_tier(&region, i, tier, handle);
+                }
+                State::Poisoned => {
+                    let _ = shared.uffd.poison(addr, PAGE_SIZE as u64);
+                    let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
+                    return Served::Done;
+                }
+                // The evictor is moving this page out (microseconds), or putting a
+                // refused page back: wait for it.
+                State::Claimed | State::Restoring { .. } => std::hint::spin_loop(),
+                State::Faulting { .. } | State::Filling => {
+                    unreachable!("page {addr:#x} is {state:?}, a state only the fault thread holds, between its steps")
+                }
+            }
+        }
+    }
+
+    /// Copies a staged page back; on EAGAIN the page goes back to `Staged`.
+    fn restore_staged(&mut self, region: &Region, i: usize, slot: u64) -> Served {
+        let shared = &self.shared;
+        let dst = region.page_addr(i);
+        let src = shared.staging.slot_addr(slot);
+        // SAFETY: staging slot `slot` holds the page and stays mapped and
+        // unchanged while the page is `Restoring` (the evictor waits).
+        let r = unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, true) };
+        match r {
+            Ok(()) => {}
+            Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+                region.states.transition(i, State::Restoring { slot }, State::Staged { slot });
+                return Served::Again;
+            }
+            Err(p) => self.unexpected("copy from staging", dst, &p),
+        }
+        region.states.transition(i, State::Restoring { slot }, State::Resident);
+        shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
+        Served::Done
+    }
+
+    /// Loads an evicted page from its tier and copies it in; poisons it if the
+    /// tier cannot give it back.
+    fn load_from_tier(&mut self, region: &Region, i: usize, tier: u8, handle: u64) -> Served {
+        let shared = Arc::clone(&self.shared);
+        let dst = region.page_addr(i);
+        let faulting = State::Faulting { tier, handle };
+        let t = &shared.tiers[tier as usize];
+        if let Err(e) = t.load(Handle::new(handle), &mut self.buf.0) {
+            tracing::error!("tier {} could not return page {dst:#x}: {e}; the page is poisoned (SIGBUS on access)", t.name());
+            match shared.uffd.poison(dst, PAGE_SIZE as u64) {
+                Ok(()) => {}
+                Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+                    region.states.transition(i, faulting, State::Evicted { tier, handle });
+                    return Served::Again;
+                }
+                Err(p) => self.unexpected("poison", dst, &p),
+            }
+            region.states.transition(i, faulting, State::Poisoned);
+            region.evicted.fetch_sub(1, Ordering::Relaxed);
+            t.remove(Handle::new(handle));
+            shared.counters.pages_poisoned.fetch_add(1, Ordering::Relaxed);
+            return Served::Done;
+        }
+        // SAFETY: `buf` is a page-aligned page on this thread, not written during the call.
+        match unsafe { shared.uffd.copy(dst, self.buf.0.as_ptr(), PAGE_SIZE as u64, true) } {
+            Ok(()) => {}
+            Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+                region.states.transition(i, faulting, State::Evicted { tier, handle });
+                return Served::Again;
+            }
+            Err(p) => self.unexpected("copy from tier", dst, &p),
+        }
+        region.states.transition(i, faulting, State::Resident);
+        region.evicted.fetch_sub(1, Ordering::Relaxed);
+        t.remove(Handle::new(handle));
+        shared.counters.faults_from_tier.fetch_add(1, Ordering::Relaxed);
+        Served::Done
+    }
+
+    /// Serves a fault on a page farmem holds no copy of: zeros, for the page and
+    /// for up to `zero_fill_batch - 1` following pages that are resident-state too.
+    fn zero_fill(&mut self, region: &Region, i: usize, write: bool) -> Served {
+        let shared = Arc::clone(&self.shared);
+        if !region.states.transition(i, State::Resident, State::Filling) {
+            return self.serve_fault(region.page_addr(i), write);
+        }
+        let want = shared.config.zero_fill_batch.clamp(1, MAX_ZERO_BATCH);
+        let mut end = i + 1;
+        while end < region.pages() && end - i < want && region.states.transition(end, State::Resident, State::Filling) {
+            end += 1;
+        }
+        let mut cur = i;
+        let mut outcome = Served::Done;
+        let mut filled = 0u64;
+        while cur < end {
+            let dst = region.page_addr(cur);
+            let len = ((end - cur) * PAGE_SIZE) as u64;
+            let r = if write {
+                // SAFETY: ZEROS is static, page-aligned and never written.
+                unsafe { shared.uffd.copy(dst, ZEROS.0.as_ptr(), len, true) }
+            } else {
+                shared.uffd.zeropage(dst, len)
+            };
+            match r {
+                Ok(()) => {
+                    filled += (end - cur) as u64;
+                    break;
+                }
+                Err(p) => {
+                    let done = (p.done / PAGE_SIZE as u64) as usize;
+                    filled += done as u64;
+                    match p.error.raw_os_error() {
+                        // Page present already (a spurious or repeated fault): skip it.
+                        Some(libc::EEXIST) => {
+                            if cur + done == i {
+                                let _ = shared.uffd.wake(region.page_addr(i), PAGE_SIZE as u64);
+                            }
+                            cur += done + 1;
+                        }
+                        Some(libc::EAGAIN) => {
+                            if cur + done <= i {
+                                outcome = Served::Again;
+                            }
+                            break;
+                        }
+                        _ => {
+                            self.unexpected("zero-fill", dst, &p);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for k in i..end {
+            region.states.transition(k, State::Filling, State::Resident);
+        }
+        if let Served::Done = outcome {
+            shared.counters.faults_zero_filled.fetch_add(1, Ordering::Relaxed);
+            shared.counters.pages_zero_filled.fetch_add(filled, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    fn unexpected(&self, what: &str, addr: u64, p: &Partial) {
+        // Errors other than EEXIST/EAGAIN mean the range is gone (ENOENT after an
+        // unmap) or a bug; wake the waiter so it retries against the kernel's view.
+        tracing::warn!("{what} at {addr:#x} failed after {} bytes: {}", p.done, p.error);
+        let _ = self.shared.uffd.wake(addr, PAGE_SIZE as u64);
+    }
+
+    /// The program dropped `[start, end)`: forget farmem's copies of its pages.
+    fn forget_range(&mut self, start: u64, end: u64, unmap: bool) {
+        for region in self.shared.regions.overlapping(start, end) {
+            let rs = region.start();
+            let first = ((start.max(rs) - rs) / PAGE_SIZE as u64) as usize;
+            let last = (((end.min(rs + region.len())) - rs) as usize).div_ceil(PAGE_SIZE);
+            for i in first..last {
+                self.forget_page(&region, i);
+            }
+            if unmap && start <= rs && end >= rs + region.len() {
+                region.closed.store(true, Ordering::Release);
+                self.shared.regions.remove(&region);
+            }
+        }
+    }
+
+    fn forget_page(&self, region: &Region, i: usize) {
+        loop {
+            let s = region.states.get(i);
+            match s {
+                State::Resident => return,
+                State::Claimed | State::Staged { .. } | State::Poisoned => {
+                    // The evictor sees the change and throws its copy away.
+                    if region.states.transition(i, s, State::Resident) {
+                        return;
+                    }
+                }
+                State::Evicted { tier, handle } => {
+                    if region.states.transition(i, s, State::Resident) {
+                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        self.shared.tiers[tier as usize].remove(Handle::new(handle));
+                        self.shared.counters.pages_dropped_by_program.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+                // The evictor is putting a refused page back; it is brief.
+                State::Restoring { .. } => std::hint::spin_loop(),
+                State::Faulting { .. } | State::Filling => {
+                    unreachable!("page {i} is {s:?} between the fault thread's steps")
+                }
+            }
+        }
+    }
+
+    /// The program moved `[from, from+len)` to `to` with mremap; the kernel moved
+    /// the page tables, so farmem's states follow.
+    fn remap(&mut self, from: u64, to: u64, len: u64) {
+        let Some(region) = self.shared.regions.find(from) else { return };
+        let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if from == region.start() && len == region.len() {
+            region.set_start(to);
+            self.shared.regions.resort();
+            return;
+        }
+        // Part of a region moved: the moved part becomes a region of its own.
+        let moved = match Region::new(to, len) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::error!("cannot track mremap of {from:#x}+{len:#x} to {to:#x}: {e}");
+                return;
+            }
+        };
+        let first = ((from - region.start()) / PAGE_SIZE as u64) as usize;
+        for k in 0..moved.pages() {
+            let i = first + k;
+            if i >= region.pages() {
+                break;
+            }
+            match region.states.replace(i, State::Resident) {
+                State::Staged { slot } => {
+                    // SAFETY: the slot holds the page until it leaves `Staged`/`Restoring`; the
+                    // evictor waits for that.
+                    let _ = unsafe { self.shared.uffd.copy(moved.page_addr(k), self.shared.staging.slot_addr(slot), PAGE_SIZE as u64, true) };
+                }
+                s @ (State::Evicted { .. } | State::Poisoned) => {
+                    if matches!(s, State::Evicted { .. }) {
+                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        moved.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    moved.states.replace(k, s);
+                }
+                _ => {}
+            }
+        }
+        if !self.shared.regions.insert(Arc::clone(&moved)) {
+            tracing::error!("mremap target {to:#x}+{len:#x} overlaps a registered region");
+        }
+    }
+
+    fn serve_request(&mut self, r: Request) {
+        match r {
+            Request::Restore { region, page } => {
+                while let State::Staged { slot } = region.states.get(page) {
+                    if !region.states.transition(page, State::Staged { slot }, State::Restoring { slot }) {
+                        continue;
+                    }
+                    if let Served::Done = self.restore_staged(&region, page, slot) {
+                        break;
+                    }
+                    self.pump();
+                }
+            }
+            Request::Unregister { region, done } => {
+                let r = self.unregister(&region);
+                done.finish(r);
+            }
+        }
+    }
+
+    /// Brings every page of `region` back, then unregisters it.
+    fn unregister(&mut self, region: &Arc<Region>) -> io::Result<()> {
+        {
+            // No new eviction batch starts once `closed` is set; taking the lock
+            // waits for the one in flight. Not held below: pumping events may
+            // need it (an mremap of this region).
+            let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+            region.closed.store(true, Ordering::Release);
+        }
+        for i in 0..region.pages() {
+            loop {
+                let s = region.states.get(i);
+                let served = match s {
+                    State::Staged { slot } => {
+                        if !region.states.transition(i, s, State::Restoring { slot }) {
+                            continue;
+                        }
+                        self.restore_staged(region, i, slot)
+                    }
+                    State::Evicted { tier, handle } => {
+                        if !region.states.transition(i, s, State::Faulting { tier, handle }) {
+                            continue;
+                        }
+                        self.load_from_tier(region, i, tier, handle)
+                    }
+                    _ => Served::Done,
+                };
+                match served {
+                    Served::Done => break,
+                    Served::Again => self.pump(),
+                }
+            }
+        }
+        let r = self.shared.uffd.unregister(region.start(), region.len());
+        self.shared.regions.remove(region);
+        r
+    }
+}
+
+/// How long the fault thread spins before sleeping in poll, by default.
+pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(50);

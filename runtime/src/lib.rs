@@ -1,0 +1,327 @@
+//! farmem's runtime: registered regions, the userfaultfd fault engine,
+//! eviction into tiers, and statistics.
+//!
+//! A [`Runtime`] owns a userfaultfd and the thread that serves its faults.
+//! Register a range of private anonymous memory, evict pages of it, and touch
+//! them again: each page comes back byte for byte the moment any thread reads or
+//! writes it.
+//!
+//! ```no_run
+//! use farmem_runtime::Runtime;
+//!
+//! let rt = Runtime::builder().build().expect("userfaultfd available");
+//! let len = 64 << 20;
+//! // SAFETY: a fresh private anonymous mapping.
+//! let p = unsafe {
+//!     libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
+//!                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+//! } as *mut u8;
+//! rt.register(p, len).unwrap();
+//! // SAFETY: the mapping is ours and `len` bytes long.
+//! unsafe { std::ptr::write_bytes(p, 7, len) };
+//! let report = rt.evict(p, len).unwrap();
+//! assert_eq!(report.evicted, (len / 4096) as u64);
+//! // SAFETY: as above; the read faults the page back in.
+//! assert_eq!(unsafe { *p.add(12345) }, 7);
+//! println!("{:?}", rt.stats());
+//! ```
+//!
+//! Hard rules kept here (see DESIGN.md): a page a tier cannot return is poisoned
+//! (SIGBUS), never zero-filled; the runtime's memory is its own mappings or
+//! allocations made inside a [`RuntimeScope`]; `munmap`/`madvise`/`mremap` by the
+//! program drop or move farmem's copies in the kernel's order of events.
+//!
+//! Not yet handled: `fork` (a child does not see evicted pages; the LD_PRELOAD
+//! shim will bring them back before fork), and write-protect based dirty
+//! tracking (an evicted page's tier copy is dropped on fault-in).
+
+mod error;
+mod evict;
+mod fault;
+pub mod mem;
+mod pagestate;
+mod region;
+mod scope;
+mod stats;
+pub mod uffd;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use farmem_tiers::{CompressedConfig, CompressedTier, Tier};
+
+pub use error::RuntimeError;
+pub use evict::EvictReport;
+pub use scope::{in_runtime, RuntimeScope};
+pub use stats::{AtomicHistogram, Stats};
+
+use evict::Staging;
+use fault::{Completion, FaultThread, Request, Requests};
+use region::{Region, RegionTable};
+use stats::Counters;
+use uffd::{feature, mode, Userfaultfd};
+
+/// The size of a page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// How the runtime is set up. Build it with [`Runtime::builder`].
+#[derive(Clone)]
+pub struct Config {
+    /// The tiers, fastest first; eviction stores into the first with room.
+    pub tiers: Vec<Arc<dyn Tier>>,
+    /// Pages evicted per batch (the staging area's size).
+    pub batch_pages: usize,
+    /// Pages zero-filled per fault on never-evicted memory, the faulting page included.
+    pub zero_fill_batch: usize,
+    /// How long the fault thread keeps polling after its last message before it
+    /// sleeps in poll(2): spinning saves a wake-up per fault under load.
+    pub spin: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("tiers", &self.tiers.iter().map(|t| t.name().to_string()).collect::<Vec<_>>())
+            .field("batch_pages", &self.batch_pages)
+            .field("zero_fill_batch", &self.zero_fill_batch)
+            .field("spin", &self.spin)
+            .finish()
+    }
+}
+
+/// Builds a [`Runtime`].
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    tiers: Vec<Arc<dyn Tier>>,
+    batch_pages: Option<usize>,
+    zero_fill_batch: Option<usize>,
+    spin: Option<Duration>,
+}
+
+impl RuntimeBuilder {
+    /// Adds a tier after those already given. Without any, the runtime uses an
+    /// lz4 [`CompressedTier`].
+    pub fn tier(mut self, tier: Arc<dyn Tier>) -> Self {
+        self.tiers.push(tier);
+        self
+    }
+
+    /// Pages per eviction batch (default 256, i.e. 1 MiB).
+    pub fn batch_pages(mut self, pages: usize) -> Self {
+        self.batch_pages = Some(pages.max(1));
+        self
+    }
+
+    /// Pages zero-filled per fault on never-evicted memory (default 8, at most 16).
+    pub fn zero_fill_batch(mut self, pages: usize) -> Self {
+        self.zero_fill_batch = Some(pages.clamp(1, fault::MAX_ZERO_BATCH));
+        self
+    }
+
+    /// How long the fault thread spins before sleeping (default 50 µs).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = Some(spin);
+        self
+    }
+
+    /// Opens the userfaultfd, checks the kernel's features, and starts the fault thread.
+    pub fn build(self) -> Result<Runtime, RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        let mut tiers = self.tiers;
+        if tiers.is_empty() {
+            let t1 = CompressedTier::new(CompressedConfig::default())
+                .map_err(|e| RuntimeError::Os { op: "creating the compressed tier", source: std::io::Error::other(e.to_string()) })?;
+            tiers.push(Arc::new(t1));
+        }
+        if tiers.len() > 16 {
+            return Err(RuntimeError::Os { op: "configuring tiers", source: std::io::Error::other("at most 16 tiers") });
+        }
+        let config = Config {
+            tiers: tiers.clone(),
+            batch_pages: self.batch_pages.unwrap_or(256),
+            zero_fill_batch: self.zero_fill_batch.unwrap_or(8),
+            spin: self.spin.unwrap_or(fault::DEFAULT_SPIN),
+        };
+        let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
+        let uffd = Userfaultfd::open(required, required)?;
+        let staging_uffd = Userfaultfd::open(feature::MOVE, feature::MOVE)?;
+        let staging = Staging::new(config.batch_pages).map_err(|source| RuntimeError::Os { op: "mapping the staging area", source })?;
+        staging_uffd
+            .register(staging.base(), staging.len(), mode::WP)
+            .map_err(|source| RuntimeError::Register { addr: staging.base(), len: staging.len(), source })?;
+        let shared = Arc::new(Shared {
+            uffd,
+            staging_uffd,
+            staging,
+            regions: RegionTable::default(),
+            tiers,
+            counters: Counters::default(),
+            requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
+            stopping: AtomicBool::new(false),
+            config,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let fault_thread = std::thread::Builder::new()
+            .name("farmem-fault".into())
+            .spawn(move || {
+                let _scope = RuntimeScope::enter();
+                FaultThread::new(thread_shared).run();
+            })
+            .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
+        tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
+        Ok(Runtime { shared, fault_thread: Some(fault_thread) })
+    }
+}
+
+/// What the fault thread and the callers share.
+pub(crate) struct Shared {
+    uffd: Userfaultfd,
+    staging_uffd: Userfaultfd,
+    staging: Staging,
+    regions: RegionTable,
+    tiers: Vec<Arc<dyn Tier>>,
+    counters: Counters,
+    requests: Requests,
+    stopping: AtomicBool,
+    config: Config,
+}
+
+/// The far-memory runtime of one process: regions, the fault thread, the tiers.
+///
+/// Dropping it brings every evicted page back, unregisters every region and
+/// stops the fault thread.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    fault_thread: Option<JoinHandle<()>>,
+}
+
+fn check_aligned(addr: u64, len: u64) -> Result<(), RuntimeError> {
+    if addr % PAGE_SIZE as u64 != 0 || len % PAGE_SIZE as u64 != 0 || len == 0 {
+        return Err(RuntimeError::NotAligned { addr, len });
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// A builder with the defaults: one lz4 tier, 1 MiB batches.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The userfaultfd features the kernel granted.
+    pub fn features(&self) -> u64 {
+        self.shared.uffd.features()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Brings `[addr, addr+len)` under farmem. It must be private anonymous
+    /// memory, mapped and writable, page-aligned, and not overlap a region.
+    pub fn register(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        let (a, l) = (addr as u64, len as u64);
+        check_aligned(a, l)?;
+        let region = Arc::new(Region::new(a, l).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
+        if !self.shared.regions.insert(Arc::clone(&region)) {
+            return Err(RuntimeError::Overlap { addr: a, len: l });
+        }
+        if let Err(source) = self.shared.uffd.register(a, l, mode::MISSING) {
+            self.shared.regions.remove(&region);
+            return Err(RuntimeError::Register { addr: a, len: l, source });
+        }
+        Ok(())
+    }
+
+    /// Brings every evicted page of the region that starts at `addr` back into
+    /// RAM, then releases the region from farmem.
+    pub fn unregister(&self, addr: *mut u8) -> Result<(), RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        let a = addr as u64;
+        let region = self.shared.regions.find(a).filter(|r| r.start() == a).ok_or(RuntimeError::NotRegistered { addr: a, len: 0 })?;
+        self.unregister_region(region)
+    }
+
+    fn unregister_region(&self, region: Arc<Region>) -> Result<(), RuntimeError> {
+        if self.fault_thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return Err(RuntimeError::Stopped);
+        }
+        let (addr, len) = (region.start(), region.len());
+        let done = Arc::new(Completion::default());
+        self.shared.requests.push(Request::Unregister { region, done: Arc::clone(&done) });
+        done.wait().map_err(|source| RuntimeError::Register { addr, len, source })
+    }
+
+    /// Takes the resident pages of `[addr, addr+len)` out of RAM into the tiers.
+    /// The range must lie inside registered regions. Safe to call while other
+    /// threads use the memory: a page touched during its eviction stays right.
+    pub fn evict(&self, addr: *mut u8, len: usize) -> Result<EvictReport, RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        let (a, l) = (addr as u64, len as u64);
+        check_aligned(a, l)?;
+        let mut report = EvictReport::default();
+        let mut at = a;
+        while at < a + l {
+            let region = self.shared.regions.find(at).ok_or(RuntimeError::NotRegistered { addr: at, len: a + l - at })?;
+            let first = ((at - region.start()) / PAGE_SIZE as u64) as usize;
+            let end = (a + l).min(region.start() + region.len());
+            let count = ((end - at) / PAGE_SIZE as u64) as usize;
+            let r = evict::evict_pages(&self.shared, &region, first, count)
+                .map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
+            report.evicted += r.evicted;
+            report.absent += r.absent;
+            report.busy += r.busy;
+            report.rejected += r.rejected;
+            report.full += r.full;
+            report.raced += r.raced;
+            at = end;
+        }
+        Ok(report)
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let regions = self.shared.regions.all();
+        Stats {
+            regions: regions.len(),
+            registered_bytes: regions.iter().map(|r| r.len()).sum(),
+            evicted_pages: regions.iter().map(|r| r.evicted.load(Ordering::Relaxed)).sum(),
+            pages_evicted_total: c.pages_evicted.load(Ordering::Relaxed),
+            faults_from_tier: c.faults_from_tier.load(Ordering::Relaxed),
+            faults_from_staging: c.faults_from_staging.load(Ordering::Relaxed),
+            faults_zero_filled: c.faults_zero_filled.load(Ordering::Relaxed),
+            pages_zero_filled: c.pages_zero_filled.load(Ordering::Relaxed),
+            faults_deferred: c.faults_deferred.load(Ordering::Relaxed),
+            pages_poisoned: c.pages_poisoned.load(Ordering::Relaxed),
+            pages_dropped_by_program: c.pages_dropped_by_program.load(Ordering::Relaxed),
+            evict_skipped_busy: c.evict_skipped_busy.load(Ordering::Relaxed),
+            evict_rejected: c.evict_rejected.load(Ordering::Relaxed),
+            evict_tier_full: c.evict_tier_full.load(Ordering::Relaxed),
+            stall: Duration::from_nanos(c.stall_ns.load(Ordering::Relaxed)),
+            fault_latency_ns: c.fault_latency.to_hdr(),
+            tiers: self.shared.tiers.iter().map(|t| (t.name().to_string(), t.stats())).collect(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _scope = RuntimeScope::enter();
+        for region in self.shared.regions.all() {
+            let (a, l) = (region.start(), region.len());
+            if let Err(e) = self.unregister_region(region) {
+                tracing::error!("could not release region {a:#x}+{l:#x}: {e}");
+            }
+        }
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.requests.kick();
+        if let Some(t) = self.fault_thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The state of every page of a registered region, one atomic word a page.
+//!
+//! Who may move a page between states is what keeps its bytes right:
+//!
+//! | from | to | by | when |
+//! |---|---|---|---|
+//! | `Resident` | `Claimed` | evictor | before moving the page out of the region |
+//! | `Claimed` | `Staged` / `Resident` | evictor | after the move: the page is in staging / was a hole |
+//! | `Staged` | `Evicted` | evictor | its copy is in a tier |
+//! | `Staged` | `Restoring` → `Resident` | fault thread | a fault (or a put-back request) copies it back from staging |
+//! | `Evicted` | `Faulting` → `Resident` | fault thread | a fault copies it back from its tier |
+//! | `Faulting` | `Poisoned` | fault thread | the tier could not give it back |
+//! | `Resident` | `Filling` → `Resident` | fault thread | zero-filling a page never evicted |
+//! | any but the transient ones | `Resident` | fault thread | the program dropped the page (REMOVE, UNMAP) |
+//!
+//! Only the fault thread installs pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
+//! and it also handles the kernel's REMOVE/UNMAP/REMAP events, in the order the
+//! kernel reports them; so a page the program dropped is never brought back.
+//! The evictor only takes pages out, and only pages it has claimed, so a write
+//! that lands during eviction either happens before the move (and is in the
+//! copy) or faults and waits for the page to come back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::mem::Mapping;
+
+/// What a page's word says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// In the page tables, or never touched, or dropped: farmem holds no copy.
+    Resident,
+    /// The evictor is moving it out; a fault waits.
+    Claimed,
+    /// Moved out, its bytes in staging slot `slot`, not yet stored.
+    Staged {
+        /// The staging slot.
+        slot: u64,
+    },
+    /// The fault thread is copying it back from staging slot `slot`.
+    Restoring {
+        /// The staging slot.
+        slot: u64,
+    },
+    /// Out of RAM, its bytes in tier `tier` under `handle`.
+    Evicted {
+        /// Index of the tier.
+        tier: u8,
+        /// The tier's handle.
+        handle: u64,
+    },
+    /// The fault thread is loading it back from its tier.
+    Faulting {
+        /// Index of the tier.
+        tier: u8,
+        /// The tier's handle.
+        handle: u64,
+    },
+    /// The fault thread is zero-filling it.
+    Filling,
+    /// Its tier lost it: every access raises SIGBUS.
+    Poisoned,
+}
+
+const TAG_RESIDENT: u64 = 0;
+const TAG_CLAIMED: u64 = 1;
+const TAG_STAGED: u64 = 2;
+const TAG_RESTORING: u64 = 3;
+const TAG_EVICTED: u64 = 4;
+const TAG_FAULTING: u64 = 5;
+const TAG_FILLING: u64 = 6;
+const TAG_POISONED: u64 = 7;
+
+impl State {
+    /// Packs the state into a word: tag in bits 0-3, tier in 4-7, payload above.
+    pub fn encode(self) -> u64 {
+        match self {
+            State::Resident => TAG_RESIDENT,
+            State::Claimed => TAG_CLAIMED,
+            State::Staged { slot } => TAG_STAGED | (slot << 8),
+            State::Restoring { slot } => TAG_RESTORING | (slot << 8),
+            State::Evicted { tier, handle } => TAG_EVICTED | ((tier as u64 & 0xf) << 4) | (handle << 8),
+            State::Faulting { tier, handle } => TAG_FAULTING | ((tier as u64 & 0xf) << 4) | (handle << 8),
+            State::Filling => TAG_FILLING,
+            State::Poisoned => TAG_POISONED,
+        }
+    }
+
+    /// Unpacks a word made by [`State::encode`].
+    pub fn decode(w: u64) -> State {
+        let tier = ((w >> 4) & 0xf) as u8;
+        let payload = w >> 8;
+        match w & 0xf {
+            TAG_RESIDENT => State::Resident,
+            TAG_CLAIMED => State::Claimed,
+            TAG_STAGED => State::Staged { slot: payload },
+            TAG_RESTORING => State::Restoring { slot: payload },
+            TAG_EVICTED => State::Evicted { tier, handle: payload },
+            TAG_FAULTING => State::Faulting { tier, handle: payload },
+            TAG_FILLING => State::Filling,
+            TAG_POISONED => State::Poisoned,
+            t => unreachable!("page state word {w:#x} has unknown tag {t}"),
+        }
+    }
+}
+
+/// One atomic state word per page, in memory the runtime maps for itself.
+#[derive(Debug)]
+pub struct PageStates {
+    words: Mapping,
+    pages: usize,
+}
+
+impl PageStates {
+    /// States for `pages` pages, all `Resident`.
+    pub fn new(pages: usize) -> std::io::Result<Self> {
+        let words = Mapping::anonymous(pages.max(1) * 8)?;
+        Ok(PageStates { words, pages })
+    }
+
+    /// The number of pages.
+    pub fn len(&self) -> usize {
+        self.pages
+    }
+
+    /// Whether there are no pages.
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.pages, "page index {i} beyond {} pages", self.pages);
+        // SAFETY: the mapping holds `pages` zero-initialised, 8-aligned u64 words
+        // (mmap is page-aligned) that live as long as `self`; AtomicU64 has the
+        // layout of u64.
+        unsafe { &*(self.words.addr() as *const AtomicU64).add(i) }
+    }
+
+    /// The state of page `i`.
+    pub fn get(&self, i: usize) -> State {
+        State::decode(self.word(i).load(Ordering::Acquire))
+    }
+
+    /// Moves page `i` from `from` to `to`; false (and nothing done) if it was not in `from`.
+    pub fn transition(&self, i: usize, from: State, to: State) -> bool {
+        self.word(i)
+            .compare_exchange(from.encode(), to.encode(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Sets page `i` to `to` whatever it was, and returns what it was.
+    pub fn replace(&self, i: usize, to: State) -> State {
+        State::decode(self.word(i).swap(to.encode(), Ordering::AcqRel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips_through_its_word() {
+        let h = (1u64 << 56) - 1;
+        for s in [
+            State::Resident,
+            State::Claimed,
+            State::Staged { slot: 511 },
+            State::Restoring { slot: 3 },
+            State::Evicted { tier: 15, handle: h },
+            State::Faulting { tier: 2, handle: 12345 },
+            State::Filling,
+            State::Poisoned,
+        ] {
+            assert_eq!(State::decode(s.encode()), s);
+        }
+    }
+
+    #[test]
+    fn transition_only_from_the_expected_state() {
+        let p = PageStates::new(4).unwrap();
+        assert_eq!(p.get(3), State::Resident);
+        assert!(p.transition(3, State::Resident, State::Claimed));
+        assert!(!p.transition(3, State::Resident, State::Filling));
+        assert_eq!(p.replace(3, State::Resident), State::Claimed);
+    }
+}

@@ -1,0 +1,103 @@
+//! Helpers shared by the runtime's integration tests.
+#![allow(dead_code)]
+
+pub const PAGE: usize = 4096;
+
+/// A private anonymous mapping owned by a test, unmapped on drop.
+pub struct Heap {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+unsafe impl Send for Heap {}
+unsafe impl Sync for Heap {}
+
+impl Heap {
+    pub fn new(len: usize) -> Heap {
+        // SAFETY: a fresh anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Heap { ptr: p.cast(), len }
+    }
+
+    pub fn bytes(&self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as self; tests
+        // coordinate their own writes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    pub fn page(&self, i: usize) -> &mut [u8] {
+        &mut self.bytes()[i * PAGE..(i + 1) * PAGE]
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Deterministic, page-varied content: text-like, structured, zero runs, random.
+pub fn fill_page(page: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    match seed % 4 {
+        0 => page.fill(0),
+        1 => {
+            for (i, b) in page.iter_mut().enumerate() {
+                *b = b"farmem keeps cold pages compressed "[i % 35];
+            }
+            let k = (next() % 4000) as usize;
+            page[k..k + 8].copy_from_slice(&seed.to_le_bytes());
+        }
+        2 => {
+            for w in page.chunks_mut(16) {
+                w[..8].copy_from_slice(&(0x7f00_0000_0000 + (next() % 4096) * 16).to_le_bytes());
+                w[8..].copy_from_slice(&(next() % 100).to_le_bytes());
+            }
+        }
+        _ => {
+            for w in page.chunks_mut(8) {
+                w.copy_from_slice(&next().to_le_bytes());
+            }
+        }
+    }
+}
+
+pub fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf29ce484222325u64;
+    for w in bytes.chunks(8) {
+        let mut a = [0u8; 8];
+        a[..w.len()].copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(a)).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Waits (up to 5 s) for the runtime's statistics to satisfy `ok`: the fault
+/// thread updates its counters just after it wakes the faulting thread.
+pub fn settled(rt: &farmem_runtime::Runtime, ok: impl Fn(&farmem_runtime::Stats) -> bool) -> farmem_runtime::Stats {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = rt.stats();
+        if ok(&s) || t0.elapsed() > std::time::Duration::from_secs(5) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

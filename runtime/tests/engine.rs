@@ -1,0 +1,123 @@
+//! The fault engine against real memory: every check compares bytes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{checksum, fill_page, settled, Heap, PAGE};
+use farmem_runtime::Runtime;
+
+#[test]
+fn evicted_pages_come_back_byte_exact() {
+    let rt = Runtime::builder().build().unwrap();
+    let pages = 4096;
+    let heap = Heap::new(pages * PAGE);
+    rt.register(heap.ptr, heap.len).unwrap();
+    for i in 0..pages {
+        fill_page(heap.page(i), i as u64 + 1);
+    }
+    let before = checksum(heap.bytes());
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert_eq!(r.evicted + r.rejected, pages as u64, "{r:?}");
+    assert!(r.evicted > pages as u64 / 2, "{r:?}");
+    let s = rt.stats();
+    assert_eq!(s.evicted_pages, r.evicted);
+    assert_eq!(checksum(heap.bytes()), before);
+    let s = settled(&rt, |s| s.faults_from_tier == r.evicted);
+    assert_eq!(s.faults_from_tier, r.evicted, "every evicted page faulted back once");
+    assert_eq!(s.evicted_pages, 0);
+}
+
+#[test]
+fn untouched_pages_read_as_zeros_and_are_not_counted_as_evicted() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = Heap::new(256 * PAGE);
+    rt.register(heap.ptr, heap.len).unwrap();
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert_eq!(r.evicted, 0);
+    assert_eq!(r.absent, 256);
+    assert!(heap.bytes().iter().all(|&b| b == 0));
+    assert!(rt.stats().faults_zero_filled > 0);
+    heap.bytes()[5 * PAGE + 3] = 9;
+    assert_eq!(heap.bytes()[5 * PAGE + 3], 9);
+}
+
+#[test]
+fn many_threads_fault_the_same_pages() {
+    let rt = Runtime::builder().build().unwrap();
+    let pages = 64;
+    let heap = Arc::new(Heap::new(pages * PAGE));
+    rt.register(heap.ptr, heap.len).unwrap();
+    for round in 0..20u64 {
+        for i in 0..pages {
+            fill_page(heap.page(i), round * 1000 + i as u64 + 1);
+        }
+        let sums: Vec<u64> = (0..pages).map(|i| checksum(heap.page(i))).collect();
+        rt.evict(heap.ptr, heap.len).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let heap = Arc::clone(&heap);
+                let sums = sums.clone();
+                std::thread::spawn(move || {
+                    for k in 0..pages {
+                        let i = (k + t) % pages;
+                        assert_eq!(checksum(heap.page(i)), sums[i], "page {i} round {round}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn writes_racing_eviction_are_never_lost() {
+    let rt = Arc::new(Runtime::builder().batch_pages(64).build().unwrap());
+    let pages = 512;
+    let heap = Arc::new(Heap::new(pages * PAGE));
+    rt.register(heap.ptr, heap.len).unwrap();
+    for i in 0..pages {
+        fill_page(heap.page(i), i as u64 + 7);
+        heap.page(i)[PAGE - 8..].fill(0);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let (rt, heap, stop) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+            }
+            n
+        })
+    };
+    // Each writer owns a slice of pages and bumps a counter word in each page;
+    // every read must see its own last write.
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let heap = Arc::clone(&heap);
+            std::thread::spawn(move || {
+                let mut expect = vec![0u64; pages];
+                for step in 1..=40_000u64 {
+                    let i = w + 2 * ((step as usize * 7919) % (pages / 2));
+                    // SAFETY: the last word of page i lies inside the heap; only this writer uses it.
+                    let counter = unsafe { &*(heap.ptr.add(i * PAGE + 4088) as *const std::sync::atomic::AtomicU64) };
+                    assert_eq!(counter.load(Ordering::Relaxed), expect[i], "page {i} lost a write");
+                    expect[i] += 1;
+                    counter.store(expect[i], Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let evicted = evictor.join().unwrap();
+    assert!(evicted > 0);
+    let s = rt.stats();
+    assert!(s.faults_from_tier + s.faults_from_staging > 0, "{s:?}");
+}

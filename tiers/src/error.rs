@@ -1,0 +1,46 @@
+//! The errors a tier reports to the runtime.
+
+use crate::Handle;
+
+/// Why a tier could not store or load a page.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The tier is at its size limit; nothing was stored.
+    #[error("tier {tier} is full ({limit_bytes} bytes)")]
+    Full {
+        /// The tier's name.
+        tier: &'static str,
+        /// The limit it reached.
+        limit_bytes: u64,
+    },
+    /// The page compressed to more than the tier's threshold and its rule is to refuse it.
+    #[error("page compresses to {compressed} bytes, above the threshold of {threshold}")]
+    Incompressible {
+        /// The compressed size.
+        compressed: usize,
+        /// The largest size the tier accepts.
+        threshold: usize,
+    },
+    /// The handle names nothing this tier holds.
+    #[error("handle {0:?} names no stored page")]
+    UnknownHandle(Handle),
+    /// The stored bytes did not decode to a page.
+    #[error("stored page {handle:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The page that failed.
+        handle: Handle,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The operating system refused memory or I/O.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A fault was injected for testing (see `FailingTier` in the runtime's tests).
+    #[error("injected failure")]
+    Injected,
+}

@@ -1,0 +1,155 @@
+//! Where an evicted page lives.
+//!
+//! A [`Tier`] stores 4 KiB pages and hands back an opaque [`Handle`]; the runtime
+//! keeps the handle in its page table and later loads the page back with it, or
+//! drops it when the program's own actions (munmap, MADV_DONTNEED) make the copy
+//! meaningless. Only this crate knows how bytes are stored.
+//!
+//! [`CompressedTier`] is T1: pages compressed with lz4 or zstd, zero-filled and
+//! same-filled pages kept as one word, compressed objects packed in size classes.
+//!
+//! ```
+//! use farmem_tiers::{CompressedTier, CompressedConfig, Tier, PageClass, PAGE_SIZE};
+//!
+//! let tier = CompressedTier::new(CompressedConfig::default()).unwrap();
+//! let mut page = [0u8; PAGE_SIZE];
+//! page[..11].copy_from_slice(b"hello, tier");
+//! let handle = tier.store(&page, PageClass::DEFAULT).unwrap();
+//! let mut back = [0u8; PAGE_SIZE];
+//! tier.load(handle, &mut back).unwrap();
+//! assert_eq!(page, back);
+//! tier.remove(handle);
+//! ```
+
+pub mod compressed;
+mod error;
+
+pub use compressed::{Codec, CompressedConfig, CompressedTier, Incompressible};
+pub use error::TierError;
+
+/// The size of a page as farmem stores it.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A page's contents, as the tiers take and give them.
+pub type Page = [u8; PAGE_SIZE];
+
+/// Names one stored page inside one tier. Only the low [`Handle::BITS`] bits may
+/// be used, so that the runtime can pack a handle and a state tag in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Handle(u64);
+
+impl Handle {
+    /// How many bits of a handle a tier may use.
+    pub const BITS: u32 = 56;
+    /// The largest raw value a handle may hold.
+    pub const MAX: u64 = (1 << Self::BITS) - 1;
+
+    /// Makes a handle from a tier-chosen value.
+    ///
+    /// # Panics
+    /// If `raw` does not fit in [`Handle::BITS`] bits: that is a tier bug.
+    pub fn new(raw: u64) -> Self {
+        assert!(raw <= Self::MAX, "tier handle {raw:#x} exceeds {} bits", Self::BITS);
+        Handle(raw)
+    }
+
+    /// The raw value, for packing into the runtime's page table.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// A hint from the policy about a page, used by a tier to pick how to store it
+/// (for T1: which codec). Class 0 is the default; higher classes are colder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PageClass(pub u8);
+
+impl PageClass {
+    /// The class of a page the policy knows nothing special about.
+    pub const DEFAULT: PageClass = PageClass(0);
+    /// Pages the policy considers cold enough for a slower, denser codec.
+    pub const COLD: PageClass = PageClass(1);
+}
+
+/// How much a tier may hold and how much it holds now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Capacity {
+    /// The limit on the tier's own memory or storage, in bytes.
+    pub limit_bytes: u64,
+    /// What the tier uses now, in bytes, metadata included.
+    pub used_bytes: u64,
+}
+
+/// Counters a tier keeps about itself. All sizes in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TierStats {
+    /// Pages stored now.
+    pub pages: u64,
+    /// Pages stored now that were all zeros (kept as one word).
+    pub zero_pages: u64,
+    /// Pages stored now that were one repeated 8-byte word, zeros excluded.
+    pub same_filled_pages: u64,
+    /// Pages refused because they compressed worse than the tier's threshold.
+    pub rejected_incompressible: u64,
+    /// Uncompressed size of the pages stored now (`pages * PAGE_SIZE`).
+    pub bytes_in: u64,
+    /// Sum of the compressed sizes of the pages stored now.
+    pub bytes_compressed: u64,
+    /// Memory the tier really uses: slabs, handle table and other metadata.
+    pub bytes_used: u64,
+    /// Pages stored since the tier was made.
+    pub stores: u64,
+    /// Pages loaded since the tier was made.
+    pub loads: u64,
+    /// Loads that failed (corruption, I/O).
+    pub load_errors: u64,
+}
+
+impl TierStats {
+    /// Uncompressed bytes per byte of real memory used (higher is better).
+    pub fn ratio(&self) -> f64 {
+        if self.bytes_used == 0 {
+            return 0.0;
+        }
+        self.bytes_in as f64 / self.bytes_used as f64
+    }
+
+    /// Memory used beyond the sum of compressed sizes, as a fraction of that sum.
+    pub fn overhead(&self) -> f64 {
+        if self.bytes_compressed == 0 {
+            return 0.0;
+        }
+        self.bytes_used.saturating_sub(self.bytes_compressed) as f64 / self.bytes_compressed as f64
+    }
+}
+
+/// A place an evicted page can live. Implementations must be usable from many
+/// threads at once, and must never allocate from memory the runtime registers
+/// (their buffers come from `mmap` of their own, or the runtime's allocator).
+///
+/// Ownership of a handle is exclusive: the runtime never loads, or removes, a
+/// handle it has already removed, and never uses one handle from two threads at
+/// once except for `load` racing nothing but other handles' operations.
+pub trait Tier: Send + Sync {
+    /// A short name for logs and statistics ("lz4", "file").
+    fn name(&self) -> &str;
+
+    /// Stores a copy of `page`. Fails with [`TierError::Full`] when the tier has
+    /// no room, or [`TierError::Incompressible`] when its rule refuses the page;
+    /// the caller then keeps the page in RAM.
+    fn store(&self, page: &Page, class: PageClass) -> Result<Handle, TierError>;
+
+    /// Writes the page named by `handle` into `out`. The handle stays valid.
+    /// An error means the bytes cannot be given back; the runtime then poisons
+    /// the page rather than return anything else.
+    fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError>;
+
+    /// Forgets the page named by `handle` and frees its space.
+    fn remove(&self, handle: Handle);
+
+    /// The tier's limit and current use.
+    fn capacity(&self) -> Capacity;
+
+    /// A snapshot of the tier's counters.
+    fn stats(&self) -> TierStats;
+}
