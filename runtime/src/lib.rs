@@ -163,16 +163,25 @@ impl RuntimeBuilder {
             config,
         });
         let thread_shared = Arc::clone(&shared);
+        // Unnamed for std: a std thread name is copied into a fresh allocation as
+        // the thread starts, before it can enter the runtime's scope, and so could
+        // land in registered memory. The kernel's name is set from inside instead.
         let fault_thread = std::thread::Builder::new()
-            .name("farmem-fault".into())
             .spawn(move || {
                 let _scope = RuntimeScope::enter();
+                set_thread_name(c"farmem-fault");
                 FaultThread::new(thread_shared).run();
             })
             .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
         Ok(Runtime { shared, fault_thread: Some(fault_thread) })
     }
+}
+
+/// Names the calling thread for ps and debuggers, without allocating.
+fn set_thread_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 /// What the fault thread and the callers share.

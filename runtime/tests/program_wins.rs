@@ -1,0 +1,170 @@
+//! Hard rules 1 and 3: what the program does to its memory wins, and a page a
+//! tier cannot return raises SIGBUS, never zeros.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{checksum, fill_page, settled, Heap, PAGE};
+use farmem_runtime::Runtime;
+use farmem_tiers::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats};
+
+fn filled(rt: &Runtime, pages: usize) -> Heap {
+    let heap = Heap::new(pages * PAGE);
+    rt.register(heap.ptr, heap.len).unwrap();
+    for i in 0..pages {
+        fill_page(heap.page(i), i as u64 * 4 + 1); // never the all-zero kind
+    }
+    heap
+}
+
+#[test]
+fn madvise_dontneed_after_eviction_gives_zeros() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 128);
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert!(r.evicted > 100, "{r:?}");
+    // Drop the middle 64 pages while they are evicted.
+    // SAFETY: the range lies inside the test's mapping.
+    assert_eq!(unsafe { libc::madvise(heap.ptr.add(32 * PAGE).cast(), 64 * PAGE, libc::MADV_DONTNEED) }, 0);
+    for i in 32..96 {
+        assert!(heap.page(i).iter().all(|&b| b == 0), "page {i} came back after MADV_DONTNEED");
+    }
+    let mut expect = vec![0u8; PAGE];
+    for i in (0..32).chain(96..128) {
+        fill_page(&mut expect, i as u64 * 4 + 1);
+        assert_eq!(heap.page(i), &expect[..], "page {i}");
+    }
+    let s = settled(&rt, |s| s.evicted_pages == 0);
+    assert!(s.pages_dropped_by_program >= 60, "{s:?}");
+    assert_eq!(s.evicted_pages, 0);
+}
+
+#[test]
+fn munmap_after_eviction_then_a_new_mapping_gives_zeros() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 64);
+    rt.evict(heap.ptr, heap.len).unwrap();
+    // SAFETY: unmapping and remapping the test's own range at the same address.
+    unsafe {
+        assert_eq!(libc::munmap(heap.ptr.cast(), heap.len), 0);
+        let p = libc::mmap(
+            heap.ptr.cast(),
+            heap.len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        assert_eq!(p.cast(), heap.ptr);
+    }
+    let s = settled(&rt, |s| s.regions == 0);
+    assert_eq!(s.regions, 0, "an unmapped region is forgotten");
+    // Registering the same addresses again must not resurrect the old pages.
+    rt.register(heap.ptr, heap.len).unwrap();
+    assert!(heap.bytes().iter().all(|&b| b == 0), "old contents came back after munmap");
+}
+
+#[test]
+fn mremap_moves_evicted_pages_with_the_region() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 64);
+    let sums: Vec<u64> = (0..64).map(|i| checksum(heap.page(i))).collect();
+    rt.evict(heap.ptr, heap.len).unwrap();
+    // Reserve a destination, then move the whole region there.
+    let dst = Heap::new(64 * PAGE);
+    // SAFETY: moving the test's mapping onto another mapping it owns.
+    let p = unsafe {
+        libc::mremap(heap.ptr.cast(), heap.len, heap.len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst.ptr)
+    };
+    assert_eq!(p.cast(), dst.ptr);
+    for (i, sum) in sums.iter().enumerate() {
+        assert_eq!(checksum(dst.page(i)), *sum, "page {i} after mremap");
+    }
+    std::mem::forget(heap); // its range now belongs to `dst`
+}
+
+#[test]
+fn unregister_brings_evicted_pages_back_first() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 256);
+    let before = checksum(heap.bytes());
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert!(r.evicted > 200);
+    rt.unregister(heap.ptr).unwrap();
+    assert_eq!(rt.stats().regions, 0);
+    // Unregistered: reading now goes straight to the kernel, so every page must
+    // already be back.
+    assert_eq!(checksum(heap.bytes()), before);
+}
+
+#[test]
+fn dropping_the_runtime_brings_pages_back() {
+    let heap;
+    let before;
+    {
+        let rt = Runtime::builder().build().unwrap();
+        heap = filled(&rt, 128);
+        before = checksum(heap.bytes());
+        rt.evict(heap.ptr, heap.len).unwrap();
+    }
+    assert_eq!(checksum(heap.bytes()), before);
+}
+
+/// A tier that stores pages but fails every load: a disk that died.
+#[derive(Default)]
+struct BrokenTier {
+    pages: Mutex<Vec<Option<Box<Page>>>>,
+}
+
+impl Tier for BrokenTier {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn store(&self, page: &Page, _: PageClass) -> Result<Handle, TierError> {
+        let mut p = self.pages.lock().unwrap();
+        p.push(Some(Box::new(*page)));
+        Ok(Handle::new(p.len() as u64 - 1))
+    }
+    fn load(&self, _: Handle, _: &mut Page) -> Result<(), TierError> {
+        Err(TierError::Injected)
+    }
+    fn remove(&self, h: Handle) {
+        self.pages.lock().unwrap()[h.raw() as usize] = None;
+    }
+    fn capacity(&self) -> Capacity {
+        Capacity::default()
+    }
+    fn stats(&self) -> TierStats {
+        TierStats::default()
+    }
+}
+
+const CHILD_ENV: &str = "FARMEM_TEST_SIGBUS_CHILD";
+
+#[test]
+fn a_tier_failure_raises_sigbus_not_zeros() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // The child: evict a page into the broken tier and read it.
+        let rt = Runtime::builder().tier(Arc::new(BrokenTier::default())).build().unwrap();
+        let heap = filled(&rt, 4);
+        rt.evict(heap.ptr, heap.len).unwrap();
+        let b = std::hint::black_box(heap.bytes()[PAGE + 5]);
+        // Reaching here means the access returned bytes the tier never gave.
+        println!("READ {b}");
+        std::process::exit(3);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_tier_failure_raises_sigbus_not_zeros", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGBUS),
+        "child should die of SIGBUS; status {:?}, stdout {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
