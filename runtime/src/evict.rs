@@ -39,7 +39,7 @@ pub struct EvictReport {
 }
 
 impl EvictReport {
-    fn add(&mut self, o: &EvictReport) {
+    pub(crate) fn add(&mut self, o: &EvictReport) {
         self.evicted += o.evicted;
         self.absent += o.absent;
         self.busy += o.busy;
@@ -86,24 +86,23 @@ impl Staging {
     }
 }
 
-/// Evicts the pages `[first, first+count)` of `region`.
-pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, first: usize, count: usize) -> io::Result<EvictReport> {
+/// Evicts the pages of `region` whose indices `pages` lists (ascending runs
+/// are moved with one call each).
+pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, pages: &[usize]) -> io::Result<EvictReport> {
     let staging = &shared.staging;
     let _area = staging.lock.lock().unwrap_or_else(|e| e.into_inner());
     let mut total = EvictReport::default();
-    let mut at = first;
-    let end = first + count;
-    while at < end {
-        let n = (end - at).min(staging.pages);
-        let r = evict_batch(shared, region, at, n)?;
+    for batch in pages.chunks(staging.pages) {
+        let r = evict_batch(shared, region, batch)?;
         total.add(&r);
-        at += n;
     }
     Ok(total)
 }
 
-fn evict_batch(shared: &Shared, region: &Arc<Region>, first: usize, n: usize) -> io::Result<EvictReport> {
+/// Evicts one batch; page `idx[k]` goes through staging slot `k`.
+fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Result<EvictReport> {
     let staging = &shared.staging;
+    let n = idx.len();
     let mut report = EvictReport::default();
     let mut claimed = vec![false; n];
     let mut refused: Vec<usize> = Vec::new();
@@ -113,23 +112,20 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, first: usize, n: usize) ->
             return Ok(report);
         }
         for (k, c) in claimed.iter_mut().enumerate() {
-            match region.states.get(first + k) {
-                State::Resident => *c = region.states.transition(first + k, State::Resident, State::Claimed),
+            match region.states.get(idx[k]) {
+                State::Resident if region.states.transition(idx[k], State::Resident, State::Claimed) => *c = true,
                 State::Evicted { .. } | State::Poisoned => report.absent += 1,
                 _ => report.busy += 1,
             }
-            if !*c && region.states.get(first + k) == State::Resident {
-                report.busy += 1;
-            }
         }
-        move_out(shared, region, first, &mut claimed, &mut report);
+        move_out(shared, region, idx, &mut claimed, &mut report);
         let mut resident = vec![0u8; n];
         staging.map.residency(0, &mut resident)?;
         for k in 0..n {
             if !claimed[k] {
                 continue;
             }
-            let i = first + k;
+            let i = idx[k];
             if resident[k] & 1 == 0 {
                 // A hole: never touched, or dropped by the program.
                 region.states.transition(i, State::Claimed, State::Resident);
@@ -144,7 +140,7 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, first: usize, n: usize) ->
             if !claimed[k] {
                 continue;
             }
-            let i = first + k;
+            let i = idx[k];
             let staged = State::Staged { slot: k as u64 };
             match store(shared, staging.page(k)) {
                 Ok((tier, handle)) => {
@@ -190,9 +186,10 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, first: usize, n: usize) ->
     Ok(report)
 }
 
-/// Moves each run of claimed pages into staging (slot k for page first+k).
-/// Pages the kernel will not move are unclaimed.
-fn move_out(shared: &Shared, region: &Region, first: usize, claimed: &mut [bool], report: &mut EvictReport) {
+/// Moves each run of claimed pages into staging (slot k for page idx[k]); a run
+/// is consecutive slots holding consecutive pages. Pages the kernel will not
+/// move are unclaimed.
+fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool], report: &mut EvictReport) {
     let n = claimed.len();
     let mut k = 0;
     while k < n {
@@ -200,14 +197,14 @@ fn move_out(shared: &Shared, region: &Region, first: usize, claimed: &mut [bool]
             k += 1;
             continue;
         }
-        let mut run_end = k;
-        while run_end < n && claimed[run_end] {
+        let mut run_end = k + 1;
+        while run_end < n && claimed[run_end] && idx[run_end] == idx[run_end - 1] + 1 {
             run_end += 1;
         }
         let mut cur = k;
         while cur < run_end {
             let dst = shared.staging.base() + (cur * PAGE_SIZE) as u64;
-            let src = region.page_addr(first + cur);
+            let src = region.page_addr(idx[cur]);
             let len = ((run_end - cur) * PAGE_SIZE) as u64;
             match shared.staging_uffd.move_pages(dst, src, len, true) {
                 Ok(()) => break,
@@ -222,7 +219,7 @@ fn move_out(shared: &Shared, region: &Region, first: usize, claimed: &mut [bool]
                         // cannot move: it stays where it is.
                         Some(libc::EBUSY) => {
                             if stuck < run_end {
-                                region.states.transition(first + stuck, State::Claimed, State::Resident);
+                                region.states.transition(idx[stuck], State::Claimed, State::Resident);
                                 claimed[stuck] = false;
                                 report.busy += 1;
                             }
@@ -232,7 +229,7 @@ fn move_out(shared: &Shared, region: &Region, first: usize, claimed: &mut [bool]
                             // The range is gone (unmapped) or changed: give up the rest.
                             tracing::debug!("move out of {src:#x} stopped: {}", p.error);
                             for (j, c) in claimed.iter_mut().enumerate().take(run_end).skip(stuck) {
-                                if *c && region.states.transition(first + j, State::Claimed, State::Resident) {
+                                if *c && region.states.transition(idx[j], State::Claimed, State::Resident) {
                                     report.busy += 1;
                                 }
                                 *c = false;

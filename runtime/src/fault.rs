@@ -127,12 +127,36 @@ enum Served {
 pub(crate) struct FaultThread {
     shared: Arc<Shared>,
     deferred: Vec<(u64, bool)>,
+    /// Tier copies of pages already back in RAM, freed when the thread is idle:
+    /// freeing can cost a TLB shootdown, which must not delay the next fault.
+    to_remove: Vec<(u8, u64)>,
     buf: Box<AlignedPage>,
 }
 
+/// Tier copies freed at once when the fault thread is busy for a long time.
+const REMOVE_BATCH: usize = 512;
+
 impl FaultThread {
     pub fn new(shared: Arc<Shared>) -> Self {
-        FaultThread { shared, deferred: Vec::with_capacity(1024), buf: Box::new(AlignedPage([0; PAGE_SIZE])) }
+        FaultThread {
+            shared,
+            deferred: Vec::with_capacity(1024),
+            to_remove: Vec::with_capacity(REMOVE_BATCH),
+            buf: Box::new(AlignedPage([0; PAGE_SIZE])),
+        }
+    }
+
+    fn remove_later(&mut self, tier: u8, handle: u64) {
+        if self.to_remove.len() == REMOVE_BATCH {
+            self.flush_removes();
+        }
+        self.to_remove.push((tier, handle));
+    }
+
+    fn flush_removes(&mut self) {
+        for (tier, handle) in self.to_remove.drain(..) {
+            self.shared.tiers[tier as usize].remove(Handle::new(handle));
+        }
     }
 
     /// Runs until the runtime stops.
@@ -160,6 +184,10 @@ impl FaultThread {
                 idle_since = Instant::now();
                 continue;
             }
+            if !self.to_remove.is_empty() {
+                self.flush_removes();
+                continue;
+            }
             if !self.deferred.is_empty() {
                 self.retry_deferred();
                 if !self.deferred.is_empty() {
@@ -184,6 +212,7 @@ impl FaultThread {
             }
             idle_since = Instant::now();
         }
+        self.flush_removes();
     }
 
     /// Reads and serves whatever the kernel has pending, once. Used while a
@@ -329,7 +358,7 @@ impl FaultThread {
         }
         region.states.transition(i, faulting, State::Resident);
         region.evicted.fetch_sub(1, Ordering::Relaxed);
-        t.remove(Handle::new(handle));
+        self.remove_later(tier, handle);
         shared.counters.faults_from_tier.fetch_add(1, Ordering::Relaxed);
         Served::Done
     }

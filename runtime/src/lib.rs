@@ -279,15 +279,34 @@ impl Runtime {
             let first = ((at - region.start()) / PAGE_SIZE as u64) as usize;
             let end = (a + l).min(region.start() + region.len());
             let count = ((end - at) / PAGE_SIZE as u64) as usize;
-            let r = evict::evict_pages(&self.shared, &region, first, count)
-                .map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
-            report.evicted += r.evicted;
-            report.absent += r.absent;
-            report.busy += r.busy;
-            report.rejected += r.rejected;
-            report.full += r.full;
-            report.raced += r.raced;
+            let idx: Vec<usize> = (first..first + count).collect();
+            let r = evict::evict_pages(&self.shared, &region, &idx).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
+            report.add(&r);
             at = end;
+        }
+        Ok(report)
+    }
+
+    /// Takes the pages that start at the given addresses out of RAM, in batches:
+    /// for a reclaimer whose victims are scattered. Each address must be
+    /// page-aligned and registered; the list is best given sorted.
+    pub fn evict_pages(&self, pages: &[*mut u8]) -> Result<EvictReport, RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        let mut report = EvictReport::default();
+        let mut k = 0;
+        while k < pages.len() {
+            let a = pages[k] as u64;
+            check_aligned(a, PAGE_SIZE as u64)?;
+            let region = self.shared.regions.find(a).ok_or(RuntimeError::NotRegistered { addr: a, len: PAGE_SIZE as u64 })?;
+            let mut idx = Vec::new();
+            while k < pages.len() && region.contains(pages[k] as u64) {
+                let p = pages[k] as u64;
+                check_aligned(p, PAGE_SIZE as u64)?;
+                idx.push(((p - region.start()) / PAGE_SIZE as u64) as usize);
+                k += 1;
+            }
+            let r = evict::evict_pages(&self.shared, &region, &idx).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
+            report.add(&r);
         }
         Ok(report)
     }
