@@ -23,9 +23,11 @@
 
 pub mod compressed;
 mod error;
+pub mod raw;
 
 pub use compressed::{Codec, CompressedConfig, CompressedTier, Incompressible};
 pub use error::TierError;
+pub use raw::RawTier;
 
 /// The size of a page as farmem stores it.
 pub const PAGE_SIZE: usize = 4096;
