@@ -91,12 +91,20 @@ impl Staging {
 pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, pages: &[usize]) -> io::Result<EvictReport> {
     let staging = &shared.staging;
     let _area = staging.lock.lock().unwrap_or_else(|e| e.into_inner());
+    shared.evict_quiet_since_us.store(0, Ordering::Relaxed);
     let mut total = EvictReport::default();
+    let mut result = Ok(());
     for batch in pages.chunks(staging.pages) {
-        let r = evict_batch(shared, region, batch)?;
-        total.add(&r);
+        match evict_batch(shared, region, batch) {
+            Ok(r) => total.add(&r),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(total)
+    shared.evict_quiet_since_us.store(shared.now_us(), Ordering::Relaxed);
+    result.map(|()| total)
 }
 
 /// Evicts one batch; page `idx[k]` goes through staging slot `k`.

@@ -195,7 +195,7 @@ impl FaultThread {
                 }
                 continue;
             }
-            if idle_since.elapsed() < spin {
+            if idle_since.elapsed() < spin && self.evictions_quiet() {
                 std::hint::spin_loop();
                 continue;
             }
@@ -213,6 +213,12 @@ impl FaultThread {
             idle_since = Instant::now();
         }
         self.flush_removes();
+    }
+
+    /// Whether no eviction has run for a millisecond: only then is spinning free.
+    fn evictions_quiet(&self) -> bool {
+        let since = self.shared.evict_quiet_since_us.load(Ordering::Relaxed);
+        since != 0 && self.shared.now_us().saturating_sub(since) > 1000
     }
 
     /// Reads and serves whatever the kernel has pending, once. Used while a
@@ -576,10 +582,21 @@ impl FaultThread {
                 }
             }
         }
-        let r = self.shared.uffd.unregister(region.start(), region.len());
+        let r = match self.shared.uffd.unregister(region.start(), region.len()) {
+            // The program unmapped the range: the kernel dropped the registration with it.
+            Err(_) if !is_mapped(region.start()) => Ok(()),
+            r => r,
+        };
         self.shared.regions.remove(region);
         r
     }
+}
+
+/// Whether the page at `addr` is mapped at all (mincore says ENOMEM if not).
+fn is_mapped(addr: u64) -> bool {
+    let mut v = 0u8;
+    // SAFETY: mincore only reads the page tables for one page and writes one byte.
+    unsafe { libc::mincore(addr as *mut libc::c_void, PAGE_SIZE, &mut v) == 0 }
 }
 
 /// How long the fault thread spins before sleeping in poll, by default.

@@ -45,7 +45,7 @@ mod scope;
 mod stats;
 pub mod uffd;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -76,7 +76,10 @@ pub struct Config {
     /// Pages zero-filled per fault on never-evicted memory, the faulting page included.
     pub zero_fill_batch: usize,
     /// How long the fault thread keeps polling after its last message before it
-    /// sleeps in poll(2): spinning saves a wake-up per fault under load.
+    /// sleeps in poll(2): spinning saves a wake-up per fault under load. It does
+    /// not spin while an eviction runs or within a millisecond of one, because
+    /// on a machine with few cores the spinning thread would take the core the
+    /// evictor needs.
     pub spin: Duration,
 }
 
@@ -160,6 +163,8 @@ impl RuntimeBuilder {
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
+            evict_quiet_since_us: AtomicU64::new(1),
+            epoch: std::time::Instant::now(),
             config,
         });
         let thread_shared = Arc::clone(&shared);
@@ -194,7 +199,17 @@ pub(crate) struct Shared {
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,
+    /// When the last eviction batch ended (or 0 while one runs), in
+    /// microseconds since `epoch`: the fault thread does not spin near one.
+    evict_quiet_since_us: AtomicU64,
+    epoch: std::time::Instant,
     config: Config,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64 + 1
+    }
 }
 
 /// The far-memory runtime of one process: regions, the fault thread, the tiers.

@@ -122,11 +122,6 @@ impl PageStates {
         self.pages
     }
 
-    /// Whether there are no pages.
-    pub fn is_empty(&self) -> bool {
-        self.pages == 0
-    }
-
     fn word(&self, i: usize) -> &AtomicU64 {
         assert!(i < self.pages, "page index {i} beyond {} pages", self.pages);
         // SAFETY: the mapping holds `pages` zero-initialised, 8-aligned u64 words

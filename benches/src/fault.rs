@@ -1,0 +1,217 @@
+//! `farmem bench fault`: fault-back latency from each farmem tier configuration,
+//! beside, in the same run, the machine's own baselines.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use farmem_tiers::{Codec, CompressedConfig, CompressedTier, RawTier, Tier};
+use serde::Serialize;
+
+use crate::farmem_runs::{self, CappedRun, FarmemRun};
+use crate::{first_touch, kernel};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FaultBenchConfig {
+    /// Heap size for the fault walks and the kernel run, bytes.
+    pub size: usize,
+    /// Faults timed per run.
+    pub accesses: usize,
+    /// Where to write the JSON figures.
+    pub json: Option<PathBuf>,
+    /// Whether to run the kernel's zram baseline.
+    pub kernel: bool,
+    /// The fault thread's spin before sleeping.
+    pub spin: Duration,
+}
+
+/// The figures, flat where the issue names keys, runs in full below.
+#[derive(Debug, Serialize)]
+pub struct FaultBenchReport {
+    /// lz4 fault-back p50, microseconds, as the program sees it.
+    pub p50_us: f64,
+    /// lz4 p99.
+    pub p99_us: f64,
+    /// lz4 p99.9.
+    pub p999_us: f64,
+    /// lz4 faults per second from one thread.
+    pub faults_per_s: f64,
+    /// lz4 compression ratio (bytes in per byte of tier memory).
+    pub ratio: f64,
+    /// The engine's own floor: a fault served with no decompression, p50.
+    pub floor_p50_us: f64,
+    /// A plain first-touch anonymous page fault, p50.
+    pub first_touch_p50_us: f64,
+    /// The kernel's zram swap-in p50 (None when skipped).
+    pub kernel_zram_p50_us: Option<f64>,
+    /// The kernel's zram swap-in p99.
+    pub kernel_zram_p99_us: Option<f64>,
+    /// The kernel's zram swap-in p99.9.
+    pub kernel_zram_p999_us: Option<f64>,
+    /// The kernel run's random reads per second (heap over a cgroup limit).
+    pub kernel_zram_accesses_per_s: Option<f64>,
+    /// zram's own ratio (lz4) in the kernel run.
+    pub kernel_zram_ratio: Option<f64>,
+    /// zram's lzo-rle ratio on the same pages farmem compressed.
+    pub zram_lzo_rle_ratio: Option<f64>,
+    /// farmem's random reads per second with the same heap held to the same cap.
+    pub farmem_capped_accesses_per_s: f64,
+    /// Every farmem run.
+    pub runs: Vec<FarmemRun>,
+    /// The capped farmem run.
+    pub capped: CappedRun,
+    /// The first-touch baseline.
+    pub first_touch: crate::stats::LatencySummary,
+    /// The kernel run in full.
+    pub kernel_zram: Option<kernel::ZramRun>,
+    /// Why a part was skipped.
+    pub skipped: Vec<String>,
+}
+
+const SEED: u64 = 0xbe_c4;
+
+fn compressed(codec: Codec) -> Result<Arc<dyn Tier>, String> {
+    let t = CompressedTier::new(CompressedConfig { codecs: vec![codec], ..CompressedConfig::default() }).map_err(|e| e.to_string())?;
+    Ok(Arc::new(t))
+}
+
+/// Runs every part, prints a table, writes JSON if asked.
+pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
+    let size = cfg.size.next_multiple_of(4096);
+    let mut skipped = Vec::new();
+    // The kernel run goes first, in a child process, before this process starts
+    // any runtime thread.
+    let kernel_zram = if !cfg.kernel {
+        skipped.push("kernel zram run: --no-kernel".to_string());
+        None
+    } else {
+        match kernel::kernel_available() {
+            Err(e) => {
+                eprintln!("skipped: kernel zram run: {e}");
+                skipped.push(format!("kernel zram run: {e}"));
+                None
+            }
+            Ok(()) => {
+                eprintln!("kernel: zram (lz4) swap, {} MiB heap under a {} MiB memory cgroup limit...", size >> 20, (size / 4) >> 20);
+                let zc = kernel::ZramRunConfig {
+                    heap_bytes: size as u64,
+                    limit_bytes: (size / 4) as u64,
+                    algorithm: "lz4".into(),
+                    accesses: cfg.accesses as u64,
+                    seed: SEED,
+                };
+                Some(kernel::measure_zram_swapin(&zc).map_err(|e| format!("kernel zram run: {e}"))?)
+            }
+        }
+    };
+    let zram_lzo_rle_ratio = if kernel_zram.is_some() {
+        eprintln!("kernel: zram lzo-rle ratio on the same pages...");
+        let mut pages = vec![0u8; size.min(256 << 20)];
+        crate::heap::fill(&mut pages, SEED);
+        match kernel::zram_ratio(&pages, "lzo-rle") {
+            Ok(r) => Some(r.ratio),
+            Err(e) => {
+                skipped.push(format!("zram lzo-rle ratio: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    eprintln!("first-touch page faults...");
+    let first_touch = first_touch::measure_first_touch(cfg.accesses.min(size / 4096)).map_err(|e| e.to_string())?;
+
+    let mut runs = Vec::new();
+    let configs: [(&str, Box<dyn Fn() -> Result<Arc<dyn Tier>, String>>); 3] = [
+        ("floor (raw, no codec)", Box::new(move || Ok(Arc::new(RawTier::new(2 * size as u64).map_err(|e| e.to_string())?) as Arc<dyn Tier>))),
+        ("lz4", Box::new(|| compressed(Codec::Lz4))),
+        ("zstd:3", Box::new(|| compressed(Codec::Zstd { level: 3 }))),
+    ];
+    for (label, make) in &configs {
+        eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
+        runs.push(farmem_runs::random_faults(make()?, label, size, cfg.accesses, SEED, cfg.spin)?);
+    }
+    eprintln!("farmem: lz4, {} MiB heap held to {} MiB resident, {} random reads...", size >> 20, (size / 4) >> 20, cfg.accesses);
+    let capped = farmem_runs::capped_random_reads(compressed(Codec::Lz4)?, size, size / 4, cfg.accesses, SEED, cfg.spin)?;
+
+    let lz4 = runs.iter().find(|r| r.label == "lz4").expect("lz4 run").clone();
+    let floor = runs[0].clone();
+    let report = FaultBenchReport {
+        p50_us: lz4.p50_us,
+        p99_us: lz4.p99_us,
+        p999_us: lz4.p999_us,
+        faults_per_s: lz4.faults_per_s,
+        ratio: lz4.ratio,
+        floor_p50_us: floor.p50_us,
+        first_touch_p50_us: first_touch.p50_us,
+        kernel_zram_p50_us: kernel_zram.as_ref().map(|k| k.latency.p50_us),
+        kernel_zram_p99_us: kernel_zram.as_ref().map(|k| k.latency.p99_us),
+        kernel_zram_p999_us: kernel_zram.as_ref().map(|k| k.latency.p999_us),
+        kernel_zram_accesses_per_s: kernel_zram.as_ref().map(|k| k.accesses_per_s),
+        kernel_zram_ratio: kernel_zram.as_ref().map(|k| k.ratio),
+        zram_lzo_rle_ratio,
+        farmem_capped_accesses_per_s: capped.accesses_per_s,
+        runs,
+        capped,
+        first_touch,
+        kernel_zram,
+        skipped,
+    };
+    print_table(&report);
+    if let Some(path) = &cfg.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "skipped".into())
+}
+
+fn print_table(r: &FaultBenchReport) {
+    println!();
+    println!("{:<34} {:>9} {:>9} {:>9} {:>11} {:>7}", "fault served by", "p50 us", "p99 us", "p99.9 us", "faults/s", "ratio");
+    for run in &r.runs {
+        println!(
+            "{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7.2}",
+            format!("farmem {}", run.label),
+            run.p50_us,
+            run.p99_us,
+            run.p999_us,
+            run.faults_per_s,
+            run.ratio
+        );
+    }
+    let ft = &r.first_touch;
+    println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", "kernel first-touch fault", ft.p50_us, ft.p99_us, ft.p999_us, ft.per_s, "-");
+    match &r.kernel_zram {
+        Some(k) => println!(
+            "{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7.2}",
+            "kernel zram swap-in (lz4)", k.latency.p50_us, k.latency.p99_us, k.latency.p999_us, k.accesses_per_s, k.ratio
+        ),
+        None => println!("{:<34} skipped", "kernel zram swap-in"),
+    }
+    println!();
+    println!(
+        "random reads, {} MiB heap held to {} MiB resident: farmem {:.0}/s (p50 {:.1} us, p99 {:.1} us), kernel zram {}/s (p99 {} us)",
+        r.capped.heap_bytes >> 20,
+        r.capped.cap_bytes >> 20,
+        r.capped.accesses_per_s,
+        r.capped.p50_us,
+        r.capped.p99_us,
+        opt(r.kernel_zram_accesses_per_s),
+        opt(r.kernel_zram_p99_us)
+    );
+    println!("compression on the same pages: farmem lz4 {:.2}x, zram lzo-rle {}x", r.ratio, opt(r.zram_lzo_rle_ratio));
+    let lz4 = r.runs.iter().find(|x| x.label == "lz4");
+    if let Some(l) = lz4 {
+        println!(
+            "decompression over the engine's floor: {:+.0}% at p50; T1 overhead beyond compressed bytes {:.1}%",
+            100.0 * (l.p50_us / r.floor_p50_us - 1.0),
+            100.0 * l.tier_overhead
+        );
+    }
+}
