@@ -1,0 +1,58 @@
+//! The `farmem` command end to end, on small sizes.
+
+use std::process::Command;
+
+fn farmem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_farmem"))
+}
+
+#[test]
+fn demo_checks_every_page_and_reports() {
+    let out = farmem().args(["demo", "--size", "64M", "--threads", "2"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all 16384 pages match"), "{stdout}");
+    assert!(stdout.contains("compression ratio"), "{stdout}");
+    assert!(stdout.contains("fault latency (program)"), "{stdout}");
+}
+
+#[test]
+fn demo_with_zstd() {
+    let out = farmem().args(["demo", "--size", "16M", "--codec", "zstd:3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all 4096 pages match"));
+}
+
+#[test]
+fn a_bad_codec_or_size_is_one_clear_error() {
+    let out = farmem().args(["demo", "--codec", "lzma"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("codec 'lzma' is not one of: lz4, zstd, zstd:LEVEL"), "{err}");
+    let out = farmem().args(["demo", "--size", "lots"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'lots' is not a size"));
+}
+
+#[test]
+fn bench_fault_writes_the_named_json_keys() {
+    let dir = std::env::temp_dir().join(format!("farmem-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("fault.json");
+    let out = farmem()
+        .args(["bench", "fault", "--size", "64M", "--accesses", "3000", "--no-kernel", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["p50_us", "p99_us", "p999_us", "faults_per_s", "ratio", "floor_p50_us", "first_touch_p50_us"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive in {v}");
+    }
+    for key in ["kernel_zram_p50_us", "kernel_zram_p99_us"] {
+        assert!(v.get(key).is_some(), "{key} missing");
+        assert!(v[key].is_null(), "{key} should be null when the kernel run is skipped");
+    }
+    assert!(v["skipped"][0].as_str().unwrap().contains("--no-kernel"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
