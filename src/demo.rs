@@ -30,7 +30,7 @@ fn rss() -> u64 {
 }
 
 fn progress(what: &str, done: usize, total: usize) {
-    if done % (total / 20).max(1) == 0 || done == total {
+    if done.is_multiple_of((total / 20).max(1)) || done == total {
         eprint!("\r{what}: {:>3}%", done * 100 / total.max(1));
         if done == total {
             eprintln!();
@@ -106,6 +106,7 @@ pub fn run(size: u64, threads: usize, codec_name: &str) -> Result<(), String> {
                         let page = unsafe { std::slice::from_raw_parts((base + p * PAGE_SIZE) as *const u8, PAGE_SIZE) };
                         let s = Instant::now();
                         // The first touch of the page is the fault; time just that.
+                        // SAFETY: the page is mapped and readable; nobody writes it now.
                         let first = unsafe { std::ptr::read_volatile(page.as_ptr()) };
                         h.record(s.elapsed().as_nanos().max(1) as u64).expect("bounds");
                         std::hint::black_box(first);

@@ -71,6 +71,9 @@ pub struct FaultBenchReport {
 
 const SEED: u64 = 0xbe_c4;
 
+/// Makes a fresh tier for one run.
+type MakeTier = Box<dyn Fn() -> Result<Arc<dyn Tier>, String>>;
+
 fn compressed(codec: Codec) -> Result<Arc<dyn Tier>, String> {
     let t = CompressedTier::new(CompressedConfig { codecs: vec![codec], ..CompressedConfig::default() }).map_err(|e| e.to_string())?;
     Ok(Arc::new(t))
@@ -123,7 +126,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
     let first_touch = first_touch::measure_first_touch(cfg.accesses.min(size / 4096)).map_err(|e| e.to_string())?;
 
     let mut runs = Vec::new();
-    let configs: [(&str, Box<dyn Fn() -> Result<Arc<dyn Tier>, String>>); 3] = [
+    let configs: [(&str, MakeTier); 3] = [
         ("floor (raw, no codec)", Box::new(move || Ok(Arc::new(RawTier::new(2 * size as u64).map_err(|e| e.to_string())?) as Arc<dyn Tier>))),
         ("lz4", Box::new(|| compressed(Codec::Lz4))),
         ("zstd:3", Box::new(|| compressed(Codec::Zstd { level: 3 }))),

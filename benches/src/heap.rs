@@ -49,7 +49,7 @@ pub fn fill_page(page: &mut [u8], seed: u64, index: usize) {
                 let n = w.len().min(PAGE - at);
                 page[at..at + n].copy_from_slice(&w[..n]);
                 at += n;
-                if at + 6 < PAGE && r.next() % 4 == 0 {
+                if at + 6 < PAGE && r.next().is_multiple_of(4) {
                     let num = (r.next() % 100_000).to_string();
                     let n = num.len().min(PAGE - at);
                     page[at..at + n].copy_from_slice(&num.as_bytes()[..n]);

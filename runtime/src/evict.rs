@@ -179,11 +179,8 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
         shared.requests.push(Request::Restore { region: Arc::clone(region), page: i });
     }
     for &i in &refused {
-        loop {
-            match region.states.get(i) {
-                State::Staged { .. } | State::Restoring { .. } => std::thread::yield_now(),
-                _ => break,
-            }
+        while let State::Staged { .. } | State::Restoring { .. } = region.states.get(i) {
+            std::thread::yield_now();
         }
     }
     shared.counters.pages_evicted.fetch_add(report.evicted, Ordering::Relaxed);

@@ -222,7 +222,7 @@ pub struct Runtime {
 }
 
 fn check_aligned(addr: u64, len: u64) -> Result<(), RuntimeError> {
-    if addr % PAGE_SIZE as u64 != 0 || len % PAGE_SIZE as u64 != 0 || len == 0 {
+    if !addr.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE as u64) || len == 0 {
         return Err(RuntimeError::NotAligned { addr, len });
     }
     Ok(())

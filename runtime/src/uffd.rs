@@ -29,7 +29,7 @@ const UFFDIO_ZEROPAGE: u64 = iowr(0x04, std::mem::size_of::<UffdioZeropage>());
 const UFFDIO_MOVE: u64 = iowr(0x05, std::mem::size_of::<UffdioMove>());
 const UFFDIO_POISON: u64 = iowr(0x08, std::mem::size_of::<UffdioPoison>());
 /// `_IO(0xAA, 0x00)` on /dev/userfaultfd.
-const USERFAULTFD_IOC_NEW: u64 = (UFFDIO << 8) | 0x00;
+const USERFAULTFD_IOC_NEW: u64 = UFFDIO << 8;
 
 /// Feature bits of UFFDIO_API (`UFFD_FEATURE_*`).
 pub mod feature {

@@ -9,7 +9,9 @@ pub struct Heap {
     pub len: usize,
 }
 
+// SAFETY: a Heap is plain mapped memory; the tests decide which thread writes which page.
 unsafe impl Send for Heap {}
+// SAFETY: as above.
 unsafe impl Sync for Heap {}
 
 impl Heap {
@@ -29,12 +31,16 @@ impl Heap {
         Heap { ptr: p.cast(), len }
     }
 
+    // Tests share one heap between threads that write disjoint pages, as a
+    // program would; the heap is plain memory, not a Rust-owned buffer.
+    #[allow(clippy::mut_from_ref)]
     pub fn bytes(&self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes and lives as long as self; tests
         // coordinate their own writes.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
+    #[allow(clippy::mut_from_ref)]
     pub fn page(&self, i: usize) -> &mut [u8] {
         &mut self.bytes()[i * PAGE..(i + 1) * PAGE]
     }
