@@ -58,4 +58,7 @@ pub enum RuntimeError {
     /// The fault thread has stopped.
     #[error("the fault thread has stopped")]
     Stopped,
+    /// Called in a forked child: the runtime belongs to the parent.
+    #[error("this farmem runtime belongs to the parent process; a forked child runs without it (its memory is complete)")]
+    Forked,
 }

@@ -195,6 +195,42 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
 /// is consecutive slots holding consecutive pages. Pages the kernel will not
 /// move are unclaimed.
 fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool], report: &mut EvictReport) {
+    let mut busy = Vec::new();
+    move_runs(shared, region, idx, claimed, &mut busy, report);
+    // Pages shared with a forked child (even one that has exited) are not
+    // exclusive, and the kernel will not move them. Let it break the sharing
+    // as a write would, without changing a byte, then move them once more.
+    for k in busy {
+        let i = idx[k];
+        region.states.transition(i, State::Claimed, State::Resident);
+        claimed[k] = false;
+        // SAFETY: the page lies in a registered region; MADV_POPULATE_WRITE only
+        // faults it in writable (a present page keeps its bytes; a page the
+        // program dropped meanwhile is zero-filled by the fault thread, which
+        // never waits on this thread for a `Resident` page).
+        let r = unsafe { libc::madvise(region.page_addr(i) as *mut libc::c_void, PAGE_SIZE, MADV_POPULATE_WRITE) };
+        if r != 0 || !region.states.transition(i, State::Resident, State::Claimed) {
+            report.busy += 1;
+            continue;
+        }
+        let dst = shared.staging.base() + (k * PAGE_SIZE) as u64;
+        match shared.staging_uffd.move_pages(dst, region.page_addr(i), PAGE_SIZE as u64, true) {
+            Ok(()) => claimed[k] = true,
+            Err(_) => {
+                // Pinned, or shared again: it stays in RAM.
+                region.states.transition(i, State::Claimed, State::Resident);
+                report.busy += 1;
+            }
+        }
+    }
+}
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14).
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Moves runs of claimed pages; pages the kernel calls busy are listed in `busy`
+/// (by slot), still claimed.
+fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool], busy: &mut Vec<usize>, report: &mut EvictReport) {
     let n = claimed.len();
     let mut k = 0;
     while k < n {
@@ -224,9 +260,7 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
                         // cannot move: it stays where it is.
                         Some(libc::EBUSY) => {
                             if stuck < run_end {
-                                region.states.transition(idx[stuck], State::Claimed, State::Resident);
-                                claimed[stuck] = false;
-                                report.busy += 1;
+                                busy.push(stuck);
                             }
                             cur = stuck + 1;
                         }

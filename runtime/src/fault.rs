@@ -41,6 +41,8 @@ pub(crate) enum Request {
     Restore { region: Arc<Region>, page: usize },
     /// Bring every page of the region back, unregister it, and report.
     Unregister { region: Arc<Region>, done: Arc<Completion> },
+    /// Bring every evicted page of every region back (before a fork).
+    RestoreAll { done: Arc<Completion> },
 }
 
 /// A one-shot result a caller waits on.
@@ -546,18 +548,17 @@ impl FaultThread {
                 let r = self.unregister(&region);
                 done.finish(r);
             }
+            Request::RestoreAll { done } => {
+                for region in self.shared.regions.all() {
+                    self.restore_region(&region);
+                }
+                done.finish(Ok(()));
+            }
         }
     }
 
-    /// Brings every page of `region` back, then unregisters it.
-    fn unregister(&mut self, region: &Arc<Region>) -> io::Result<()> {
-        {
-            // No new eviction batch starts once `closed` is set; taking the lock
-            // waits for the one in flight. Not held below: pumping events may
-            // need it (an mremap of this region).
-            let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
-            region.closed.store(true, Ordering::Release);
-        }
+    /// Brings every staged or evicted page of `region` back into RAM.
+    fn restore_region(&mut self, region: &Arc<Region>) {
         for i in 0..region.pages() {
             loop {
                 let s = region.states.get(i);
@@ -582,6 +583,18 @@ impl FaultThread {
                 }
             }
         }
+    }
+
+    /// Brings every page of `region` back, then unregisters it.
+    fn unregister(&mut self, region: &Arc<Region>) -> io::Result<()> {
+        {
+            // No new eviction batch starts once `closed` is set; taking the lock
+            // waits for the one in flight. Not held below: pumping events may
+            // need it (an mremap of this region).
+            let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+            region.closed.store(true, Ordering::Release);
+        }
+        self.restore_region(region);
         let r = match self.shared.uffd.unregister(region.start(), region.len()) {
             // The program unmapped the range: the kernel dropped the registration with it.
             Err(_) if !is_mapped(region.start()) => Ok(()),

@@ -31,13 +31,15 @@
 //! allocations made inside a [`RuntimeScope`]; `munmap`/`madvise`/`mremap` by the
 //! program drop or move farmem's copies in the kernel's order of events.
 //!
-//! Not yet handled: `fork` (a child does not see evicted pages; the LD_PRELOAD
-//! shim will bring them back before fork), and write-protect based dirty
-//! tracking (an evicted page's tier copy is dropped on fault-in).
+//! `fork` gives the child all of the parent's memory: evicted pages are brought
+//! back before the fork (see the `fork` module), and the child's copy of the
+//! runtime is inert. Not yet done: write-protect based dirty tracking (an
+//! evicted page's tier copy is dropped when it faults back).
 
 mod error;
 mod evict;
 mod fault;
+mod fork;
 pub mod mem;
 mod pagestate;
 mod region;
@@ -163,6 +165,8 @@ impl RuntimeBuilder {
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
+            owner_pid: std::process::id(),
+            fork_gate: fork::ForkGate::default(),
             evict_quiet_since_us: AtomicU64::new(1),
             epoch: std::time::Instant::now(),
             config,
@@ -178,6 +182,7 @@ impl RuntimeBuilder {
                 FaultThread::new(thread_shared).run();
             })
             .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
+        fork::track(&shared);
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
         Ok(Runtime { shared, fault_thread: Some(fault_thread) })
     }
@@ -199,6 +204,10 @@ pub(crate) struct Shared {
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,
+    /// The process the runtime belongs to; a forked child's copy is inert.
+    owner_pid: u32,
+    /// Holds eviction off across a fork.
+    fork_gate: fork::ForkGate,
     /// When the last eviction batch ended (or 0 while one runs), in
     /// microseconds since `epoch`: the fault thread does not spin near one.
     evict_quiet_since_us: AtomicU64,
@@ -234,6 +243,14 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    /// Fails in a forked child, whose copy of the runtime has no fault thread.
+    fn check_process(&self) -> Result<(), RuntimeError> {
+        if std::process::id() != self.shared.owner_pid {
+            return Err(RuntimeError::Forked);
+        }
+        Ok(())
+    }
+
     /// The userfaultfd features the kernel granted.
     pub fn features(&self) -> u64 {
         self.shared.uffd.features()
@@ -248,6 +265,7 @@ impl Runtime {
     /// memory, mapped and writable, page-aligned, and not overlap a region.
     pub fn register(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
         let _scope = RuntimeScope::enter();
+        self.check_process()?;
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
         let region = Arc::new(Region::new(a, l).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
@@ -265,6 +283,7 @@ impl Runtime {
     /// RAM, then releases the region from farmem.
     pub fn unregister(&self, addr: *mut u8) -> Result<(), RuntimeError> {
         let _scope = RuntimeScope::enter();
+        self.check_process()?;
         let a = addr as u64;
         let region = self.shared.regions.find(a).filter(|r| r.start() == a).ok_or(RuntimeError::NotRegistered { addr: a, len: 0 })?;
         self.unregister_region(region)
@@ -285,6 +304,8 @@ impl Runtime {
     /// threads use the memory: a page touched during its eviction stays right.
     pub fn evict(&self, addr: *mut u8, len: usize) -> Result<EvictReport, RuntimeError> {
         let _scope = RuntimeScope::enter();
+        self.check_process()?;
+        let _pass = self.shared.fork_gate.enter();
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
         let mut report = EvictReport::default();
@@ -307,6 +328,8 @@ impl Runtime {
     /// page-aligned and registered; the list is best given sorted.
     pub fn evict_pages(&self, pages: &[*mut u8]) -> Result<EvictReport, RuntimeError> {
         let _scope = RuntimeScope::enter();
+        self.check_process()?;
+        let _pass = self.shared.fork_gate.enter();
         let mut report = EvictReport::default();
         let mut k = 0;
         while k < pages.len() {
@@ -355,6 +378,14 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         let _scope = RuntimeScope::enter();
+        if self.check_process().is_err() {
+            // A forked child's copy: no fault thread to stop; its memory is the
+            // child's own, complete since the fork.
+            if let Some(t) = self.fault_thread.take() {
+                std::mem::forget(t);
+            }
+            return;
+        }
         for region in self.shared.regions.all() {
             let (a, l) = (region.start(), region.len());
             if let Err(e) = self.unregister_region(region) {

@@ -168,3 +168,28 @@ fn a_tier_failure_raises_sigbus_not_zeros() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_forked_child_sees_evicted_pages_and_the_parent_goes_on() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 512);
+    let before = checksum(heap.bytes());
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert!(r.evicted > 400, "{r:?}");
+    // SAFETY: the child only reads memory and exits; it allocates nothing.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ok = checksum(heap.bytes()) == before;
+        // SAFETY: ending the child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child saw other bytes than the parent had (status {status:#x})");
+    assert_eq!(checksum(heap.bytes()), before);
+    // Eviction resumes in the parent after the fork.
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert!(r.evicted > 400, "{r:?}");
+    assert_eq!(checksum(heap.bytes()), before);
+}
