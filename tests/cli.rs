@@ -56,3 +56,45 @@ fn bench_fault_writes_the_named_json_keys() {
     assert!(v["skipped"][0].as_str().unwrap().contains("--no-kernel"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Root with zram and a memory cgroup, and zram0 free: what the kernel run needs.
+fn kernel_run_possible() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::path::Path::new("/sys/block/zram0").exists()
+        && std::fs::read_to_string("/sys/block/zram0/disksize").is_ok_and(|d| d.trim() == "0")
+        && !std::fs::read_to_string("/proc/swaps").unwrap_or_default().contains("/dev/zram0")
+}
+
+#[test]
+fn ctrl_c_during_the_kernel_run_restores_the_machine() {
+    if !kernel_run_possible() {
+        println!("skipped: needs root, a free zram0 and a memory cgroup");
+        return;
+    }
+    let mut child = farmem()
+        .args(["bench", "fault", "--size", "256M", "--accesses", "5000000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/swaps").unwrap().contains("/dev/zram0") {
+        assert!(t0.elapsed().as_secs() < 30, "zram swap never came up");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling the child we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("interrupted; zram, swap and the cgroup were restored"), "{err}");
+    assert!(!std::fs::read_to_string("/proc/swaps").unwrap().contains("/dev/zram0"), "zram0 still swapped on");
+    assert_eq!(std::fs::read_to_string("/sys/block/zram0/disksize").unwrap().trim(), "0");
+    let cg = format!("farmem-bench-{pid}");
+    for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
+        assert!(!std::path::Path::new(root).join(&cg).exists(), "cgroup {cg} left under {root}");
+    }
+}

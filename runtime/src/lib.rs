@@ -57,7 +57,7 @@ use farmem_tiers::{CompressedConfig, CompressedTier, Tier};
 pub use error::RuntimeError;
 pub use evict::EvictReport;
 pub use scope::{in_runtime, RuntimeScope};
-pub use stats::{AtomicHistogram, Stats};
+pub use stats::{AtomicHistogram, RegionStats, Stats};
 
 use evict::Staging;
 use fault::{Completion, FaultThread, Request, Requests};
@@ -186,6 +186,24 @@ impl RuntimeBuilder {
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
         Ok(Runtime { shared, fault_thread: Some(fault_thread) })
     }
+}
+
+/// Pages of `[start, start+len)` in RAM, by mincore in 64 MiB steps (0 if unmapped).
+fn resident_pages(start: u64, len: u64) -> u64 {
+    const STEP: u64 = 64 << 20;
+    let mut vec = vec![0u8; (STEP / PAGE_SIZE as u64) as usize];
+    let mut n = 0;
+    let mut at = start;
+    while at < start + len {
+        let l = STEP.min(start + len - at);
+        let pages = (l / PAGE_SIZE as u64) as usize;
+        // SAFETY: mincore reads page tables for the range and writes one byte per page into `vec`.
+        if unsafe { libc::mincore(at as *mut libc::c_void, l as usize, vec.as_mut_ptr()) } == 0 {
+            n += vec[..pages].iter().filter(|&&b| b & 1 != 0).count() as u64;
+        }
+        at += l;
+    }
+    n
 }
 
 /// Names the calling thread for ps and debuggers, without allocating.
@@ -355,6 +373,15 @@ impl Runtime {
         let regions = self.shared.regions.all();
         Stats {
             regions: regions.len(),
+            per_region: regions
+                .iter()
+                .map(|r| RegionStats {
+                    start: r.start(),
+                    len: r.len(),
+                    resident_pages: resident_pages(r.start(), r.len()),
+                    evicted_pages: r.evicted.load(Ordering::Relaxed),
+                })
+                .collect(),
             registered_bytes: regions.iter().map(|r| r.len()).sum(),
             evicted_pages: regions.iter().map(|r| r.evicted.load(Ordering::Relaxed)).sum(),
             pages_evicted_total: c.pages_evicted.load(Ordering::Relaxed),

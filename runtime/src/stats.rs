@@ -90,11 +90,26 @@ pub(crate) struct Counters {
     pub fault_latency: AtomicHistogram,
 }
 
+/// One registered region's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionStats {
+    /// Its first address.
+    pub start: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Pages in RAM now (mincore).
+    pub resident_pages: u64,
+    /// Pages whose only copy is in a tier.
+    pub evicted_pages: u64,
+}
+
 /// A snapshot of the runtime's statistics.
 #[derive(Debug, Clone)]
 pub struct Stats {
     /// Registered regions.
     pub regions: usize,
+    /// Each region's resident and evicted pages, by address.
+    pub per_region: Vec<RegionStats>,
     /// Bytes registered, over all regions.
     pub registered_bytes: u64,
     /// Pages whose only copy is in a tier now.

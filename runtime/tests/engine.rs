@@ -23,8 +23,12 @@ fn evicted_pages_come_back_byte_exact() {
     assert!(r.evicted > pages as u64 / 2, "{r:?}");
     let s = rt.stats();
     assert_eq!(s.evicted_pages, r.evicted);
+    assert_eq!(s.per_region.len(), 1);
+    assert_eq!(s.per_region[0].evicted_pages, r.evicted);
+    assert_eq!(s.per_region[0].resident_pages, r.rejected, "only refused pages stay in RAM");
     assert_eq!(checksum(heap.bytes()), before);
     let s = settled(&rt, |s| s.faults_from_tier == r.evicted);
+    assert_eq!(s.per_region[0].resident_pages, pages as u64);
     assert_eq!(s.faults_from_tier, r.evicted, "every evicted page faulted back once");
     assert_eq!(s.evicted_pages, 0);
 }
