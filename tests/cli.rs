@@ -72,7 +72,7 @@ fn ctrl_c_during_the_kernel_run_restores_the_machine() {
         println!("skipped: needs root, a free zram0 and a memory cgroup");
         return;
     }
-    let mut child = farmem()
+    let child = farmem()
         .args(["bench", "fault", "--size", "256M", "--accesses", "5000000"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

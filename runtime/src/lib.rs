@@ -40,7 +40,6 @@ mod error;
 mod evict;
 mod fault;
 mod fork;
-pub mod mem;
 mod pagestate;
 mod region;
 mod scope;
@@ -55,6 +54,7 @@ use std::time::Duration;
 use farmem_tiers::{CompressedConfig, CompressedTier, Tier};
 
 pub use error::RuntimeError;
+pub use farmem_tiers::mem;
 pub use evict::EvictReport;
 pub use scope::{in_runtime, RuntimeScope};
 pub use stats::{AtomicHistogram, RegionStats, Stats};

@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::mem::Mapping;
 use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
 
 /// A compression codec.
@@ -99,37 +100,8 @@ const CODEC_LZ4: u64 = 0;
 const CODEC_ZSTD: u64 = 1;
 const CODEC_RAW: u64 = 2;
 
-/// An anonymous mapping the tier owns.
-struct Region {
-    base: *mut u8,
-    len: usize,
-}
-
-impl Region {
-    fn map(len: usize) -> Result<Region, TierError> {
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(TierError::Os { op: "reserving tier memory", source: std::io::Error::last_os_error() });
-        }
-        Ok(Region { base: base.cast(), len })
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `map` mapped; nothing refers to it after the tier.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
+fn map(len: usize) -> Result<Mapping, TierError> {
+    Mapping::anonymous(len).map_err(|source| TierError::Os { op: "reserving tier memory", source })
 }
 
 /// Per-slab bookkeeping, in the slab-metadata array (also tier-owned memory).
@@ -163,9 +135,9 @@ struct HandlePool {
 /// The compressed in-memory tier.
 pub struct CompressedTier {
     config: CompressedConfig,
-    slabs: Region,
-    slab_meta: Region,
-    table: Region,
+    slabs: Mapping,
+    slab_meta: Mapping,
+    table: Mapping,
     max_slabs: u32,
     classes: [Mutex<ClassState>; CLASSES],
     pool: Mutex<SlabPool>,
@@ -206,9 +178,9 @@ impl CompressedTier {
         let limit = config.limit_bytes.max(SLAB as u64);
         let max_slabs = (limit / SLAB as u64).min(u32::MAX as u64 - 1) as u32;
         Ok(CompressedTier {
-            slabs: Region::map(max_slabs as usize * SLAB)?,
-            slab_meta: Region::map(max_slabs as usize * std::mem::size_of::<SlabMeta>())?,
-            table: Region::map(MAX_HANDLES * 16)?,
+            slabs: map(max_slabs as usize * SLAB)?,
+            slab_meta: map(max_slabs as usize * std::mem::size_of::<SlabMeta>())?,
+            table: map(MAX_HANDLES * 16)?,
             max_slabs,
             classes: std::array::from_fn(|_| Mutex::new(ClassState { partial: NONE })),
             pool: Mutex::new(SlabPool { next_unused: 0, free: NONE, in_use: 0 }),
@@ -229,18 +201,18 @@ impl CompressedTier {
         assert!((h as usize) < MAX_HANDLES, "handle {h} beyond the table");
         // SAFETY: the table holds MAX_HANDLES zeroed 16-byte entries, 8-aligned,
         // alive as long as self; AtomicU64 has u64's layout.
-        unsafe { &*(self.table.base as *const [AtomicU64; 2]).add(h as usize) }
+        unsafe { &*(self.table.addr() as *const [AtomicU64; 2]).add(h as usize) }
     }
 
     fn meta(&self, slab: u32) -> *mut SlabMeta {
         assert!(slab < self.max_slabs, "slab {slab} beyond {}", self.max_slabs);
         // SAFETY: the array has one SlabMeta per slab.
-        unsafe { (self.slab_meta.base as *mut SlabMeta).add(slab as usize) }
+        unsafe { (self.slab_meta.addr() as *mut SlabMeta).add(slab as usize) }
     }
 
     fn object(&self, offset: u64) -> *mut u8 {
         // SAFETY: offsets come from slots inside slabs inside the mapping.
-        unsafe { self.slabs.base.add(offset as usize) }
+        unsafe { self.slabs.addr().add(offset as usize) }
     }
 
     fn codec_for(&self, class: PageClass) -> Codec {
@@ -373,8 +345,8 @@ impl CompressedTier {
     }
 
     fn free_slab(&self, slab: u32) {
-        // SAFETY: the slab lies inside the mapping and holds no live object.
-        unsafe { libc::madvise(self.object(slab as u64 * SLAB as u64).cast(), SLAB, libc::MADV_DONTNEED) };
+        // The slab holds no live object: its memory goes back to the kernel.
+        let _ = self.slabs.discard(slab as usize * SLAB, SLAB);
         let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the slab's metadata is no class's any more.
         unsafe { (*self.meta(slab)).next = p.free };

@@ -23,6 +23,7 @@
 
 pub mod compressed;
 mod error;
+pub mod mem;
 pub mod raw;
 
 pub use compressed::{Codec, CompressedConfig, CompressedTier, Incompressible};

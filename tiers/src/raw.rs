@@ -7,11 +7,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::mem::Mapping;
 use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
 
 /// Pages stored uncompressed in an anonymous mapping of fixed capacity.
 pub struct RawTier {
-    base: *mut u8,
+    map: Mapping,
     slots: u64,
     free: Mutex<Vec<u32>>,
     next: AtomicU64,
@@ -32,23 +33,9 @@ impl RawTier {
     /// memory is used only as pages are stored).
     pub fn new(limit_bytes: u64) -> Result<Self, TierError> {
         let slots = (limit_bytes / PAGE_SIZE as u64).clamp(1, u32::MAX as u64);
-        let len = (slots as usize) * PAGE_SIZE;
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(TierError::Os { op: "mapping the raw tier", source: std::io::Error::last_os_error() });
-        }
+        let map = Mapping::anonymous(slots as usize * PAGE_SIZE).map_err(|source| TierError::Os { op: "mapping the raw tier", source })?;
         Ok(RawTier {
-            base: base.cast(),
+            map,
             slots,
             free: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
@@ -60,14 +47,7 @@ impl RawTier {
 
     fn slot(&self, i: u64) -> *mut u8 {
         // SAFETY: callers pass i < slots, so the slot lies inside the mapping.
-        unsafe { self.base.add(i as usize * PAGE_SIZE) }
-    }
-}
-
-impl Drop for RawTier {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped; no handle outlives the tier.
-        unsafe { libc::munmap(self.base.cast(), self.slots as usize * PAGE_SIZE) };
+        unsafe { self.map.addr().add(i as usize * PAGE_SIZE) }
     }
 }
 
@@ -110,8 +90,7 @@ impl Tier for RawTier {
         if h >= self.slots {
             return;
         }
-        // SAFETY: the slot lies inside the mapping; giving its memory back.
-        unsafe { libc::madvise(self.slot(h).cast(), PAGE_SIZE, libc::MADV_DONTNEED) };
+        let _ = self.map.discard(h as usize * PAGE_SIZE, PAGE_SIZE);
         self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h as u32);
         self.pages.fetch_sub(1, Relaxed);
     }

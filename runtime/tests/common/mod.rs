@@ -7,6 +7,7 @@ pub const PAGE: usize = 4096;
 pub struct Heap {
     pub ptr: *mut u8,
     pub len: usize,
+    _map: farmem_runtime::mem::Mapping,
 }
 
 // SAFETY: a Heap is plain mapped memory; the tests decide which thread writes which page.
@@ -16,24 +17,10 @@ unsafe impl Sync for Heap {}
 
 impl Heap {
     pub fn new(len: usize) -> Heap {
-        // SAFETY: a fresh anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        Heap { ptr: p.cast(), len }
+        let map = farmem_runtime::mem::Mapping::anonymous(len).unwrap();
+        Heap { ptr: map.addr(), len, _map: map }
     }
 
-    // Tests share one heap between threads that write disjoint pages, as a
-    // program would; the heap is plain memory, not a Rust-owned buffer.
-    #[allow(clippy::mut_from_ref)]
     pub fn bytes(&self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes and lives as long as self; tests
         // coordinate their own writes.
@@ -43,13 +30,6 @@ impl Heap {
     #[allow(clippy::mut_from_ref)]
     pub fn page(&self, i: usize) -> &mut [u8] {
         &mut self.bytes()[i * PAGE..(i + 1) * PAGE]
-    }
-}
-
-impl Drop for Heap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -1,8 +1,9 @@
-//! Memory the runtime maps for itself, outside every registered region.
+//! Memory farmem maps for itself (tiers, page tables, staging), never taken from
+//! the Rust heap, which may be farmem memory itself.
 
 use std::io;
 
-/// An anonymous private mapping owned by the runtime, unmapped on drop.
+/// An anonymous private mapping owned by farmem, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
     addr: *mut u8,
@@ -56,7 +57,7 @@ impl Mapping {
     /// Gives the pages of `[offset, offset+len)` back to the kernel; they read as zeros after.
     pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
         assert!(offset + len <= self.len, "discard {offset}+{len} beyond mapping of {}", self.len);
-        // SAFETY: the range lies inside this mapping, which the runtime owns.
+        // SAFETY: the range lies inside this mapping, which its owner controls.
         let r = unsafe { libc::madvise(self.addr.add(offset).cast(), len, libc::MADV_DONTNEED) };
         if r < 0 {
             return Err(io::Error::last_os_error());
