@@ -121,7 +121,8 @@ impl Requests {
 /// How a fault came out.
 enum Served {
     Done,
-    /// The kernel said EAGAIN (an event is pending): retry after reading it.
+    /// Not now: the kernel said EAGAIN (an event is pending), or the evictor
+    /// holds the page. Retried after the next messages are read.
     Again,
 }
 
@@ -191,9 +192,11 @@ impl FaultThread {
                 continue;
             }
             if !self.deferred.is_empty() {
+                // A claimed page is released within microseconds, and a pending
+                // event is read at the top of the loop: keep going, politely.
                 self.retry_deferred();
                 if !self.deferred.is_empty() {
-                    let _ = self.shared.uffd.poll(self.shared.requests.raw_fd(), 1);
+                    std::thread::yield_now();
                 }
                 continue;
             }
@@ -301,10 +304,11 @@ impl FaultThread {
                     let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
                     return Served::Done;
                 }
-                // The evictor is moving this page out (microseconds), or putting a
-                // refused page back: wait for it.
-                State::Claimed | State::Restoring { .. } => std::hint::spin_loop(),
-                State::Faulting { .. } | State::Filling => {
+                // The evictor is moving this page out. It is brief, but the fault
+                // thread never waits on the evictor (the evictor may itself need a
+                // fault served): retry once more messages are read.
+                State::Claimed => return Served::Again,
+                State::Faulting { .. } | State::Filling | State::Restoring { .. } => {
                     unreachable!("page {addr:#x} is {state:?}, a state only the fault thread holds, between its steps")
                 }
             }

@@ -13,6 +13,10 @@
 //! | `Resident` | `Filling` → `Resident` | fault thread | zero-filling a page never evicted |
 //! | any but the transient ones | `Resident` | fault thread | the program dropped the page (REMOVE, UNMAP) |
 //!
+//! The fault thread never waits for the evictor (a fault on a `Claimed` page is
+//! retried later), while the evictor may wait for the fault thread; so neither
+//! can end up waiting for the other.
+//!
 //! Only the fault thread installs pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
 //! and it also handles the kernel's REMOVE/UNMAP/REMAP events, in the order the
 //! kernel reports them; so a page the program dropped is never brought back.
