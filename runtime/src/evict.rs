@@ -9,7 +9,7 @@
 //! thread that installs pages.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use farmem_tiers::{Handle, Page, PageClass, TierError};
@@ -56,13 +56,28 @@ impl EvictReport {
 pub(crate) struct Staging {
     map: Mapping,
     pages: usize,
+    /// Per slot: some page's state (`Staged`/`Restoring`) names this slot, so its
+    /// bytes must stay. Set when a page is staged, cleared by whoever moves the
+    /// page out of those states; the evictor waits for all of a batch's slots
+    /// to clear before the area is reused.
+    referenced: Box<[AtomicBool]>,
     /// One batch at a time uses the area.
     pub lock: Mutex<()>,
 }
 
 impl Staging {
     pub fn new(pages: usize) -> io::Result<Self> {
-        Ok(Staging { map: Mapping::anonymous(pages * PAGE_SIZE)?, pages, lock: Mutex::new(()) })
+        Ok(Staging {
+            map: Mapping::anonymous(pages * PAGE_SIZE)?,
+            pages,
+            referenced: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The page that named `slot` has left `Staged`/`Restoring`.
+    pub fn release(&self, slot: u64) {
+        self.referenced[slot as usize].store(false, Ordering::Release);
     }
 
     pub fn base(&self) -> u64 {
@@ -139,9 +154,13 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
                 region.states.transition(i, State::Claimed, State::Resident);
                 report.absent += 1;
                 claimed[k] = false;
-            } else if !region.states.transition(i, State::Claimed, State::Staged { slot: k as u64 }) {
-                report.raced += 1;
-                claimed[k] = false;
+            } else {
+                staging.referenced[k].store(true, Ordering::Release);
+                if !region.states.transition(i, State::Claimed, State::Staged { slot: k as u64 }) {
+                    staging.release(k as u64);
+                    report.raced += 1;
+                    claimed[k] = false;
+                }
             }
         }
         for k in 0..n {
@@ -153,11 +172,12 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
             match store(shared, staging.page(k)) {
                 Ok((tier, handle)) => {
                     if region.states.transition(i, staged, State::Evicted { tier, handle: handle.raw() }) {
+                        staging.release(k as u64);
                         region.evicted.fetch_add(1, Ordering::Relaxed);
                         report.evicted += 1;
                     } else {
-                        // Faulted back from staging or dropped meanwhile.
-                        wait_while_restoring(region, i);
+                        // Faulted back from staging or dropped meanwhile; whoever
+                        // did it releases the slot.
                         shared.tiers[tier as usize].remove(handle);
                         report.raced += 1;
                     }
@@ -178,8 +198,8 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
     for &i in &refused {
         shared.requests.push(Request::Restore { region: Arc::clone(region), page: i });
     }
-    for &i in &refused {
-        while let State::Staged { .. } | State::Restoring { .. } = region.states.get(i) {
+    for slot in &staging.referenced[..n] {
+        while slot.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
     }
@@ -296,8 +316,3 @@ fn store(shared: &Shared, page: &Page) -> Result<(u8, Handle), TierError> {
     Err(last.expect("at least one tier"))
 }
 
-fn wait_while_restoring(region: &Region, i: usize) {
-    while let State::Restoring { .. } = region.states.get(i) {
-        std::hint::spin_loop();
-    }
-}

@@ -332,6 +332,7 @@ impl FaultThread {
             Err(p) => self.unexpected("copy from staging", dst, &p),
         }
         region.states.transition(i, State::Restoring { slot }, State::Resident);
+        shared.staging.release(slot);
         shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
         Served::Done
     }
@@ -467,9 +468,15 @@ impl FaultThread {
             let s = region.states.get(i);
             match s {
                 State::Resident => return,
-                State::Claimed | State::Staged { .. } | State::Poisoned => {
+                State::Claimed | State::Poisoned => {
                     // The evictor sees the change and throws its copy away.
                     if region.states.transition(i, s, State::Resident) {
+                        return;
+                    }
+                }
+                State::Staged { slot } => {
+                    if region.states.transition(i, s, State::Resident) {
+                        self.shared.staging.release(slot);
                         return;
                     }
                 }
@@ -481,9 +488,7 @@ impl FaultThread {
                         return;
                     }
                 }
-                // The evictor is putting a refused page back; it is brief.
-                State::Restoring { .. } => std::hint::spin_loop(),
-                State::Faulting { .. } | State::Filling => {
+                State::Restoring { .. } | State::Faulting { .. } | State::Filling => {
                     unreachable!("page {i} is {s:?} between the fault thread's steps")
                 }
             }
@@ -515,10 +520,11 @@ impl FaultThread {
                 break;
             }
             match region.states.replace(i, State::Resident) {
-                State::Staged { slot } => {
-                    // SAFETY: the slot holds the page until it leaves `Staged`/`Restoring`; the
-                    // evictor waits for that.
-                    let _ = unsafe { self.shared.uffd.copy(moved.page_addr(k), self.shared.staging.slot_addr(slot), PAGE_SIZE as u64, true) };
+                s @ State::Staged { .. } => {
+                    // A refused page waiting to be put back: it is put back at its
+                    // new address, through the request queue, where EAGAIN can wait.
+                    moved.states.replace(k, s);
+                    self.shared.requests.push(Request::Restore { region: Arc::clone(&moved), page: k });
                 }
                 s @ (State::Evicted { .. } | State::Poisoned) => {
                     if matches!(s, State::Evicted { .. }) {

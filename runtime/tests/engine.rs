@@ -18,18 +18,27 @@ fn evicted_pages_come_back_byte_exact() {
         fill_page(heap.page(i), i as u64 + 1);
     }
     let before = checksum(heap.bytes());
-    let r = rt.evict(heap.ptr, heap.len).unwrap();
-    assert_eq!(r.evicted + r.rejected, pages as u64, "{r:?}");
-    assert!(r.evicted > pages as u64 / 2, "{r:?}");
+    // One page in four (fill_page's random kind) is refused as incompressible
+    // and stays in RAM; pages zero-filled an instant ago may be busy for that
+    // instant, so evict until the rest is out.
+    let incompressible = (0..pages).filter(|i| (i + 1) % 4 == 3).count() as u64;
+    let mut evicted = 0;
+    for _ in 0..100 {
+        evicted += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+        if evicted == pages as u64 - incompressible {
+            break;
+        }
+    }
+    assert_eq!(evicted, pages as u64 - incompressible);
     let s = rt.stats();
-    assert_eq!(s.evicted_pages, r.evicted);
+    assert_eq!(s.evicted_pages, evicted);
     assert_eq!(s.per_region.len(), 1);
-    assert_eq!(s.per_region[0].evicted_pages, r.evicted);
-    assert_eq!(s.per_region[0].resident_pages, r.rejected, "only refused pages stay in RAM");
+    assert_eq!(s.per_region[0].evicted_pages, evicted);
+    assert_eq!(s.per_region[0].resident_pages, incompressible, "only refused pages stay in RAM");
     assert_eq!(checksum(heap.bytes()), before);
-    let s = settled(&rt, |s| s.faults_from_tier == r.evicted);
+    let s = settled(&rt, |s| s.faults_from_tier == evicted);
     assert_eq!(s.per_region[0].resident_pages, pages as u64);
-    assert_eq!(s.faults_from_tier, r.evicted, "every evicted page faulted back once");
+    assert_eq!(s.faults_from_tier, evicted, "every evicted page faulted back once");
     assert_eq!(s.evicted_pages, 0);
 }
 

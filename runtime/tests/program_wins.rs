@@ -41,13 +41,27 @@ fn madvise_dontneed_after_eviction_gives_zeros() {
 }
 
 #[test]
-fn munmap_after_eviction_then_a_new_mapping_gives_zeros() {
+fn munmap_after_eviction_forgets_the_region() {
     let rt = Runtime::builder().build().unwrap();
     let heap = filled(&rt, 64);
     rt.evict(heap.ptr, heap.len).unwrap();
-    // SAFETY: unmapping and remapping the test's own range at the same address.
+    // SAFETY: unmapping the test's own range; `heap` is forgotten so it is not unmapped twice.
+    assert_eq!(unsafe { libc::munmap(heap.ptr.cast(), heap.len) }, 0);
+    std::mem::forget(heap);
+    let s = settled(&rt, |s| s.regions == 0 && s.evicted_pages == 0);
+    assert_eq!((s.regions, s.evicted_pages), (0, 0));
+    assert!(s.pages_dropped_by_program > 0, "{s:?}");
+}
+
+#[test]
+fn a_new_mapping_over_evicted_pages_gives_zeros() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 64);
+    rt.evict(heap.ptr, heap.len).unwrap();
+    // Replacing the mapping in place unmaps the old one (the kernel reports it as
+    // an unmap) with no window in which another thread could map the range.
+    // SAFETY: remapping the test's own range at the same address.
     unsafe {
-        assert_eq!(libc::munmap(heap.ptr.cast(), heap.len), 0);
         let p = libc::mmap(
             heap.ptr.cast(),
             heap.len,
@@ -148,7 +162,16 @@ fn a_tier_failure_raises_sigbus_not_zeros() {
         // The child: evict a page into the broken tier and read it.
         let rt = Runtime::builder().tier(Arc::new(BrokenTier::default())).build().unwrap();
         let heap = filled(&rt, 4);
-        rt.evict(heap.ptr, heap.len).unwrap();
+        // Pages zero-filled a moment ago can still be busy for an instant: evict
+        // until all four are out, so the read below must fault.
+        let mut out = 0;
+        for _ in 0..1000 {
+            out += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+            if out == 4 {
+                break;
+            }
+        }
+        assert_eq!(out, 4, "pages not evicted");
         let b = std::hint::black_box(heap.bytes()[PAGE + 5]);
         // Reaching here means the access returned bytes the tier never gave.
         println!("READ {b}");
@@ -192,4 +215,39 @@ fn a_forked_child_sees_evicted_pages_and_the_parent_goes_on() {
     let r = rt.evict(heap.ptr, heap.len).unwrap();
     assert!(r.evicted > 400, "{r:?}");
     assert_eq!(checksum(heap.bytes()), before);
+}
+
+#[test]
+fn mremap_of_part_of_a_region_keeps_both_parts() {
+    let rt = Runtime::builder().build().unwrap();
+    let heap = filled(&rt, 64);
+    let sums: Vec<u64> = (0..64).map(|i| checksum(heap.page(i))).collect();
+    rt.evict(heap.ptr, heap.len).unwrap();
+    let dst = Heap::new(16 * PAGE);
+    // SAFETY: moving pages 24..40 of the test's mapping onto another mapping it owns.
+    let p = unsafe {
+        libc::mremap(heap.ptr.add(24 * PAGE).cast(), 16 * PAGE, 16 * PAGE, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst.ptr)
+    };
+    assert_eq!(p.cast(), dst.ptr);
+    for k in 0..16 {
+        assert_eq!(checksum(dst.page(k)), sums[24 + k], "moved page {k}");
+    }
+    for i in (0..24).chain(40..64) {
+        assert_eq!(checksum(heap.page(i)), sums[i], "page {i} left in place");
+    }
+    let s = settled(&rt, |s| s.regions == 2);
+    assert_eq!(s.regions, 2, "the moved part is a region of its own");
+    // The moved part can be evicted and faulted again at its new address.
+    let r = rt.evict(dst.ptr, dst.len).unwrap();
+    assert!(r.evicted > 8, "{r:?}");
+    for k in 0..16 {
+        assert_eq!(checksum(dst.page(k)), sums[24 + k], "moved page {k} after a second eviction");
+    }
+    // Unmap what is still ours: the hole at 24..40 may hold another test's mapping now.
+    // SAFETY: the two remaining parts of the test's mapping.
+    unsafe {
+        libc::munmap(heap.ptr.cast(), 24 * PAGE);
+        libc::munmap(heap.ptr.add(40 * PAGE).cast(), 24 * PAGE);
+    }
+    std::mem::forget(heap);
 }

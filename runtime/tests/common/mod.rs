@@ -21,6 +21,9 @@ impl Heap {
         Heap { ptr: map.addr(), len, _map: map }
     }
 
+    // Tests share one heap between threads that write disjoint pages, as a
+    // program would; the heap is plain memory, not a Rust-owned buffer.
+    #[allow(clippy::mut_from_ref)]
     pub fn bytes(&self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes and lives as long as self; tests
         // coordinate their own writes.
