@@ -179,7 +179,14 @@ impl RuntimeBuilder {
             .spawn(move || {
                 let _scope = RuntimeScope::enter();
                 set_thread_name(c"farmem-fault");
-                FaultThread::new(thread_shared).run();
+                let stopping = Arc::clone(&thread_shared);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FaultThread::new(thread_shared).run()));
+                if r.is_err() || !stopping.stopping.load(Ordering::Acquire) {
+                    // Without its fault thread, every later fault on farmem memory
+                    // would wait forever: a clear end beats a silent hang.
+                    eprintln!("farmem: the fault thread stopped unexpectedly; aborting rather than leaving the program's threads blocked on their memory");
+                    std::process::abort();
+                }
             })
             .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
         fork::track(&shared);
