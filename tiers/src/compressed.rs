@@ -1,545 +1,439 @@
 //! T1: pages compressed in memory, packed in size classes, as zram does.
 //!
 //! - A page of zeros, or of one 8-byte word repeated, is kept as that word in
-//!   its handle entry: no slab space at all.
-//! - Any other page is compressed with its class's codec (lz4 by default, zstd
-//!   selectable per [`PageClass`]). If the result is larger than
-//!   `threshold_bytes` (default 75% of a page), the [`Incompressible`] rule
-//!   decides: refuse the page (the runtime keeps it in RAM; storing it raw would
-//!   save nothing), or store it raw.
-//! - Compressed objects live in size classes of 32-byte steps; each class cuts
-//!   its objects out of 64 KiB slabs, so the memory used stays close to the sum
-//!   of compressed sizes (the tail of a slab and the rounding up to the class
-//!   are the only waste). A slab that becomes empty goes back to the kernel.
-//! - Every byte the tier holds, slabs and handle table alike, is in two
-//!   mappings the tier makes itself, never from the Rust heap: under the
-//!   LD_PRELOAD shim the heap may be farmem memory.
+//!   its handle-table entry: no slab space (`zero_pages`, `same_filled_pages`;
+//!   it counts 8 bytes in `bytes_compressed`).
+//! - Any other page is compressed with its [`PageClass`]'s codec (lz4 by
+//!   default; a config may give colder classes zstd). If the result is larger
+//!   than `threshold_bytes` (default 3072, 75% of a page) the [`Incompressible`]
+//!   rule decides: refuse the page (the default: the runtime keeps it in RAM,
+//!   since storing it raw would save nothing), or store its 4096 bytes raw.
+//! - Compressed objects live in 128 size classes of 32-byte steps, the last
+//!   (4096) for raw pages; each class cuts its objects out of slabs of 4-16
+//!   pages sized to leave little tail (module `slab`). Memory used
+//!   is the slabs, the handle table and the slab metadata; with realistic heap
+//!   pages it is within a few percent of the sum of compressed sizes (see the
+//!   crate README for the measurement). A slab that becomes empty goes back to
+//!   the kernel at once.
+//! - A handle is an entry index and the entry's 16-bit generation, bumped on
+//!   each remove: a removed handle loads as [`TierError::UnknownHandle`], not
+//!   as the page that reused its entry.
+//! - All of it is in mappings the tier makes itself ([`crate::mem::Mapping`],
+//!   anonymous, private, `MAP_NORESERVE`), never on the Rust heap: under the
+//!   LD_PRELOAD shim the heap may be registered with userfaultfd. The address
+//!   space is reserved up front (slabs: 4x the limit, at most 60 GiB; table:
+//!   16 bytes per page the limit could hold, at most 4 GiB) and used by touching.
+//! - `limit_bytes` bounds slabs, table and metadata together; a store that
+//!   would pass it fails with [`TierError::Full`] and changes nothing. The
+//!   default limit is half of physical RAM (zram's usual size).
 //!
-//! Loads take no lock: a handle's entry and object do not change while the
-//! handle lives, and the runtime never removes a handle while loading it.
-//! Stores and removes take their class's lock. Objects are never moved, so
-//! after many removes a class can hold partly empty slabs; no compaction is done
-//! yet: the overhead in [`TierStats::overhead`] shows how much that costs.
+//! Concurrency: `load` takes no lock. It counts itself into a reader gate
+//! (one atomic add on a per-thread cache line), reads the handle's entry with
+//! one atomic load and decodes straight from the slab; the runtime never
+//! removes a handle while loading it, and compaction keeps a moved object's
+//! old copy until every load that entered the gate before the move has left.
+//! `store` and `remove` take the lock of one size class and the handle-table
+//! lock, plus the stride-pool lock when a slab is made or freed. Counters are
+//! atomics.
 //!
-//! Allocation: a zstd context per thread and codec level, made the first time a
-//! thread uses zstd; nothing else after construction.
+//! Fragmentation and compaction: after scattered removes a class can keep many
+//! partly used slabs (removing 3/4 of a full tier at random leaves its memory
+//! nearly unchanged: 300% overhead). Allocation prefers the fullest slab of a
+//! class, so refilling reuses the holes; and [`CompressedTier::compact`],
+//! meant for a background thread to call when `overhead()` grows, moves objects out of the sparsest slabs into the holes of the fuller ones
+//! and gives the emptied slabs back (handles name table entries, not
+//! addresses, so objects can move). Nothing compacts on its own.
+//!
+//! What allocates after construction, all outside the mappings: lz4_flex's
+//! 8 KiB hash table on each lz4 store (its API takes no caller table), and the
+//! zstd contexts, once per thread (C `malloc`, ~1-2 MiB to compress at level 3,
+//! ~100 KiB to decompress), on the thread's first zstd store or load. Loads
+//! allocate nothing else, except the message of an error. Compaction
+//! allocates nothing.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+mod budget;
+mod codec;
+mod counters;
+mod handles;
+mod slab;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 
-use crate::mem::Mapping;
-use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
+pub use codec::{Codec, CodecParseError};
 
-/// A compression codec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    /// lz4 (block format): fast both ways; the default.
-    Lz4,
-    /// zstd at a level (1-19): denser, slower to compress.
-    Zstd {
-        /// The compression level.
-        level: i32,
-    },
-}
+use budget::Budget;
+use codec::{Encoding, SCRATCH_BYTES};
+use counters::{Counters, ReaderGate};
+use handles::{Entry, HandleTable};
+use slab::{Relocation, SlabArena};
+
+use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
 
 /// What to do with a page that compresses to more than the threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Incompressible {
-    /// Refuse it ([`TierError::Incompressible`]); it stays in RAM.
+    /// Refuse it ([`TierError::Incompressible`], counted in
+    /// `rejected_incompressible`); the runtime keeps it in RAM.
     #[default]
     Reject,
-    /// Store its 4096 bytes as they are.
+    /// Store its 4096 bytes as they are, in the raw size class.
     StoreRaw,
 }
 
 /// How a [`CompressedTier`] is set up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompressedConfig {
-    /// The codec for each page class (index = class); classes beyond the list
-    /// use the last entry. Default: `[Lz4]`.
+    /// The codec for each page class (index = `PageClass.0`); classes beyond
+    /// the list use its last entry. Default: `[Lz4]`.
     pub codecs: Vec<Codec>,
-    /// The most memory the tier may use, slabs and table, in bytes. Default: 64 GiB.
+    /// The most memory the tier may use, slabs, handle table and metadata
+    /// together, in bytes. Default: half of physical RAM
+    /// ([`CompressedConfig::default_limit_bytes`]).
     pub limit_bytes: u64,
     /// The rule for pages that compress poorly.
     pub incompressible: Incompressible,
-    /// The largest compressed size accepted, bytes. Default 3072 (75% of a page).
+    /// The largest compressed size kept compressed, in bytes (values above a
+    /// page count as a page). Default 3072 (75% of a page).
     pub threshold_bytes: usize,
 }
 
 impl Default for CompressedConfig {
     fn default() -> Self {
-        CompressedConfig { codecs: vec![Codec::Lz4], limit_bytes: 64 << 30, incompressible: Incompressible::Reject, threshold_bytes: 3072 }
+        CompressedConfig {
+            codecs: vec![Codec::Lz4],
+            limit_bytes: Self::default_limit_bytes(),
+            incompressible: Incompressible::Reject,
+            threshold_bytes: 3 * PAGE_SIZE / 4,
+        }
     }
 }
 
 impl CompressedConfig {
-    /// lz4 for every class.
+    /// lz4 for every class, other settings default.
     pub fn lz4() -> Self {
         Self::default()
     }
 
-    /// zstd at `level` for every class.
+    /// zstd at `level` for every class, other settings default.
     pub fn zstd(level: i32) -> Self {
         CompressedConfig { codecs: vec![Codec::Zstd { level }], ..Self::default() }
     }
+
+    /// This config with `class` using `codec` (classes between the old list's
+    /// end and `class` keep the old last codec).
+    pub fn with_codec(mut self, class: PageClass, codec: Codec) -> Self {
+        let i = class.0 as usize;
+        let last = self.codecs.last().copied().unwrap_or_default();
+        if self.codecs.len() <= i {
+            self.codecs.resize(i + 1, last);
+        }
+        self.codecs[i] = codec;
+        self
+    }
+
+    /// This config with a limit of `bytes`.
+    pub fn with_limit(self, bytes: u64) -> Self {
+        CompressedConfig { limit_bytes: bytes, ..self }
+    }
+
+    /// This config with the incompressible rule `rule`.
+    pub fn with_incompressible(self, rule: Incompressible) -> Self {
+        CompressedConfig { incompressible: rule, ..self }
+    }
+
+    /// The codec used for pages of `class`.
+    pub fn codec(&self, class: PageClass) -> Codec {
+        let i = (class.0 as usize).min(self.codecs.len().saturating_sub(1));
+        self.codecs.get(i).copied().unwrap_or_default()
+    }
+
+    /// Half of physical RAM (4 GiB if the kernel will not say).
+    pub fn default_limit_bytes() -> u64 {
+        // SAFETY: sysconf only reads system constants.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if pages > 0 && size > 0 {
+            pages as u64 * size as u64 / 2
+        } else {
+            4 << 30
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.codecs.is_empty() {
+            return Err("no codec given (codecs is empty)".into());
+        }
+        let range = zstd::compression_level_range();
+        for c in &self.codecs {
+            if let Codec::Zstd { level } = c {
+                if !range.contains(level) {
+                    return Err(format!("zstd level {level} outside {}..={}", range.start(), range.end()));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-const STEP: usize = 32;
-const SLAB: usize = 64 << 10;
-const CLASSES: usize = PAGE_SIZE / STEP; // class c holds objects of (c+1)*STEP bytes
-const MAX_HANDLES: usize = 1 << 28;
-const NONE: u32 = u32::MAX;
-
-// Entry word 0: kind (bits 0-1), codec (2-3), class (4-11), length (12-24),
-// slab byte offset (25-63). Word 1: the fill word, or the next free handle.
-const KIND_FREE: u64 = 0;
-const KIND_FILL: u64 = 1;
-const KIND_OBJECT: u64 = 2;
-const CODEC_LZ4: u64 = 0;
-const CODEC_ZSTD: u64 = 1;
-const CODEC_RAW: u64 = 2;
-
-fn map(len: usize) -> Result<Mapping, TierError> {
-    Mapping::anonymous(len).map_err(|source| TierError::Os { op: "reserving tier memory", source })
+/// Where a [`CompressedTier`]'s memory goes, in bytes (their sum is
+/// `TierStats::bytes_used`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CompressedMemory {
+    /// Slabs in use.
+    pub slabs: u64,
+    /// Their bytes.
+    pub slab_bytes: u64,
+    /// The handle table (its high-water mark, in whole pages).
+    pub table_bytes: u64,
+    /// Slab metadata (its high-water mark, in whole pages).
+    pub metadata_bytes: u64,
 }
 
-/// Per-slab bookkeeping, in the slab-metadata array (also tier-owned memory).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SlabMeta {
-    used: u32,
-    free_head: u32,
-    bump: u32,
-    next: u32,
-    prev: u32,
-    class: u32,
+/// What one [`CompressedTier::compact`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CompactReport {
+    /// Objects moved to fuller slabs.
+    pub objects_moved: u64,
+    /// Slabs emptied and given back to the kernel.
+    pub slabs_freed: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Objects left in place for want of room (the limit was reached by
+    /// stores meanwhile); the next compaction moves them.
+    pub objects_left: u64,
 }
 
-struct ClassState {
-    /// Slabs of this class with a free object, as a list through `SlabMeta`.
-    partial: u32,
-}
+/// The most address space reserved for slabs.
+const MAX_SLAB_RESERVATION: u64 = 60 << 30;
+/// The most handle-table entries (4 GiB of table, 1 TiB of pages).
+const MAX_HANDLES: u64 = 1 << 28;
+/// What a fill page counts in `bytes_compressed`: the word kept.
+const FILL_BYTES: u64 = 8;
 
-struct SlabPool {
-    next_unused: u32,
-    free: u32,
-    in_use: u64,
-}
-
-struct HandlePool {
-    next_unused: u64,
-    free: u64,
-}
-
-/// The compressed in-memory tier.
+/// The compressed in-memory tier (T1).
 pub struct CompressedTier {
     config: CompressedConfig,
-    slabs: Mapping,
-    slab_meta: Mapping,
-    table: Mapping,
-    max_slabs: u32,
-    classes: [Mutex<ClassState>; CLASSES],
-    pool: Mutex<SlabPool>,
-    handles: Mutex<HandlePool>,
-    pages: AtomicU64,
-    zero_pages: AtomicU64,
-    same_pages: AtomicU64,
-    rejected: AtomicU64,
-    bytes_compressed: AtomicU64,
-    stores: AtomicU64,
-    loads: AtomicU64,
-    load_errors: AtomicU64,
+    name: &'static str,
+    threshold: usize,
+    budget: Budget,
+    handles: HandleTable,
+    slabs: SlabArena,
+    counters: Counters,
+    readers: ReaderGate,
+    compaction: Mutex<()>,
 }
 
-// SAFETY: all shared mutable state is behind the class/pool/handle mutexes or in
-// atomics; objects and entries are written before their handle is published
-// and only read while it lives.
-unsafe impl Send for CompressedTier {}
-// SAFETY: as above.
-unsafe impl Sync for CompressedTier {}
-
-thread_local! {
-    static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-    static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
+/// The word every 8 bytes of `page` repeat, if there is one.
 fn fill_word(page: &Page) -> Option<u64> {
-    let first = u64::from_ne_bytes(page[..8].try_into().expect("8 bytes"));
-    page.chunks_exact(8).all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == first).then_some(first)
+    let word = |w: &[u8]| u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
+    let first = word(&page[..8]);
+    page.chunks_exact(8).all(|w| word(w) == first).then_some(first)
 }
 
 impl CompressedTier {
-    /// A tier with `config`; reserves address space for its limit.
+    /// A tier with `config`. Reserves address space for its limit (no memory
+    /// is used until pages are stored); fails if the config is invalid or
+    /// the kernel refuses the reservation.
     pub fn new(config: CompressedConfig) -> Result<Self, TierError> {
-        if config.codecs.is_empty() {
-            return Err(TierError::Os { op: "configuring the compressed tier", source: std::io::Error::other("no codec given") });
-        }
-        let limit = config.limit_bytes.max(SLAB as u64);
-        let max_slabs = (limit / SLAB as u64).min(u32::MAX as u64 - 1) as u32;
+        config.validate().map_err(|reason| TierError::Os {
+            op: "configuring the compressed tier",
+            source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+        })?;
+        let limit = config.limit_bytes;
+        let strides = (limit.saturating_mul(4).min(MAX_SLAB_RESERVATION) / slab::STRIDE as u64).max(1);
+        let entries = (limit / 16).clamp(1, MAX_HANDLES);
+        let os = |what: &'static str| move |source| TierError::Os { op: what, source };
+        let slabs = SlabArena::new(strides as u32).map_err(os("reserving the compressed tier's slabs"))?;
+        let handles = HandleTable::new(entries as u32).map_err(os("reserving the compressed tier's handle table"))?;
+        let name = match config.codec(PageClass::DEFAULT) {
+            Codec::Lz4 => "lz4",
+            Codec::Zstd { .. } => "zstd",
+        };
         Ok(CompressedTier {
-            slabs: map(max_slabs as usize * SLAB)?,
-            slab_meta: map(max_slabs as usize * std::mem::size_of::<SlabMeta>())?,
-            table: map(MAX_HANDLES * 16)?,
-            max_slabs,
-            classes: std::array::from_fn(|_| Mutex::new(ClassState { partial: NONE })),
-            pool: Mutex::new(SlabPool { next_unused: 0, free: NONE, in_use: 0 }),
-            handles: Mutex::new(HandlePool { next_unused: 0, free: NONE as u64 }),
-            pages: AtomicU64::new(0),
-            zero_pages: AtomicU64::new(0),
-            same_pages: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            bytes_compressed: AtomicU64::new(0),
-            stores: AtomicU64::new(0),
-            loads: AtomicU64::new(0),
-            load_errors: AtomicU64::new(0),
+            threshold: config.threshold_bytes.min(PAGE_SIZE),
+            budget: Budget::new(limit),
             config,
+            name,
+            handles,
+            slabs,
+            counters: Counters::default(),
+            readers: ReaderGate::default(),
+            compaction: Mutex::new(()),
         })
     }
 
-    fn entry(&self, h: u64) -> &[AtomicU64; 2] {
-        assert!((h as usize) < MAX_HANDLES, "handle {h} beyond the table");
-        // SAFETY: the table holds MAX_HANDLES zeroed 16-byte entries, 8-aligned,
-        // alive as long as self; AtomicU64 has u64's layout.
-        unsafe { &*(self.table.addr() as *const [AtomicU64; 2]).add(h as usize) }
+    /// The configuration the tier was made with.
+    pub fn config(&self) -> &CompressedConfig {
+        &self.config
     }
 
-    fn meta(&self, slab: u32) -> *mut SlabMeta {
-        assert!(slab < self.max_slabs, "slab {slab} beyond {}", self.max_slabs);
-        // SAFETY: the array has one SlabMeta per slab.
-        unsafe { (self.slab_meta.addr() as *mut SlabMeta).add(slab as usize) }
+    /// Where the tier's memory goes now.
+    pub fn memory(&self) -> CompressedMemory {
+        let a = self.slabs.usage();
+        CompressedMemory { slabs: a.slabs, slab_bytes: a.slab_bytes, table_bytes: self.handles.bytes(), metadata_bytes: a.meta_bytes }
     }
 
-    fn object(&self, offset: u64) -> *mut u8 {
-        // SAFETY: offsets come from slots inside slabs inside the mapping.
-        unsafe { self.slabs.addr().add(offset as usize) }
-    }
-
-    fn codec_for(&self, class: PageClass) -> Codec {
-        let c = &self.config.codecs;
-        c[(class.0 as usize).min(c.len() - 1)]
-    }
-
-    fn new_handle(&self, w0: u64, w1: u64) -> Result<u64, TierError> {
-        let mut hp = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        let h = if hp.free != NONE as u64 {
-            let h = hp.free;
-            hp.free = self.entry(h)[1].load(Relaxed);
-            h
-        } else {
-            if hp.next_unused as usize >= MAX_HANDLES {
-                return Err(TierError::Full { tier: "compressed", limit_bytes: self.config.limit_bytes });
-            }
-            hp.next_unused += 1;
-            hp.next_unused - 1
-        };
-        let e = self.entry(h);
-        e[1].store(w1, Relaxed);
-        e[0].store(w0, std::sync::atomic::Ordering::Release);
-        Ok(h)
-    }
-
-    fn free_handle(&self, h: u64) {
-        let mut hp = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        let e = self.entry(h);
-        e[0].store(KIND_FREE, Relaxed);
-        e[1].store(hp.free, Relaxed);
-        hp.free = h;
-    }
-
-    /// Takes a free object slot of `class`; returns its byte offset in the slab area.
-    fn alloc_object(&self, class: usize, cs: &mut ClassState) -> Result<u64, TierError> {
-        let size = (class + 1) * STEP;
-        let per_slab = (SLAB / size) as u32;
-        if cs.partial == NONE {
-            let slab = self.alloc_slab()?;
-            // SAFETY: a fresh slab's metadata is ours under the class lock.
-            unsafe { *self.meta(slab) = SlabMeta { used: 0, free_head: NONE, bump: 0, next: NONE, prev: NONE, class: class as u32 } };
-            cs.partial = slab;
-        }
-        let slab = cs.partial;
-        // SAFETY: slabs on this class's list are changed only under its lock, held by the caller.
-        let m = unsafe { &mut *self.meta(slab) };
-        let slot = if m.free_head != NONE {
-            let s = m.free_head;
-            let at = self.object(slab as u64 * SLAB as u64 + s as u64 * size as u64);
-            // SAFETY: a free slot holds the index of the next free slot in its first 4 bytes.
-            m.free_head = unsafe { (at as *const u32).read_unaligned() };
-            s
-        } else {
-            m.bump += 1;
-            m.bump - 1
-        };
-        m.used += 1;
-        if m.used == per_slab {
-            // Full: off the partial list.
-            cs.partial = m.next;
-            if m.next != NONE {
-                // SAFETY: as above.
-                unsafe { (*self.meta(m.next)).prev = NONE };
-            }
-            m.next = NONE;
-            m.prev = NONE;
-        }
-        Ok(slab as u64 * SLAB as u64 + slot as u64 * size as u64)
-    }
-
-    fn free_object(&self, class: usize, offset: u64, cs: &mut ClassState) {
-        let size = (class + 1) * STEP;
-        let per_slab = (SLAB / size) as u32;
-        let slab = (offset / SLAB as u64) as u32;
-        let slot = ((offset % SLAB as u64) / size as u64) as u32;
-        // SAFETY: under the class lock; the slab belongs to this class.
-        let m = unsafe { &mut *self.meta(slab) };
-        let was_full = m.used == per_slab;
-        // SAFETY: the slot is free now; its first 4 bytes link the free list.
-        unsafe { (self.object(offset) as *mut u32).write_unaligned(m.free_head) };
-        m.free_head = slot;
-        m.used -= 1;
-        if m.used == 0 {
-            self.unlink(slab, cs);
-            self.free_slab(slab);
-        } else if was_full {
-            m.prev = NONE;
-            m.next = cs.partial;
-            if cs.partial != NONE {
-                // SAFETY: as above.
-                unsafe { (*self.meta(cs.partial)).prev = slab };
-            }
-            cs.partial = slab;
-        }
-    }
-
-    fn unlink(&self, slab: u32, cs: &mut ClassState) {
-        // SAFETY: under the class lock.
-        let m = unsafe { &mut *self.meta(slab) };
-        if m.prev != NONE {
-            // SAFETY: as above.
-            unsafe { (*self.meta(m.prev)).next = m.next };
-        } else if cs.partial == slab {
-            cs.partial = m.next;
-        }
-        if m.next != NONE {
-            // SAFETY: as above.
-            unsafe { (*self.meta(m.next)).prev = m.prev };
-        }
-        m.next = NONE;
-        m.prev = NONE;
-    }
-
-    fn alloc_slab(&self) -> Result<u32, TierError> {
-        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let slab = if p.free != NONE {
-            let s = p.free;
-            // SAFETY: free slabs link through their metadata's `next`.
-            p.free = unsafe { (*self.meta(s)).next };
-            s
-        } else if p.next_unused < self.max_slabs {
-            p.next_unused += 1;
-            p.next_unused - 1
-        } else {
-            return Err(TierError::Full { tier: "compressed", limit_bytes: self.config.limit_bytes });
-        };
-        p.in_use += 1;
-        Ok(slab)
-    }
-
-    fn free_slab(&self, slab: u32) {
-        // The slab holds no live object: its memory goes back to the kernel.
-        let _ = self.slabs.discard(slab as usize * SLAB, SLAB);
-        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the slab's metadata is no class's any more.
-        unsafe { (*self.meta(slab)).next = p.free };
-        p.free = slab;
-        p.in_use -= 1;
-    }
-
-    fn compress(codec: Codec, page: &Page, out: &mut [u8]) -> Result<(usize, u64), TierError> {
-        match codec {
-            Codec::Lz4 => {
-                let n = lz4_flex::block::compress_into(page, out).map_err(|e| TierError::Os { op: "lz4 compress", source: std::io::Error::other(e.to_string()) })?;
-                Ok((n, CODEC_LZ4))
-            }
-            Codec::Zstd { level } => ZSTD_C.with(|c| {
-                let mut c = c.borrow_mut();
-                if c.as_ref().is_none_or(|(l, _)| *l != level) {
-                    let z = zstd::bulk::Compressor::new(level).map_err(|source| TierError::Os { op: "zstd context", source })?;
-                    *c = Some((level, z));
+    /// Moves objects out of the sparsest slabs of each size class into the
+    /// free slots of its fuller slabs, and gives the emptied slabs back to the
+    /// kernel. Runs beside stores, loads and removes (one compaction at a time);
+    /// costs a scan of the handle table plus a copy per object moved, and
+    /// waits for loads in flight before giving slabs back.
+    pub fn compact(&self) -> CompactReport {
+        let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = CompactReport::default();
+        let to_move: u64 = (0..slab::CLASSES).map(|class| self.slabs.begin_evacuation(class)).sum();
+        if to_move > 0 {
+            self.handles.scan(|index, w0| {
+                let Some((len, offset)) = handles::object_of(w0) else { return };
+                if !self.slabs.is_evacuating(offset) {
+                    return;
                 }
-                let (_, z) = c.as_mut().expect("just set");
-                match z.compress_to_buffer(page, out) {
-                    Ok(n) => Ok((n, CODEC_ZSTD)),
-                    // Does not fit the buffer: worse than the threshold anyway.
-                    Err(_) => Ok((usize::MAX, CODEC_ZSTD)),
+                match self.slabs.relocate(offset, len, &self.budget, |to| self.handles.relocate(index, w0, to)) {
+                    Relocation::Moved => report.objects_moved += 1,
+                    Relocation::Stayed => {}
+                    Relocation::Raced(empty) => self.slabs.release(empty, &self.budget),
+                    Relocation::NoRoom => report.objects_left += 1,
                 }
-            }),
+            });
         }
+        // Loads that read an old offset must be done before its slab goes.
+        self.readers.wait_for_readers();
+        for class in 0..slab::CLASSES {
+            let (slabs, bytes) = self.slabs.release_retired(class, &self.budget);
+            report.slabs_freed += slabs;
+            report.bytes_freed += bytes;
+        }
+        report
+    }
+
+    fn full(&self) -> TierError {
+        TierError::Full { tier: self.name, limit_bytes: self.budget.limit() }
+    }
+
+    fn store_fill(&self, word: u64) -> Result<Handle, TierError> {
+        let handle = self.handles.insert(Entry::Fill(word), &self.budget).ok_or_else(|| self.full())?;
+        let c = &self.counters;
+        if word == 0 { &c.zero_pages } else { &c.same_filled_pages }.fetch_add(1, Relaxed);
+        c.bytes_compressed.fetch_add(FILL_BYTES, Relaxed);
+        c.pages.fetch_add(1, Relaxed);
+        c.stores.fetch_add(1, Relaxed);
+        Ok(handle)
     }
 }
 
 impl Tier for CompressedTier {
     fn name(&self) -> &str {
-        match self.config.codecs[0] {
-            Codec::Lz4 => "lz4",
-            Codec::Zstd { .. } => "zstd",
-        }
+        self.name
     }
 
     fn store(&self, page: &Page, class: PageClass) -> Result<Handle, TierError> {
-        if let Some(w) = fill_word(page) {
-            let h = self.new_handle(KIND_FILL, w)?;
-            if w == 0 {
-                self.zero_pages.fetch_add(1, Relaxed);
-            } else {
-                self.same_pages.fetch_add(1, Relaxed);
-            }
-            self.bytes_compressed.fetch_add(8, Relaxed);
-            self.pages.fetch_add(1, Relaxed);
-            self.stores.fetch_add(1, Relaxed);
-            return Ok(Handle::new(h));
+        if let Some(word) = fill_word(page) {
+            return self.store_fill(word);
         }
-        // lz4 wants room for its worst case, 10% over a page.
-        let mut buf = [0u8; lz4_flex::block::get_maximum_output_size(PAGE_SIZE)];
-        let limit = self.config.threshold_bytes.min(PAGE_SIZE);
-        let (mut len, mut codec) = Self::compress(self.codec_for(class), page, &mut buf)?;
-        if len > limit {
-            match self.config.incompressible {
+        let codec = self.config.codec(class);
+        let mut scratch = [0u8; SCRATCH_BYTES];
+        let compressed = codec::compress(codec, page, &mut scratch).map_err(|source| TierError::Os { op: "compressing a page", source })?;
+        let (encoding, bytes): (Encoding, &[u8]) = match compressed {
+            Some(n) if n <= self.threshold => {
+                let encoding = match codec {
+                    Codec::Lz4 => Encoding::Lz4,
+                    Codec::Zstd { .. } => Encoding::Zstd,
+                };
+                (encoding, &scratch[..n])
+            }
+            too_big => match self.config.incompressible {
                 Incompressible::Reject => {
-                    self.rejected.fetch_add(1, Relaxed);
-                    return Err(TierError::Incompressible { compressed: len.min(PAGE_SIZE + 1), threshold: limit });
+                    self.counters.rejected_incompressible.fetch_add(1, Relaxed);
+                    return Err(TierError::Incompressible { compressed: too_big.unwrap_or(SCRATCH_BYTES), threshold: self.threshold });
                 }
-                Incompressible::StoreRaw => {
-                    buf[..PAGE_SIZE].copy_from_slice(page);
-                    len = PAGE_SIZE;
-                    codec = CODEC_RAW;
-                }
-            }
-        }
-        let class_idx = len.div_ceil(STEP) - 1;
-        let offset = {
-            let mut cs = self.classes[class_idx].lock().unwrap_or_else(|e| e.into_inner());
-            self.alloc_object(class_idx, &mut cs)?
+                Incompressible::StoreRaw => (Encoding::Raw, &page[..]),
+            },
         };
-        // SAFETY: the slot is ours (just allocated) and `len` fits its class.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.object(offset), len) };
-        let w0 = KIND_OBJECT | (codec << 2) | ((class_idx as u64) << 4) | ((len as u64) << 12) | (offset << 25);
-        let h = match self.new_handle(w0, 0) {
-            Ok(h) => h,
-            Err(e) => {
-                let mut cs = self.classes[class_idx].lock().unwrap_or_else(|e| e.into_inner());
-                self.free_object(class_idx, offset, &mut cs);
-                return Err(e);
-            }
+        let len = bytes.len();
+        let offset = self.slabs.alloc(len, &self.budget).ok_or_else(|| self.full())?;
+        // SAFETY: the slot at `offset` holds at least `len` bytes and is ours
+        // alone until a handle naming it is removed; no handle names it yet.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.slabs.object(offset, len), len) };
+        let Some(handle) = self.handles.insert(Entry::Object { encoding, len, offset }, &self.budget) else {
+            let empty = self.slabs.free(offset, len);
+            self.slabs.release(empty, &self.budget);
+            return Err(self.full());
         };
-        self.bytes_compressed.fetch_add(len as u64, Relaxed);
-        self.pages.fetch_add(1, Relaxed);
-        self.stores.fetch_add(1, Relaxed);
-        Ok(Handle::new(h))
+        let c = &self.counters;
+        c.bytes_compressed.fetch_add(len as u64, Relaxed);
+        c.pages.fetch_add(1, Relaxed);
+        c.stores.fetch_add(1, Relaxed);
+        Ok(handle)
     }
 
     fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
-        let h = handle.raw();
-        if h as usize >= MAX_HANDLES {
-            return Err(TierError::UnknownHandle(handle));
-        }
-        let e = self.entry(h);
-        let w0 = e[0].load(std::sync::atomic::Ordering::Acquire);
-        self.loads.fetch_add(1, Relaxed);
-        match w0 & 3 {
-            KIND_FILL => {
-                let w = e[1].load(Relaxed).to_ne_bytes();
-                for c in out.chunks_exact_mut(8) {
-                    c.copy_from_slice(&w);
-                }
-                Ok(())
+        let _reading = self.readers.enter();
+        match self.handles.get(handle) {
+            Some(Entry::Fill(word)) => {
+                let word = word.to_ne_bytes();
+                out.chunks_exact_mut(8).for_each(|w| w.copy_from_slice(&word));
             }
-            KIND_OBJECT => {
-                let codec = (w0 >> 2) & 3;
-                let len = ((w0 >> 12) & 0x1fff) as usize;
-                let offset = w0 >> 25;
-                // SAFETY: the object lives while its handle does and is not written meanwhile.
-                let src = unsafe { std::slice::from_raw_parts(self.object(offset), len) };
-                let r = match codec {
-                    CODEC_RAW => {
-                        out.copy_from_slice(src);
-                        Ok(PAGE_SIZE)
-                    }
-                    CODEC_LZ4 => lz4_flex::block::decompress_into(src, out).map_err(|e| e.to_string()),
-                    _ => ZSTD_D.with(|d| {
-                        let mut d = d.borrow_mut();
-                        if d.is_none() {
-                            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-                        }
-                        d.as_mut().expect("just set").decompress_to_buffer(src, &mut out[..]).map_err(|e| e.to_string())
-                    }),
-                };
-                match r {
-                    Ok(PAGE_SIZE) => Ok(()),
-                    Ok(n) => {
-                        self.load_errors.fetch_add(1, Relaxed);
-                        Err(TierError::Corrupt { handle, reason: format!("decoded {n} bytes, not a page") })
-                    }
-                    Err(reason) => {
-                        self.load_errors.fetch_add(1, Relaxed);
-                        Err(TierError::Corrupt { handle, reason })
-                    }
+            Some(Entry::Object { encoding, len, offset }) => {
+                // SAFETY: the object was written before its entry was published
+                // (Release, then SeqCst read), and is neither changed nor freed
+                // while the handle lives (the runtime does not remove a handle
+                // while loading it); if compaction moves it meanwhile, the old
+                // copy stays intact until this load leaves the reader gate.
+                let src = unsafe { std::slice::from_raw_parts(self.slabs.object(offset, len), len) };
+                if let Err(reason) = codec::decompress(encoding, src, out) {
+                    self.counters.load_errors.fetch_add(1, Relaxed);
+                    return Err(TierError::Corrupt { handle, reason: format!("object at slab offset {offset:#x}, {len} bytes: {reason}") });
                 }
             }
-            _ => {
-                self.load_errors.fetch_add(1, Relaxed);
-                Err(TierError::UnknownHandle(handle))
+            None => {
+                self.counters.load_errors.fetch_add(1, Relaxed);
+                return Err(TierError::UnknownHandle(handle));
             }
         }
+        Ok(())
     }
 
+    /// Frees the page's space. A handle naming no stored page (already
+    /// removed, or never given out) is ignored.
     fn remove(&self, handle: Handle) {
-        let h = handle.raw();
-        if h as usize >= MAX_HANDLES {
-            return;
-        }
-        let w0 = self.entry(h)[0].load(std::sync::atomic::Ordering::Acquire);
-        match w0 & 3 {
-            KIND_FILL => {
-                if self.entry(h)[1].load(Relaxed) == 0 {
-                    self.zero_pages.fetch_sub(1, Relaxed);
-                } else {
-                    self.same_pages.fetch_sub(1, Relaxed);
-                }
-                self.bytes_compressed.fetch_sub(8, Relaxed);
+        let c = &self.counters;
+        match self.handles.take(handle) {
+            None => return,
+            Some(Entry::Fill(word)) => {
+                if word == 0 { &c.zero_pages } else { &c.same_filled_pages }.fetch_sub(1, Relaxed);
+                c.bytes_compressed.fetch_sub(FILL_BYTES, Relaxed);
             }
-            KIND_OBJECT => {
-                let class = ((w0 >> 4) & 0xff) as usize;
-                let len = (w0 >> 12) & 0x1fff;
-                let offset = w0 >> 25;
-                let mut cs = self.classes[class].lock().unwrap_or_else(|e| e.into_inner());
-                self.free_object(class, offset, &mut cs);
-                self.bytes_compressed.fetch_sub(len, Relaxed);
+            Some(Entry::Object { len, offset, .. }) => {
+                let empty = self.slabs.free(offset, len);
+                self.slabs.release(empty, &self.budget);
+                c.bytes_compressed.fetch_sub(len as u64, Relaxed);
             }
-            _ => return,
         }
-        self.pages.fetch_sub(1, Relaxed);
-        self.free_handle(h);
+        c.pages.fetch_sub(1, Relaxed);
     }
 
     fn capacity(&self) -> Capacity {
-        Capacity { limit_bytes: self.config.limit_bytes, used_bytes: self.stats().bytes_used }
+        Capacity { limit_bytes: self.budget.limit(), used_bytes: self.budget.used() }
     }
 
     fn stats(&self) -> TierStats {
-        let slabs = self.pool.lock().unwrap_or_else(|e| e.into_inner()).in_use;
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner()).next_unused;
-        let pages = self.pages.load(Relaxed);
+        let c = &self.counters;
+        let pages = c.pages.load(Relaxed);
         TierStats {
             pages,
-            zero_pages: self.zero_pages.load(Relaxed),
-            same_filled_pages: self.same_pages.load(Relaxed),
-            rejected_incompressible: self.rejected.load(Relaxed),
+            zero_pages: c.zero_pages.load(Relaxed),
+            same_filled_pages: c.same_filled_pages.load(Relaxed),
+            rejected_incompressible: c.rejected_incompressible.load(Relaxed),
             bytes_in: pages * PAGE_SIZE as u64,
-            bytes_compressed: self.bytes_compressed.load(Relaxed),
-            bytes_used: slabs * SLAB as u64 + (handles * 16).next_multiple_of(PAGE_SIZE as u64),
-            stores: self.stores.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            load_errors: self.load_errors.load(Relaxed),
+            bytes_compressed: c.bytes_compressed.load(Relaxed),
+            bytes_used: self.budget.used(),
+            stores: c.stores.load(Relaxed),
+            load_errors: c.load_errors.load(Relaxed),
+            loads: self.readers.exits().saturating_sub(c.load_errors.load(Relaxed)),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! meaningless. Only this crate knows how bytes are stored.
 //!
 //! [`CompressedTier`] is T1: pages compressed with lz4 or zstd, zero-filled and
-//! same-filled pages kept as one word, compressed objects packed in size classes.
+//! same-filled pages kept as one word, compressed objects packed in size classes
+//! of slabs the tier maps itself, compacted on request. [`RawTier`] keeps pages
+//! as they are.
 //!
 //! ```
 //! use farmem_tiers::{CompressedTier, CompressedConfig, Tier, PageClass, PAGE_SIZE};
@@ -26,7 +28,7 @@ mod error;
 pub mod mem;
 pub mod raw;
 
-pub use compressed::{Codec, CompressedConfig, CompressedTier, Incompressible};
+pub use compressed::{Codec, CodecParseError, CompactReport, CompressedConfig, CompressedMemory, CompressedTier, Incompressible};
 pub use error::TierError;
 pub use raw::RawTier;
 
