@@ -103,6 +103,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
                     algorithm: "lz4".into(),
                     accesses: cfg.accesses as u64,
                     seed: SEED,
+                    ..kernel::ZramRunConfig::default()
                 };
                 Some(kernel::measure_zram_swapin(&zc).map_err(|e| format!("kernel zram run: {e}"))?)
             }
@@ -114,6 +115,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         crate::heap::fill(&mut pages, SEED);
         match kernel::zram_ratio(&pages, "lzo-rle") {
             Ok(r) => Some(r.ratio),
+            Err(e @ crate::BaselineError::Interrupted) => return Err(format!("zram lzo-rle ratio: {e}")),
             Err(e) => {
                 skipped.push(format!("zram lzo-rle ratio: {e}"));
                 None

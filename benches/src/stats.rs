@@ -39,3 +39,26 @@ impl LatencySummary {
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_out_in_microseconds() {
+        let mut h = histogram();
+        for ns in 1..=1000u64 {
+            h.record(ns * 1000).unwrap();
+        }
+        let s = LatencySummary::from_ns(&h, 2.0);
+        assert_eq!(s.count, 1000);
+        assert!((s.p50_us - 500.0).abs() < 1.0, "{s:?}");
+        assert!((s.p99_us - 990.0).abs() < 1.0, "{s:?}");
+        assert!((s.p999_us - 999.0).abs() < 1.0, "{s:?}");
+        assert!((s.max_us - 1000.0).abs() < 1.0, "{s:?}");
+        assert_eq!(s.per_s, 500.0);
+        assert_eq!(LatencySummary::from_ns(&histogram(), 0.0).per_s, 0.0);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["p999_us"].is_f64());
+    }
+}
