@@ -134,10 +134,24 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
         if region.closed.load(Ordering::Acquire) {
             return Ok(report);
         }
+        // Only pages in the page tables are claimed. A page a thread is
+        // faulting for is not, and must not be: claiming it again and again
+        // would keep the fault thread retrying that thread's fault forever.
+        // States are read before residency: a `Dropping` page seen out of the
+        // page tables after its drop was recorded has been zapped (only the
+        // fault thread puts pages back, and it ends `Dropping` first).
+        let before: Vec<State> = idx.iter().map(|&i| region.states.get(i)).collect();
+        let present = present_pages(region, idx)?;
         for (k, c) in claimed.iter_mut().enumerate() {
-            match region.states.get(idx[k]) {
-                State::Resident if region.states.transition(idx[k], State::Resident, State::Claimed) => *c = true,
+            let i = idx[k];
+            match before[k] {
+                State::Resident if !present[k] => report.absent += 1,
+                State::Resident if region.states.transition(i, State::Resident, State::Claimed) => *c = true,
                 State::Evicted { .. } | State::Poisoned => report.absent += 1,
+                dropping @ State::Dropping { .. } if !present[k] => {
+                    region.states.transition(i, dropping, State::Resident);
+                    report.absent += 1;
+                }
                 _ => report.busy += 1,
             }
         }
@@ -222,8 +236,12 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
     // as a write would, without changing a byte, then move them once more.
     for k in busy {
         let i = idx[k];
-        region.states.transition(i, State::Claimed, State::Resident);
         claimed[k] = false;
+        if !region.states.transition(i, State::Claimed, State::Resident) {
+            // Dropped by the program meanwhile.
+            report.raced += 1;
+            continue;
+        }
         // SAFETY: the page lies in a registered region; MADV_POPULATE_WRITE only
         // faults it in writable (a present page keeps its bytes; a page the
         // program dropped meanwhile is zero-filled by the fault thread, which
@@ -301,6 +319,36 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
         }
         k = run_end;
     }
+}
+
+/// Whether each page `idx[k]` of `region` is in the page tables, by mincore
+/// over each run of consecutive pages.
+fn present_pages(region: &Region, idx: &[usize]) -> io::Result<Vec<bool>> {
+    let mut present = vec![false; idx.len()];
+    let mut bytes = vec![0u8; idx.len()];
+    let mut k = 0;
+    while k < idx.len() {
+        let mut end = k + 1;
+        while end < idx.len() && idx[end] == idx[end - 1] + 1 {
+            end += 1;
+        }
+        // SAFETY: mincore reads the page tables of the run and writes one byte
+        // per page into `bytes[k..end]`.
+        let r = unsafe { libc::mincore(region.page_addr(idx[k]) as *mut libc::c_void, (end - k) * PAGE_SIZE, bytes[k..end].as_mut_ptr()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // Unmapped meanwhile: nothing there to evict.
+            if e.raw_os_error() != Some(libc::ENOMEM) {
+                return Err(e);
+            }
+        } else {
+            for j in k..end {
+                present[j] = bytes[j] & 1 != 0;
+            }
+        }
+        k = end;
+    }
+    Ok(present)
 }
 
 /// Stores a page in the first tier that takes it.

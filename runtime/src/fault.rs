@@ -134,6 +134,8 @@ pub(crate) struct FaultThread {
     /// freeing can cost a TLB shootdown, which must not delay the next fault.
     to_remove: Vec<(u8, u64)>,
     buf: Box<AlignedPage>,
+    /// Drop events (REMOVE) read so far: numbers each `Dropping` state.
+    drops: u64,
 }
 
 /// Tier copies freed at once when the fault thread is busy for a long time.
@@ -146,6 +148,7 @@ impl FaultThread {
             deferred: Vec::with_capacity(1024),
             to_remove: Vec::with_capacity(REMOVE_BATCH),
             buf: Box::new(AlignedPage([0; PAGE_SIZE])),
+            drops: 0,
         }
     }
 
@@ -287,6 +290,10 @@ impl FaultThread {
             let state = region.states.get(i);
             match state {
                 State::Resident => return self.zero_fill(&region, i, write),
+                // Dropped and now faulted for: it is out of the page tables.
+                State::Dropping { .. } => {
+                    region.states.transition(i, state, State::Resident);
+                }
                 State::Staged { slot } => {
                     if !region.states.transition(i, state, State::Restoring { slot }) {
                         continue;
@@ -447,14 +454,27 @@ impl FaultThread {
         let _ = self.shared.uffd.wake(addr, PAGE_SIZE as u64);
     }
 
-    /// The program dropped `[start, end)`: forget farmem's copies of its pages.
+    /// The program dropped (`unmap`: unmapped) `[start, end)`: forget farmem's
+    /// copies of its pages.
+    ///
+    /// The kernel reports MADV_DONTNEED/FREE/REMOVE before it zaps the pages,
+    /// and the zap can come well after the event is read. Until then the old
+    /// bytes are still in the page tables, and an eviction that took them would
+    /// carry them past the zap and bring them back later. So dropped pages
+    /// become `Dropping`, which the evictor never claims; they become
+    /// `Resident` again once they are out of the page tables (the evictor
+    /// checks with mincore) or a thread faults on them. (Moving them out here
+    /// instead, with UFFDIO_MOVE, raced the kernel's zap and could spin in the
+    /// kernel on 6.18 with page-table reclaim.)
     fn forget_range(&mut self, start: u64, end: u64, unmap: bool) {
         for region in self.shared.regions.overlapping(start, end) {
             let rs = region.start();
             let first = ((start.max(rs) - rs) / PAGE_SIZE as u64) as usize;
             let last = (((end.min(rs + region.len())) - rs) as usize).div_ceil(PAGE_SIZE);
+            self.drops += 1;
+            let to = if unmap { State::Resident } else { State::Dropping { drop: self.drops } };
             for i in first..last {
-                self.forget_page(&region, i);
+                self.forget_page(&region, i, to);
             }
             if unmap && start <= rs && end >= rs + region.len() {
                 region.closed.store(true, Ordering::Release);
@@ -463,25 +483,29 @@ impl FaultThread {
         }
     }
 
-    fn forget_page(&self, region: &Region, i: usize) {
+    fn forget_page(&self, region: &Region, i: usize, to: State) {
         loop {
             let s = region.states.get(i);
             match s {
-                State::Resident => return,
+                State::Resident | State::Dropping { .. } => {
+                    if s == to || region.states.transition(i, s, to) {
+                        return;
+                    }
+                }
                 State::Claimed | State::Poisoned => {
                     // The evictor sees the change and throws its copy away.
-                    if region.states.transition(i, s, State::Resident) {
+                    if region.states.transition(i, s, to) {
                         return;
                     }
                 }
                 State::Staged { slot } => {
-                    if region.states.transition(i, s, State::Resident) {
+                    if region.states.transition(i, s, to) {
                         self.shared.staging.release(slot);
                         return;
                     }
                 }
                 State::Evicted { tier, handle } => {
-                    if region.states.transition(i, s, State::Resident) {
+                    if region.states.transition(i, s, to) {
                         region.evicted.fetch_sub(1, Ordering::Relaxed);
                         self.shared.tiers[tier as usize].remove(Handle::new(handle));
                         self.shared.counters.pages_dropped_by_program.fetch_add(1, Ordering::Relaxed);
@@ -526,7 +550,7 @@ impl FaultThread {
                     moved.states.replace(k, s);
                     self.shared.requests.push(Request::Restore { region: Arc::clone(&moved), page: k });
                 }
-                s @ (State::Evicted { .. } | State::Poisoned) => {
+                s @ (State::Evicted { .. } | State::Poisoned | State::Dropping { .. }) => {
                     if matches!(s, State::Evicted { .. }) {
                         region.evicted.fetch_sub(1, Ordering::Relaxed);
                         moved.evicted.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,9 @@
 //! | `Evicted` | `Faulting` → `Resident` | fault thread | a fault copies it back from its tier |
 //! | `Faulting` | `Poisoned` | fault thread | the tier could not give it back |
 //! | `Resident` | `Filling` → `Resident` | fault thread | zero-filling a page never evicted |
-//! | any but the transient ones | `Resident` | fault thread | the program dropped the page (REMOVE, UNMAP) |
+//! | any but the transient ones | `Resident` | fault thread | the program unmapped the page (UNMAP) |
+//! | any but the transient ones | `Dropping` | fault thread | the program dropped the page (REMOVE): the kernel zaps it only after the event is read |
+//! | `Dropping` | `Resident` | evictor, fault thread | the page is out of the page tables (zapped), or a thread faults on it |
 //!
 //! The fault thread never waits for the evictor (a fault on a `Claimed` page is
 //! retried later), while the evictor may wait for the fault thread; so neither
@@ -63,6 +65,15 @@ pub enum State {
     Filling,
     /// Its tier lost it: every access raises SIGBUS.
     Poisoned,
+    /// The program dropped it (MADV_DONTNEED/FREE/REMOVE) and the kernel may
+    /// not have zapped it yet: its bytes in RAM are stale, so it is never
+    /// evicted until it is out of the page tables. `drop` numbers the drop
+    /// event (modulo 2^56), so that a page dropped again is not mistaken for
+    /// the same drop.
+    Dropping {
+        /// Which drop event.
+        drop: u64,
+    },
 }
 
 const TAG_RESIDENT: u64 = 0;
@@ -73,6 +84,9 @@ const TAG_EVICTED: u64 = 4;
 const TAG_FAULTING: u64 = 5;
 const TAG_FILLING: u64 = 6;
 const TAG_POISONED: u64 = 7;
+const TAG_DROPPING: u64 = 8;
+/// The payload above the tag and tier bits.
+const PAYLOAD_MASK: u64 = (1 << 56) - 1;
 
 impl State {
     /// Packs the state into a word: tag in bits 0-3, tier in 4-7, payload above.
@@ -86,6 +100,7 @@ impl State {
             State::Faulting { tier, handle } => TAG_FAULTING | ((tier as u64 & 0xf) << 4) | (handle << 8),
             State::Filling => TAG_FILLING,
             State::Poisoned => TAG_POISONED,
+            State::Dropping { drop } => TAG_DROPPING | ((drop & PAYLOAD_MASK) << 8),
         }
     }
 
@@ -102,6 +117,7 @@ impl State {
             TAG_FAULTING => State::Faulting { tier, handle: payload },
             TAG_FILLING => State::Filling,
             TAG_POISONED => State::Poisoned,
+            TAG_DROPPING => State::Dropping { drop: payload },
             t => unreachable!("page state word {w:#x} has unknown tag {t}"),
         }
     }
@@ -168,6 +184,7 @@ mod tests {
             State::Faulting { tier: 2, handle: 12345 },
             State::Filling,
             State::Poisoned,
+            State::Dropping { drop: (1 << 56) - 1 },
         ] {
             assert_eq!(State::decode(s.encode()), s);
         }

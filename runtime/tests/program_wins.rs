@@ -251,3 +251,50 @@ fn mremap_of_part_of_a_region_keeps_both_parts() {
     }
     std::mem::forget(heap);
 }
+
+#[test]
+fn a_page_dropped_during_eviction_never_comes_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The kernel reports MADV_DONTNEED before it zaps the pages; an eviction in
+    // that window must not carry the old bytes past the zap. And a page a
+    // thread is faulting on must not be claimed by the evictor again and again
+    // (that kept the fault waiting forever): the rounds run on a thread of
+    // their own and a hang fails the test instead of stalling the suite.
+    let rt = Arc::new(Runtime::builder().batch_pages(16).build().unwrap());
+    let pages = 16;
+    let heap = Arc::new(Heap::new(pages * PAGE));
+    rt.register(heap.ptr, heap.len).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let (rt, heap, stop) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                rt.evict(heap.ptr, heap.len).unwrap();
+            }
+        })
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let heap = Arc::clone(&heap);
+        std::thread::spawn(move || {
+            let mut resurrected = 0;
+            for round in 0..20_000u64 {
+                let i = (round as usize * 7) % pages;
+                heap.page(i)[100..108].copy_from_slice(&(round + 1).to_le_bytes());
+                // SAFETY: dropping one page of the test's mapping.
+                unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+                if heap.page(i)[100..108] != [0u8; 8] {
+                    resurrected += 1;
+                }
+            }
+            let _ = done_tx.send(resurrected);
+        });
+    }
+    let resurrected = done_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("20,000 rounds of write, madvise, read against a running evictor did not finish in 120 s: a fault is stuck");
+    stop.store(true, Ordering::Relaxed);
+    evictor.join().unwrap();
+    assert_eq!(resurrected, 0, "pages dropped with MADV_DONTNEED came back with their old bytes");
+    std::mem::forget(heap);
+}

@@ -100,7 +100,20 @@ fn run_case(rt: &Runtime, heap: &Heap, shadow: &mut [u8], ops: &[Vec<Op>]) -> Re
     rt.evict(heap.ptr, REGION).unwrap();
     for p in 0..PAGES {
         let (a, b) = (&heap.bytes()[p * PAGE..(p + 1) * PAGE], &shadow[p * PAGE..(p + 1) * PAGE]);
-        prop_assert!(a == b, "page {p} differs from its shadow at the end");
+        if a != b {
+            let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0);
+            let differing = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            let s = rt.stats();
+            prop_assert!(
+                false,
+                "page {p} differs from its shadow at the end: {differing} bytes differ from byte {first}; memory all zero {}, shadow all zero {}; memory[{first}..+8] {:?}, shadow {:?}; faults from tier {}, staging {}, zero-filled {}, deferred {}, dropped {}",
+                a.iter().all(|&x| x == 0),
+                b.iter().all(|&x| x == 0),
+                &a[first..(first + 8).min(PAGE)],
+                &b[first..(first + 8).min(PAGE)],
+                s.faults_from_tier, s.faults_from_staging, s.faults_zero_filled, s.faults_deferred, s.pages_dropped_by_program
+            );
+        }
     }
     Ok(())
 }
