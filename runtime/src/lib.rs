@@ -44,6 +44,7 @@ mod pagestate;
 mod region;
 mod scope;
 mod stats;
+pub mod pagemap;
 pub mod uffd;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
