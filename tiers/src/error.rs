@@ -1,5 +1,7 @@
 //! The errors a tier reports to the runtime.
 
+use std::path::PathBuf;
+
 use crate::Handle;
 
 /// Why a tier could not store or load a page.
@@ -39,6 +41,24 @@ pub enum TierError {
         op: &'static str,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file or device a tier was told to keep its pages in cannot be used.
+    #[error("{tier} tier: cannot use {}: {reason}", path.display())]
+    BadBacking {
+        /// The tier's name.
+        tier: &'static str,
+        /// The path as the user gave it.
+        path: PathBuf,
+        /// What is wrong with it, and what would be accepted.
+        reason: String,
+    },
+    /// A tier was asked for a size it cannot have.
+    #[error("{tier} tier: a size of {limit_bytes} bytes is not accepted: give a positive multiple of 4096")]
+    BadLimit {
+        /// The tier's name.
+        tier: &'static str,
+        /// The size asked for.
+        limit_bytes: u64,
     },
     /// A fault was injected for testing (see `FailingTier` in the runtime's tests).
     #[error("injected failure")]

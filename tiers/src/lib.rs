@@ -8,7 +8,9 @@
 //! [`CompressedTier`] is T1: pages compressed with lz4 or zstd, zero-filled and
 //! same-filled pages kept as one word, compressed objects packed in size classes
 //! of slabs the tier maps itself, compacted on request. [`RawTier`] keeps pages
-//! as they are.
+//! as they are. [`MmapTier`] keeps them raw in a shared mapping of CXL or DAX
+//! memory (or a file, or a memfd). [`TierSpec`] is the one-string tier
+//! configuration a user writes (`lz4,mmap:/dev/dax0.0:64G,file:/var/tmp:100G`).
 //!
 //! ```
 //! use farmem_tiers::{CompressedTier, CompressedConfig, Tier, PageClass, PAGE_SIZE};
@@ -26,11 +28,15 @@
 pub mod compressed;
 mod error;
 pub mod mem;
+pub mod mmap;
 pub mod raw;
+pub mod spec;
 
 pub use compressed::{Codec, CodecParseError, CompactReport, CompressedConfig, CompressedMemory, CompressedTier, Incompressible};
 pub use error::TierError;
+pub use mmap::MmapTier;
 pub use raw::RawTier;
+pub use spec::{FirstTier, MmapForm, SpecError, SpecProblem, SpillTier, TierSpec};
 
 /// The size of a page as farmem stores it.
 pub const PAGE_SIZE: usize = 4096;

@@ -1,0 +1,458 @@
+//! The tier configuration a user writes in one string, the same in a command
+//! line flag and in an environment variable, parsed into a [`TierSpec`].
+//!
+//! The string is a comma-separated list of tiers, nearest first:
+//!
+//! - `lz4` | `zstd` | `zstd:LEVEL` (LEVEL 1 to 19, `zstd` alone is level 3) |
+//!   `raw`: how the in-memory first tier (T1) keeps pages (`raw`: as they are).
+//!   At most one, and only as the first part; without one T1 uses lz4.
+//! - `file:DIR[:SIZE]`: a spill file in the directory DIR, SIZE bytes at most
+//!   (4G when not given: a spill tier is never unlimited).
+//! - `mmap:PATH:SIZE[:raw|:lz4]`: CXL or DAX memory mapped from PATH (a
+//!   `/dev/dax` device or a file), SIZE required; pages stored raw (the default)
+//!   or lz4-compressed.
+//!
+//! SIZE is a whole number with an optional unit K, M, G or T (powers of 1024),
+//! and must come to a positive multiple of 4096 bytes. Paths must be absolute,
+//! and cannot contain `:` or `,` (the separators). Spaces around a part are
+//! ignored. For example `lz4,file:/var/tmp/farmem:16G` or
+//! `zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G`.
+//!
+//! This only parses: the runtime builds the tiers. [`TierSpec`]'s `Display`
+//! prints the canonical form (codec always first, file sizes always given,
+//! sizes in the largest exact unit, mmap's `:raw` left out), which parses back
+//! to the same value. A [`SpecError`] is one line naming the part that is wrong
+//! and what is accepted there.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::{Codec, PAGE_SIZE};
+
+/// A spill file's size when the spec gives none.
+pub const DEFAULT_FILE_BYTES: u64 = 4 << 30;
+
+/// The zstd levels a spec accepts.
+const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+/// Every kind of part, for error messages.
+const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, raw, file:DIR[:SIZE], mmap:PATH:SIZE[:raw|:lz4]";
+
+/// How the in-memory first tier keeps pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstTier {
+    /// Compressed with this codec (T1, `CompressedTier`).
+    Compressed(Codec),
+    /// As they are (`RawTier`): no compression.
+    Raw,
+}
+
+impl Default for FirstTier {
+    fn default() -> Self {
+        FirstTier::Compressed(Codec::Lz4)
+    }
+}
+
+impl fmt::Display for FirstTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FirstTier::Compressed(c) => c.fmt(f),
+            FirstTier::Raw => f.write_str("raw"),
+        }
+    }
+}
+
+/// How an mmap tier stores pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MmapForm {
+    /// 4096 bytes a page; fault-back is a memcpy.
+    #[default]
+    Raw,
+    /// lz4-compressed.
+    Lz4,
+}
+
+/// A tier after T1, in the order the spec lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpillTier {
+    /// A spill file in a directory.
+    File {
+        /// The directory the file is made in (absolute).
+        dir: PathBuf,
+        /// The most the file may hold, in bytes.
+        size_bytes: u64,
+    },
+    /// Byte-addressable memory mapped from a device or file.
+    Mmap {
+        /// The device or file (absolute).
+        path: PathBuf,
+        /// The most the tier may hold, in bytes.
+        size_bytes: u64,
+        /// How pages are stored there.
+        form: MmapForm,
+    },
+}
+
+impl fmt::Display for SpillTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpillTier::File { dir, size_bytes } => write!(f, "file:{}:{}", dir.display(), Size(*size_bytes)),
+            SpillTier::Mmap { path, size_bytes, form } => {
+                write!(f, "mmap:{}:{}", path.display(), Size(*size_bytes))?;
+                match form {
+                    MmapForm::Raw => Ok(()),
+                    MmapForm::Lz4 => f.write_str(":lz4"),
+                }
+            }
+        }
+    }
+}
+
+/// The tiers a user asked for, nearest first.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TierSpec {
+    /// How T1 keeps pages (lz4 unless the spec names a codec).
+    pub first: FirstTier,
+    /// The tiers after T1, in order.
+    pub spill: Vec<SpillTier>,
+}
+
+impl fmt::Display for TierSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.first.fmt(f)?;
+        for t in &self.spill {
+            write!(f, ",{t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte count printed in the largest unit that divides it exactly.
+struct Size(u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, shift) in [('T', 40), ('G', 30), ('M', 20), ('K', 10)] {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a tier spec was refused: which part, as written, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tier spec part {part} `{text}` : {problem}")]
+pub struct SpecError {
+    /// The part's position in the list, from 1.
+    pub part: usize,
+    /// The part as it was written (spaces around it removed).
+    pub text: String,
+    /// What is wrong with it.
+    pub problem: SpecProblem,
+}
+
+/// What is wrong with one part of a tier spec; each message says what is accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecProblem {
+    /// The part is empty: an empty spec, two commas in a row, or a comma at the end.
+    #[error("the part is empty: give a comma-separated list of {ACCEPTED}")]
+    Empty,
+    /// The part names no kind of tier.
+    #[error("unknown tier: accepted are {ACCEPTED}")]
+    UnknownKind,
+    /// A codec part that does not parse, or a zstd level out of range.
+    #[error("accepted codecs are lz4, zstd, zstd:LEVEL (LEVEL 1 to 19) and raw")]
+    BadCodec,
+    /// A codec after another part: it must be the first part, and only one may be given.
+    #[error("the T1 codec (lz4, zstd, zstd:LEVEL, raw) may be given once, as the first part")]
+    CodecNotFirst,
+    /// The path is missing.
+    #[error("the {0} is missing: {1}")]
+    MissingPath(&'static str, &'static str),
+    /// The path is not absolute.
+    #[error("the {0} must be an absolute path")]
+    RelativePath(&'static str),
+    /// mmap without a size.
+    #[error("mmap needs a size: mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G")]
+    MissingSize,
+    /// The size does not parse (or overflows 64 bits).
+    #[error("size `{0}` is not understood: accepted is a whole number with an optional unit K, M, G or T (powers of 1024), e.g. 16G, 512M, 4096")]
+    BadSize(String),
+    /// The size is 0 or not a multiple of 4096.
+    #[error("size `{given}` is {bytes} bytes: it must be a positive multiple of 4096")]
+    SizeNotPages {
+        /// The size as written.
+        given: String,
+        /// What it came to.
+        bytes: u64,
+    },
+    /// mmap's storage form is neither raw nor lz4.
+    #[error("`{0}` is not a way to store pages in mmap: accepted are raw and lz4")]
+    BadMmapForm(String),
+    /// More `:` fields than the kind has.
+    #[error("too many `:` fields: accepted is {0} (paths cannot contain `:` or `,`)")]
+    TooManyFields(&'static str),
+}
+
+impl FromStr for TierSpec {
+    type Err = SpecError;
+
+    /// Parses a spec such as `zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G`.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let mut spec = TierSpec::default();
+        for (i, raw) in s.split(',').enumerate() {
+            let text = raw.trim();
+            let err = |problem| SpecError { part: i + 1, text: text.to_owned(), problem };
+            let (kind, rest) = match text.split_once(':') {
+                Some((k, r)) => (k, Some(r)),
+                None => (text, None),
+            };
+            match kind {
+                "" if rest.is_none() => return Err(err(SpecProblem::Empty)),
+                "lz4" | "zstd" | "raw" => {
+                    if i != 0 {
+                        return Err(err(SpecProblem::CodecNotFirst));
+                    }
+                    spec.first = parse_first(text).map_err(err)?;
+                }
+                "file" => spec.spill.push(parse_file(rest.unwrap_or("")).map_err(err)?),
+                "mmap" => spec.spill.push(parse_mmap(rest.unwrap_or("")).map_err(err)?),
+                _ => return Err(err(SpecProblem::UnknownKind)),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn parse_first(text: &str) -> Result<FirstTier, SpecProblem> {
+    if text == "raw" {
+        return Ok(FirstTier::Raw);
+    }
+    // Codec's own parser knows the names; the spec narrows zstd to the usual levels.
+    match text.parse::<Codec>() {
+        Ok(Codec::Zstd { level }) if !ZSTD_LEVELS.contains(&level) => Err(SpecProblem::BadCodec),
+        Ok(codec) => Ok(FirstTier::Compressed(codec)),
+        Err(_) => Err(SpecProblem::BadCodec),
+    }
+}
+
+fn parse_file(rest: &str) -> Result<SpillTier, SpecProblem> {
+    let mut fields = rest.split(':');
+    let dir = parse_path(fields.next().unwrap_or(""), "directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G")?;
+    let size_bytes = match fields.next() {
+        Some(size) => parse_size(size)?,
+        None => DEFAULT_FILE_BYTES,
+    };
+    if fields.next().is_some() {
+        return Err(SpecProblem::TooManyFields("file:DIR[:SIZE]"));
+    }
+    Ok(SpillTier::File { dir, size_bytes })
+}
+
+fn parse_mmap(rest: &str) -> Result<SpillTier, SpecProblem> {
+    let mut fields = rest.split(':');
+    let path = parse_path(fields.next().unwrap_or(""), "path", "mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G")?;
+    let size_bytes = parse_size(fields.next().ok_or(SpecProblem::MissingSize)?)?;
+    let form = match fields.next() {
+        None | Some("raw") => MmapForm::Raw,
+        Some("lz4") => MmapForm::Lz4,
+        Some(other) => return Err(SpecProblem::BadMmapForm(other.to_owned())),
+    };
+    if fields.next().is_some() {
+        return Err(SpecProblem::TooManyFields("mmap:PATH:SIZE[:raw|:lz4]"));
+    }
+    Ok(SpillTier::Mmap { path, size_bytes, form })
+}
+
+fn parse_path(p: &str, what: &'static str, form: &'static str) -> Result<PathBuf, SpecProblem> {
+    if p.is_empty() {
+        return Err(SpecProblem::MissingPath(what, form));
+    }
+    if !p.starts_with('/') {
+        return Err(SpecProblem::RelativePath(what));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Parses `16G`, `512M`, `1T`, `4096K`, `65536`: binary units, upper or lower case.
+fn parse_size(given: &str) -> Result<u64, SpecProblem> {
+    let bad = || SpecProblem::BadSize(given.to_owned());
+    let (digits, shift) = match given.as_bytes().last() {
+        Some(b'K' | b'k') => (&given[..given.len() - 1], 10),
+        Some(b'M' | b'm') => (&given[..given.len() - 1], 20),
+        Some(b'G' | b'g') => (&given[..given.len() - 1], 30),
+        Some(b'T' | b't') => (&given[..given.len() - 1], 40),
+        _ => (given, 0),
+    };
+    // u64::from_str takes a leading `+`; a size is digits only.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes == 0 || !bytes.is_multiple_of(PAGE_SIZE as u64) {
+        return Err(SpecProblem::SizeNotPages { given: given.to_owned(), bytes });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const G: u64 = 1 << 30;
+
+    fn parse(s: &str) -> TierSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    fn problem(s: &str) -> (usize, SpecProblem, String) {
+        let e = s.parse::<TierSpec>().expect_err(s);
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        (e.part, e.problem, msg)
+    }
+
+    #[test]
+    fn examples_parse() {
+        assert_eq!(parse("lz4"), TierSpec { first: FirstTier::Compressed(Codec::Lz4), spill: vec![] });
+        assert_eq!(parse("zstd:3"), TierSpec { first: FirstTier::Compressed(Codec::Zstd { level: 3 }), spill: vec![] });
+        assert_eq!(parse("zstd"), parse("zstd:3"));
+        assert_eq!(parse("raw").first, FirstTier::Raw);
+        assert_eq!(
+            parse("lz4,file:/var/tmp/farmem:16G"),
+            TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp/farmem".into(), size_bytes: 16 * G }] }
+        );
+        assert_eq!(
+            parse("lz4,mmap:/dev/dax0.0:64G"),
+            TierSpec {
+                first: FirstTier::default(),
+                spill: vec![SpillTier::Mmap { path: "/dev/dax0.0".into(), size_bytes: 64 * G, form: MmapForm::Raw }]
+            }
+        );
+        assert_eq!(
+            parse("zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G"),
+            TierSpec {
+                first: FirstTier::Compressed(Codec::Zstd { level: 1 }),
+                spill: vec![
+                    SpillTier::Mmap { path: "/mnt/pmem/f".into(), size_bytes: 8 * G, form: MmapForm::Raw },
+                    SpillTier::File { dir: "/var/tmp".into(), size_bytes: 100 * G },
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_units_and_canonical_form() {
+        // No codec: T1 is lz4, and the spill tiers may come first.
+        assert_eq!(parse("file:/var/tmp"), TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp".into(), size_bytes: 4 * G }] });
+        assert_eq!(parse("file:/var/tmp").to_string(), "lz4,file:/var/tmp:4G");
+        assert_eq!(parse("mmap:/dev/dax0.0:1T:lz4").to_string(), "lz4,mmap:/dev/dax0.0:1T:lz4");
+        assert_eq!(parse("zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G").to_string(), "zstd:1,mmap:/mnt/pmem/f:8G,file:/var/tmp:100G");
+        assert_eq!(parse(" zstd:19 , file:/a:512M ").to_string(), "zstd:19,file:/a:512M");
+        for (size, bytes) in [("4096K", 4096u64 << 10), ("512m", 512 << 20), ("1T", 1 << 40), ("8192", 8192), ("4k", 4096), ("12K", 12288)] {
+            match &parse(&format!("file:/d:{size}")).spill[0] {
+                SpillTier::File { size_bytes, .. } => assert_eq!(*size_bytes, bytes, "{size}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(Size(12288).to_string(), "12K");
+        assert_eq!(Size(4096 * 3 + (1 << 30)).to_string(), "1048588K");
+        assert_eq!(Size(4096).to_string(), "4K");
+        assert_eq!(Size(3 << 40).to_string(), "3T");
+    }
+
+    #[test]
+    fn the_message_names_the_part_and_what_is_accepted() {
+        let (part, p, msg) = problem("lz4,file:var/tmp");
+        assert_eq!((part, p), (2, SpecProblem::RelativePath("directory")));
+        assert_eq!(msg, "tier spec part 2 `file:var/tmp` : the directory must be an absolute path");
+    }
+
+    #[test]
+    fn every_error() {
+        use SpecProblem::*;
+        let cases: &[(&str, usize, SpecProblem, &str)] = &[
+            ("", 1, Empty, "comma-separated"),
+            ("lz4,", 2, Empty, "file:DIR[:SIZE]"),
+            ("lz4,,file:/a", 2, Empty, "mmap:PATH:SIZE"),
+            ("swap", 1, UnknownKind, "accepted are lz4, zstd"),
+            ("lz4,disk:/a:1G", 2, UnknownKind, "file:DIR[:SIZE]"),
+            (":1G", 1, UnknownKind, "accepted"),
+            ("lz4:1", 1, BadCodec, "zstd:LEVEL (LEVEL 1 to 19)"),
+            ("zstd:0", 1, BadCodec, "1 to 19"),
+            ("zstd:20", 1, BadCodec, "1 to 19"),
+            ("zstd:-5", 1, BadCodec, "1 to 19"),
+            ("zstd:x", 1, BadCodec, "1 to 19"),
+            ("zstd:", 1, BadCodec, "1 to 19"),
+            ("raw:1", 1, BadCodec, "raw"),
+            ("lz4,zstd", 2, CodecNotFirst, "once, as the first part"),
+            ("file:/a,lz4", 2, CodecNotFirst, "first part"),
+            ("lz4,file:/a,raw", 3, CodecNotFirst, "first part"),
+            ("file", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "file:DIR[:SIZE]"),
+            ("file:", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "missing"),
+            ("file::4G", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "missing"),
+            ("mmap", 1, MissingPath("path", "mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G"), "mmap:PATH:SIZE"),
+            ("file:var/tmp", 1, RelativePath("directory"), "absolute"),
+            ("mmap:dev/dax0.0:1G", 1, RelativePath("path"), "absolute"),
+            ("mmap:~/f:1G", 1, RelativePath("path"), "absolute"),
+            ("mmap:/dev/dax0.0", 1, MissingSize, "mmap needs a size"),
+            ("file:/a:", 1, BadSize("".into()), "16G, 512M"),
+            ("file:/a:16GB", 1, BadSize("16GB".into()), "K, M, G or T"),
+            ("file:/a:G", 1, BadSize("G".into()), "whole number"),
+            ("file:/a:+4096", 1, BadSize("+4096".into()), "whole number"),
+            ("file:/a:1.5G", 1, BadSize("1.5G".into()), "whole number"),
+            ("file:/a:99999999999T", 1, BadSize("99999999999T".into()), "not understood"),
+            ("mmap:/d:-1G", 1, BadSize("-1G".into()), "not understood"),
+            ("file:/a:0", 1, SizeNotPages { given: "0".into(), bytes: 0 }, "positive multiple of 4096"),
+            ("file:/a:0G", 1, SizeNotPages { given: "0G".into(), bytes: 0 }, "positive multiple of 4096"),
+            ("file:/a:1000", 1, SizeNotPages { given: "1000".into(), bytes: 1000 }, "1000 bytes"),
+            ("mmap:/d:1K", 1, SizeNotPages { given: "1K".into(), bytes: 1024 }, "multiple of 4096"),
+            ("mmap:/d:1G:zstd", 1, BadMmapForm("zstd".into()), "accepted are raw and lz4"),
+            ("mmap:/d:1G:", 1, BadMmapForm("".into()), "raw and lz4"),
+            ("file:/a:1G:x", 1, TooManyFields("file:DIR[:SIZE]"), "cannot contain `:`"),
+            ("mmap:/d:1G:raw:x", 1, TooManyFields("mmap:PATH:SIZE[:raw|:lz4]"), "too many"),
+        ];
+        for (spec, part, want, fragment) in cases {
+            let (got_part, got, msg) = problem(spec);
+            assert_eq!((got_part, &got), (*part, want), "{spec:?}: {msg}");
+            assert!(msg.contains(fragment), "{spec:?}: {msg:?} lacks {fragment:?}");
+            assert!(msg.starts_with(&format!("tier spec part {part} `{}` : ", spec.split(',').nth(part - 1).unwrap().trim())), "{msg}");
+        }
+    }
+
+    fn first_tier() -> impl Strategy<Value = FirstTier> {
+        prop_oneof![Just(FirstTier::Raw), Just(FirstTier::Compressed(Codec::Lz4)), (1..=19i32).prop_map(|level| FirstTier::Compressed(Codec::Zstd { level })),]
+    }
+
+    fn path() -> impl Strategy<Value = PathBuf> {
+        proptest::collection::vec("[a-zA-Z0-9._-]{1,8}", 0..4).prop_map(|segs| PathBuf::from(format!("/{}", segs.join("/"))))
+    }
+
+    fn size() -> impl Strategy<Value = u64> {
+        (1u64..(1 << 40)).prop_map(|pages| pages * PAGE_SIZE as u64)
+    }
+
+    fn spill_tier() -> impl Strategy<Value = SpillTier> {
+        prop_oneof![
+            (path(), size()).prop_map(|(dir, size_bytes)| SpillTier::File { dir, size_bytes }),
+            (path(), size(), prop_oneof![Just(MmapForm::Raw), Just(MmapForm::Lz4)])
+                .prop_map(|(path, size_bytes, form)| SpillTier::Mmap { path, size_bytes, form }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn display_parses_back(first in first_tier(), spill in proptest::collection::vec(spill_tier(), 0..4)) {
+            let spec = TierSpec { first, spill };
+            let text = spec.to_string();
+            prop_assert_eq!(text.parse::<TierSpec>(), Ok(spec.clone()), "{}", text);
+            // Canonical: printing what was parsed gives the same string.
+            prop_assert_eq!(text.parse::<TierSpec>().unwrap().to_string(), text);
+        }
+    }
+}
