@@ -58,6 +58,10 @@ enum Bench {
         /// How long the fault thread spins before sleeping, in microseconds.
         #[arg(long, default_value_t = 50)]
         spin_us: u64,
+        /// A second tier to measure beside T1: mmap:PATH (a /dev/dax device,
+        /// or a new or empty file) or mmap:memfd. May be given more than once.
+        #[arg(long = "tier", value_name = "SPEC")]
+        tiers: Vec<farmem_bench::fault::SpillBench>,
     },
 }
 
@@ -69,13 +73,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo { size, threads, codec } => demo::run(size, threads, &codec),
-        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us } } => {
+        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, tiers } } => {
             farmem_bench::fault::run(&farmem_bench::fault::FaultBenchConfig {
                 size: size as usize,
                 accesses: accesses as usize,
                 json,
                 kernel: !no_kernel,
                 spin: std::time::Duration::from_micros(spin_us),
+                spill: tiers,
             })
         }
     };

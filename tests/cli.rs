@@ -98,3 +98,38 @@ fn ctrl_c_during_the_kernel_run_restores_the_machine() {
         assert!(!std::path::Path::new(root).join(&cg).exists(), "cgroup {cg} left under {root}");
     }
 }
+
+#[test]
+fn bench_fault_measures_an_mmap_tier_beside_t1() {
+    let dir = std::env::temp_dir().join(format!("farmem-cli-mmap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("fault.json");
+    let backing = dir.join("cxl");
+    let out = farmem()
+        .args(["bench", "fault", "--size", "32M", "--accesses", "2000", "--no-kernel", "--tier", "mmap:memfd", "--tier"])
+        .arg(format!("mmap:{}", backing.display()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["spill_p50_us", "spill_p99_us", "spill_over_t1_p50"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive in {v}");
+    }
+    let labels: Vec<&str> = v["runs"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert!(labels.iter().filter(|l| l.starts_with("mmap")).count() == 2, "{labels:?}");
+    // The backing file held heap pages: it was unlinked as soon as it was made.
+    assert!(!backing.exists(), "the mmap tier's file is still reachable at {}", backing.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_fault_refuses_a_tier_it_cannot_measure() {
+    for (spec, says) in [("file:/var/tmp", "not built yet"), ("mmap:relative/path", "must be absolute"), ("tape:/dev/st0", "expected mmap:PATH")] {
+        let out = farmem().args(["bench", "fault", "--no-kernel", "--tier", spec]).output().unwrap();
+        assert!(!out.status.success(), "--tier {spec} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(spec) && err.contains(says), "{err}");
+    }
+}

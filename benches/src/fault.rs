@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use farmem_tiers::{Codec, CompressedConfig, CompressedTier, RawTier, Tier};
+use farmem_tiers::{Codec, CompressedConfig, CompressedTier, MmapTier, RawTier, Tier};
 use serde::Serialize;
 
 use crate::farmem_runs::{self, CappedRun, FarmemRun};
@@ -24,6 +24,48 @@ pub struct FaultBenchConfig {
     pub kernel: bool,
     /// The fault thread's spin before sleeping.
     pub spin: Duration,
+    /// Second tiers to measure beside T1, each a fresh tier per run.
+    pub spill: Vec<SpillBench>,
+}
+
+/// A second tier `farmem bench fault --tier` measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpillBench {
+    /// The CXL/DAX tier over this path (a /dev/dax device, or a new or empty
+    /// file), or over a memfd when `None`.
+    Mmap(Option<PathBuf>),
+}
+
+impl std::str::FromStr for SpillBench {
+    type Err = String;
+
+    /// `mmap:PATH` or `mmap:memfd`; `file:DIR` is refused until the file tier exists.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("mmap", "memfd")) => Ok(SpillBench::Mmap(None)),
+            Some(("mmap", path)) if path.starts_with('/') => Ok(SpillBench::Mmap(Some(PathBuf::from(path)))),
+            Some(("mmap", path)) => Err(format!("--tier mmap:{path}: the path must be absolute (or `memfd`)")),
+            Some(("file", _)) => Err(format!("--tier {s}: the file tier (io_uring spill) is not built yet; only mmap:PATH and mmap:memfd can be measured")),
+            _ => Err(format!("--tier {s}: expected mmap:PATH (a /dev/dax device or a new or empty file) or mmap:memfd")),
+        }
+    }
+}
+
+impl SpillBench {
+    fn label(&self) -> String {
+        match self {
+            SpillBench::Mmap(None) => "mmap (raw, memfd)".into(),
+            SpillBench::Mmap(Some(p)) => format!("mmap (raw, {})", p.display()),
+        }
+    }
+
+    fn make(&self, limit_bytes: u64) -> Result<Arc<dyn Tier>, String> {
+        let t = match self {
+            SpillBench::Mmap(None) => MmapTier::from_memfd(limit_bytes),
+            SpillBench::Mmap(Some(p)) => MmapTier::open(p, limit_bytes),
+        };
+        Ok(Arc::new(t.map_err(|e| e.to_string())?))
+    }
 }
 
 /// The figures, flat where the issue names keys, runs in full below.
@@ -43,6 +85,12 @@ pub struct FaultBenchReport {
     pub floor_p50_us: f64,
     /// A plain first-touch anonymous page fault, p50.
     pub first_touch_p50_us: f64,
+    /// The first `--tier` run's fault-back p50 (None without `--tier`).
+    pub spill_p50_us: Option<f64>,
+    /// Its p99.
+    pub spill_p99_us: Option<f64>,
+    /// Its p50 over lz4's (T1's) p50, from the same invocation.
+    pub spill_over_t1_p50: Option<f64>,
     /// The kernel's zram swap-in p50 (None when skipped).
     pub kernel_zram_p50_us: Option<f64>,
     /// The kernel's zram swap-in p99.
@@ -137,6 +185,14 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
         runs.push(farmem_runs::random_faults(make()?, label, size, cfg.accesses, SEED, cfg.spin)?);
     }
+    let mut spill_runs = Vec::new();
+    for spill in &cfg.spill {
+        let label = spill.label();
+        eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
+        let run = farmem_runs::random_faults(spill.make(size as u64)?, &label, size, cfg.accesses, SEED, cfg.spin)?;
+        spill_runs.push(run.clone());
+        runs.push(run);
+    }
     eprintln!("farmem: lz4, {} MiB heap held to {} MiB resident, {} random reads...", size >> 20, (size / 4) >> 20, cfg.accesses);
     let capped = farmem_runs::capped_random_reads(compressed(Codec::Lz4)?, size, size / 4, cfg.accesses, SEED, cfg.spin)?;
 
@@ -149,6 +205,9 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         faults_per_s: lz4.faults_per_s,
         ratio: lz4.ratio,
         floor_p50_us: floor.p50_us,
+        spill_p50_us: spill_runs.first().map(|r| r.p50_us),
+        spill_p99_us: spill_runs.first().map(|r| r.p99_us),
+        spill_over_t1_p50: spill_runs.first().map(|r| r.p50_us / lz4.p50_us),
         first_touch_p50_us: first_touch.p50_us,
         kernel_zram_p50_us: kernel_zram.as_ref().map(|k| k.latency.p50_us),
         kernel_zram_p99_us: kernel_zram.as_ref().map(|k| k.latency.p99_us),
@@ -218,5 +277,8 @@ fn print_table(r: &FaultBenchReport) {
             100.0 * (l.p50_us / r.floor_p50_us - 1.0),
             100.0 * l.tier_overhead
         );
+        for spill in r.runs.iter().filter(|x| x.label.starts_with("mmap")) {
+            println!("{}: fault-back p50 {:.2}x T1's (lz4) in the same run", spill.label, spill.p50_us / l.p50_us);
+        }
     }
 }
