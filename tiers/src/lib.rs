@@ -117,6 +117,13 @@ pub struct TierStats {
 }
 
 impl TierStats {
+    /// The statistics of a tier that keeps `pages` whole pages as they are
+    /// (raw and mmap tiers): every byte in is a byte used.
+    pub fn uncompressed(pages: u64, stores: u64, loads: u64, load_errors: u64) -> Self {
+        let bytes = pages * PAGE_SIZE as u64;
+        TierStats { pages, bytes_in: bytes, bytes_compressed: bytes, bytes_used: bytes, stores, loads, load_errors, ..TierStats::default() }
+    }
+
     /// Uncompressed bytes per byte of real memory used (higher is better).
     pub fn ratio(&self) -> f64 {
         if self.bytes_used == 0 {

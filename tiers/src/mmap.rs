@@ -17,8 +17,8 @@
 //!   again when the tier is dropped. Its blocks are
 //!   reserved up front with `fallocate`: a store writes through the mapping,
 //!   where a full file system could only answer with SIGBUS, so running out of
-//!   space must happen at `open`, where it is an error. (File systems without
-//!   `fallocate` get a sparse file, and that risk.) A device keeps what was
+//!   space must happen at `open`, where it is an error. A file system without
+//!   `fallocate` is refused for the same reason. A device keeps what was
 //!   written to it after the process ends; nothing zeroes 64 GiB on exit.
 //! - **Slots.** The region is cut into 4096-byte slots handed out from a free
 //!   stack, itself in a mapping of the tier's own (never on the Rust heap). A
@@ -176,11 +176,10 @@ impl MmapTier {
         // SAFETY: a valid open descriptor and a range inside the file.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
         if r < 0 {
+            // A sparse file could answer a store with SIGBUS when its file
+            // system fills up, taking the process down: refuse it here instead.
             let e = io::Error::last_os_error();
-            // Without fallocate the file stays sparse (see the module doc).
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(bad(format!("cannot reserve {len} bytes for it: {e}")));
-            }
+            return Err(bad(format!("cannot reserve {len} bytes for it (fallocate): {e}; use a file system that supports fallocate, or a /dev/dax device")));
         }
         Self::with_file(file, path, backing, len)
     }
@@ -366,17 +365,7 @@ impl Tier for MmapTier {
     }
 
     fn stats(&self) -> TierStats {
-        let pages = self.pages.load(Relaxed);
-        TierStats {
-            pages,
-            bytes_in: pages * PAGE_SIZE as u64,
-            bytes_compressed: pages * PAGE_SIZE as u64,
-            bytes_used: pages * PAGE_SIZE as u64,
-            stores: self.stores.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            load_errors: self.load_errors.load(Relaxed),
-            ..TierStats::default()
-        }
+        TierStats::uncompressed(self.pages.load(Relaxed), self.stores.load(Relaxed), self.loads.load(Relaxed), self.load_errors.load(Relaxed))
     }
 }
 

@@ -100,16 +100,7 @@ impl Tier for RawTier {
     }
 
     fn stats(&self) -> TierStats {
-        let pages = self.pages.load(Relaxed);
-        TierStats {
-            pages,
-            bytes_in: pages * PAGE_SIZE as u64,
-            bytes_compressed: pages * PAGE_SIZE as u64,
-            bytes_used: pages * PAGE_SIZE as u64,
-            stores: self.stores.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            ..TierStats::default()
-        }
+        TierStats::uncompressed(self.pages.load(Relaxed), self.stores.load(Relaxed), self.loads.load(Relaxed), 0)
     }
 }
 
