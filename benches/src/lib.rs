@@ -8,7 +8,9 @@
 //! - [`kernel`]: the kernel's own answer, zram swap under a memory cgroup
 //!   limit, and zram's compression ratio on given pages. It needs root and
 //!   restores the machine afterwards, on errors and on Ctrl-C too;
-//! - [`farmem_runs`], [`fault`]: farmem's side and `farmem bench fault`.
+//! - [`farmem_runs`], [`fault`]: farmem's side and `farmem bench fault`;
+//! - [`policy`]: `farmem bench policy`, a Zipf key-value workload without
+//!   farmem and under each policy mode.
 //!
 //! ```no_run
 //! let ft = farmem_bench::first_touch::measure_first_touch(10_000).unwrap();
@@ -27,6 +29,7 @@ pub mod fault;
 pub mod first_touch;
 pub mod heap;
 pub mod kernel;
+pub mod policy;
 pub mod stats;
 
 /// Why a baseline could not be measured; each message is one sentence naming

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use farmem_tiers::{Handle, Page, PageClass, TierError};
 
-use crate::fault::Request;
+use crate::fault::{AlignedPage, Request};
 use crate::mem::Mapping;
 use crate::pagestate::State;
 use crate::region::Region;
@@ -101,16 +101,26 @@ impl Staging {
     }
 }
 
+/// Where evicted pages go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The configured tiers, first with room first: the page is reclaimed.
+    Tiers,
+    /// The sampler's raw tier: the page is out of the page tables so that a use
+    /// of it shows, but kept whole, so that a fault costs only a copy.
+    Sample,
+}
+
 /// Evicts the pages of `region` whose indices `pages` lists (ascending runs
 /// are moved with one call each).
-pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, pages: &[usize]) -> io::Result<EvictReport> {
+pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, pages: &[usize], target: Target) -> io::Result<EvictReport> {
     let staging = &shared.staging;
     let _area = staging.lock.lock().unwrap_or_else(|e| e.into_inner());
     shared.evict_quiet_since_us.store(0, Ordering::Relaxed);
     let mut total = EvictReport::default();
     let mut result = Ok(());
     for batch in pages.chunks(staging.pages) {
-        match evict_batch(shared, region, batch) {
+        match evict_batch(shared, region, batch, target) {
             Ok(r) => total.add(&r),
             Err(e) => {
                 result = Err(e);
@@ -123,12 +133,13 @@ pub(crate) fn evict_pages(shared: &Shared, region: &Arc<Region>, pages: &[usize]
 }
 
 /// Evicts one batch; page `idx[k]` goes through staging slot `k`.
-fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Result<EvictReport> {
+fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Target) -> io::Result<EvictReport> {
     let staging = &shared.staging;
     let n = idx.len();
     let mut report = EvictReport::default();
     let mut claimed = vec![false; n];
     let mut refused: Vec<usize> = Vec::new();
+    let now = shared.tick.load(Ordering::Relaxed);
     {
         let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
         if region.closed.load(Ordering::Acquire) {
@@ -183,10 +194,11 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
             }
             let i = idx[k];
             let staged = State::Staged { slot: k as u64 };
-            match store(shared, staging.page(k)) {
+            match store(shared, staging.page(k), target) {
                 Ok((tier, handle)) => {
                     if region.states.transition(i, staged, State::Evicted { tier, handle: handle.raw() }) {
                         staging.release(k as u64);
+                        region.ages.set_out(i, now);
                         region.evicted.fetch_add(1, Ordering::Relaxed);
                         report.evicted += 1;
                     } else {
@@ -198,7 +210,12 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> io::Resu
                 }
                 Err(e) => {
                     match e {
-                        TierError::Incompressible { .. } => report.rejected += 1,
+                        TierError::Incompressible { .. } => {
+                            // Stamped as seen, so that the policy does not try
+                            // to compress it again until the rest is older.
+                            region.ages.set_seen(i, now);
+                            report.rejected += 1;
+                        }
                         TierError::Full { .. } => report.full += 1,
                         ref other => tracing::warn!("storing page {:#x} failed: {other}; it stays in RAM", region.page_addr(i)),
                     }
@@ -351,16 +368,97 @@ fn present_pages(region: &Region, idx: &[usize]) -> io::Result<Vec<bool>> {
     Ok(present)
 }
 
-/// Stores a page in the first tier that takes it.
-fn store(shared: &Shared, page: &Page) -> Result<(u8, Handle), TierError> {
+/// Stores a page in the first tier of `target` that takes it.
+fn store(shared: &Shared, page: &Page, target: Target) -> Result<(u8, Handle), TierError> {
+    let range = match target {
+        Target::Tiers => 0..shared.sample_tier as usize,
+        Target::Sample => shared.sample_tier as usize..shared.sample_tier as usize + 1,
+    };
     let mut last = None;
-    for (t, tier) in shared.tiers.iter().enumerate() {
+    for (t, tier) in shared.tiers.iter().enumerate().skip(range.start).take(range.len()) {
         match tier.store(page, PageClass::DEFAULT) {
             Ok(h) => return Ok((t as u8, h)),
-            Err(e @ TierError::Full { .. }) => last = Some(e),
+            // A full tier, or one whose rule refuses the page: the next may take it.
+            Err(e @ (TierError::Full { .. } | TierError::Incompressible { .. })) => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.expect("at least one tier"))
 }
 
+
+/// What one demotion call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DemoteReport {
+    /// Pages moved from the sample tier into the configured tiers.
+    pub demoted: u64,
+    /// Pages refused by every tier (incompressible, full): sent back to RAM.
+    pub refused: u64,
+    /// Pages no longer in the sample tier when their turn came.
+    pub gone: u64,
+}
+
+/// Moves pages of `region` that sit in the sample tier into the configured
+/// tiers (reclaim of pages already out of RAM: no page-table work). Each page
+/// is `Claimed` while its bytes move, so a fault on it waits and a drop by the
+/// program makes the move throw its copies away.
+pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> DemoteReport {
+    let mut report = DemoteReport::default();
+    let sample = shared.sample_tier;
+    let mut buf = Box::new(AlignedPage([0; PAGE_SIZE]));
+    // Small batches: a thread faulting on a claimed page waits for the batch.
+    for batch in idx.chunks(32) {
+        let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if region.closed.load(Ordering::Acquire) {
+            return report;
+        }
+        let mut back = Vec::new();
+        for &i in batch {
+            let s = region.states.get(i);
+            let State::Evicted { tier, handle } = s else {
+                report.gone += 1;
+                continue;
+            };
+            if tier != sample || !region.states.transition(i, s, State::Claimed) {
+                report.gone += 1;
+                continue;
+            }
+            let from = &shared.tiers[sample as usize];
+            let h = Handle::new(handle);
+            let stored = match from.load(h, &mut buf.0) {
+                Ok(()) => store(shared, &buf.0, Target::Tiers),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok((t, h2)) => {
+                    if region.states.transition(i, State::Claimed, State::Evicted { tier: t, handle: h2.raw() }) {
+                        report.demoted += 1;
+                    } else {
+                        // The program dropped the page meanwhile: both copies go.
+                        shared.tiers[t as usize].remove(h2);
+                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        report.gone += 1;
+                    }
+                    from.remove(h);
+                }
+                Err(e) => {
+                    if !matches!(e, TierError::Incompressible { .. } | TierError::Full { .. }) {
+                        tracing::warn!("moving page {:#x} out of the sample tier failed: {e}; it goes back to RAM", region.page_addr(i));
+                    }
+                    if region.states.transition(i, State::Claimed, s) {
+                        back.push(i);
+                        report.refused += 1;
+                    } else {
+                        from.remove(h);
+                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        report.gone += 1;
+                    }
+                }
+            }
+        }
+        if !back.is_empty() {
+            shared.requests.push(Request::PutBack { region: Arc::clone(region), pages: back, tier: sample });
+        }
+    }
+    report
+}

@@ -43,6 +43,9 @@ pub(crate) enum Request {
     Unregister { region: Arc<Region>, done: Arc<Completion> },
     /// Bring every evicted page of every region back (before a fork).
     RestoreAll { done: Arc<Completion> },
+    /// Copy the listed pages back into RAM if they are still held by tier
+    /// `tier` (the sampler returns pages nobody used while they were out).
+    PutBack { region: Arc<Region>, pages: Vec<usize>, tier: u8 },
 }
 
 /// A one-shot result a caller waits on.
@@ -136,6 +139,9 @@ pub(crate) struct FaultThread {
     buf: Box<AlignedPage>,
     /// Drop events (REMOVE) read so far: numbers each `Dropping` state.
     drops: u64,
+    /// The fault just served brought a page back from a tier or staging: its
+    /// wait is stall caused by reclaim (not a first touch).
+    reclaim_fault: bool,
 }
 
 /// Tier copies freed at once when the fault thread is busy for a long time.
@@ -149,6 +155,7 @@ impl FaultThread {
             to_remove: Vec::with_capacity(REMOVE_BATCH),
             buf: Box::new(AlignedPage([0; PAGE_SIZE])),
             drops: 0,
+            reclaim_fault: false,
         }
     }
 
@@ -246,6 +253,7 @@ impl FaultThread {
         match ev {
             Event::Fault { addr, write, .. } => {
                 let addr = addr & !(PAGE_SIZE as u64 - 1);
+                self.reclaim_fault = false;
                 if let Served::Again = self.serve_fault(addr, write) {
                     self.shared.counters.faults_deferred.fetch_add(1, Ordering::Relaxed);
                     self.deferred.push((addr, write));
@@ -254,6 +262,9 @@ impl FaultThread {
                 let ns = t0.elapsed().as_nanos() as u64;
                 self.shared.counters.fault_latency.record(ns);
                 self.shared.counters.stall_ns.fetch_add(ns, Ordering::Relaxed);
+                if std::mem::take(&mut self.reclaim_fault) {
+                    self.shared.counters.reclaim_stall_ns.fetch_add(ns, Ordering::Relaxed);
+                }
             }
             Event::Remove { start, end } | Event::Unmap { start, end } => {
                 let unmap = matches!(ev, Event::Unmap { .. });
@@ -304,7 +315,7 @@ impl FaultThread {
                     if !region.states.transition(i, state, State::Faulting { tier, handle }) {
                         continue;
                     }
-                    return self.load_from_tier(&region, i, tier, handle);
+                    return self.load_from_tier(&region, i, tier, handle, true);
                 }
                 State::Poisoned => {
                     let _ = shared.uffd.poison(addr, PAGE_SIZE as u64);
@@ -341,12 +352,15 @@ impl FaultThread {
         region.states.transition(i, State::Restoring { slot }, State::Resident);
         shared.staging.release(slot);
         shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
+        self.reclaim_fault = true;
         Served::Done
     }
 
     /// Loads an evicted page from its tier and copies it in; poisons it if the
     /// tier cannot give it back.
-    fn load_from_tier(&mut self, region: &Region, i: usize, tier: u8, handle: u64) -> Served {
+    /// `fault` says whether a thread touched the page (rather than the runtime
+    /// bringing it back on its own): only then is it a use, and a stall.
+    fn load_from_tier(&mut self, region: &Region, i: usize, tier: u8, handle: u64, fault: bool) -> Served {
         let shared = Arc::clone(&self.shared);
         let dst = region.page_addr(i);
         let faulting = State::Faulting { tier, handle };
@@ -379,7 +393,21 @@ impl FaultThread {
         region.states.transition(i, faulting, State::Resident);
         region.evicted.fetch_sub(1, Ordering::Relaxed);
         self.remove_later(tier, handle);
-        shared.counters.faults_from_tier.fetch_add(1, Ordering::Relaxed);
+        if fault {
+            let now = shared.tick.load(Ordering::Relaxed);
+            let (_, out_age) = region.ages.ages(i, now);
+            region.ages.set_seen(i, now);
+            let c = &shared.counters;
+            if tier == shared.sample_tier {
+                c.sample_faults.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.faults_from_tier.fetch_add(1, Ordering::Relaxed);
+                c.refaults_by_generation[crate::policy::ages::generation(out_age)].fetch_add(1, Ordering::Relaxed);
+            }
+            self.reclaim_fault = true;
+        } else {
+            shared.counters.pages_put_back.fetch_add(1, Ordering::Relaxed);
+        }
         Served::Done
     }
 
@@ -530,7 +558,7 @@ impl FaultThread {
             return;
         }
         // Part of a region moved: the moved part becomes a region of its own.
-        let moved = match Region::new(to, len) {
+        let moved = match Region::new(to, len, self.shared.tick.load(Ordering::Relaxed)) {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::error!("cannot track mremap of {from:#x}+{len:#x} to {to:#x}: {e}");
@@ -578,6 +606,21 @@ impl FaultThread {
                     self.pump();
                 }
             }
+            Request::PutBack { region, pages, tier: from } => {
+                for i in pages {
+                    loop {
+                        let s = region.states.get(i);
+                        let State::Evicted { tier, handle } = s else { break };
+                        if tier != from || !region.states.transition(i, s, State::Faulting { tier, handle }) {
+                            break;
+                        }
+                        match self.load_from_tier(&region, i, tier, handle, false) {
+                            Served::Done => break,
+                            Served::Again => self.pump(),
+                        }
+                    }
+                }
+            }
             Request::Unregister { region, done } => {
                 let r = self.unregister(&region);
                 done.finish(r);
@@ -607,7 +650,7 @@ impl FaultThread {
                         if !region.states.transition(i, s, State::Faulting { tier, handle }) {
                             continue;
                         }
-                        self.load_from_tier(region, i, tier, handle)
+                        self.load_from_tier(region, i, tier, handle, false)
                     }
                     _ => Served::Done,
                 };

@@ -41,18 +41,19 @@ mod evict;
 mod fault;
 mod fork;
 mod pagestate;
+pub mod policy;
 mod region;
 mod scope;
 mod stats;
 pub mod pagemap;
 pub mod uffd;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use farmem_tiers::{CompressedConfig, CompressedTier, Tier};
+use farmem_tiers::{CompressedConfig, CompressedTier, RawTier, Tier};
 
 pub use error::RuntimeError;
 pub use farmem_tiers::mem;
@@ -60,7 +61,7 @@ pub use evict::EvictReport;
 pub use scope::{in_runtime, RuntimeScope};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
-use evict::Staging;
+use evict::{Staging, Target};
 use fault::{Completion, FaultThread, Request, Requests};
 use region::{Region, RegionTable};
 use stats::Counters;
@@ -141,8 +142,8 @@ impl RuntimeBuilder {
                 .map_err(|e| RuntimeError::Os { op: "creating the compressed tier", source: std::io::Error::other(e.to_string()) })?;
             tiers.push(Arc::new(t1));
         }
-        if tiers.len() > 16 {
-            return Err(RuntimeError::Os { op: "configuring tiers", source: std::io::Error::other("at most 16 tiers") });
+        if tiers.len() > 15 {
+            return Err(RuntimeError::Os { op: "configuring tiers", source: std::io::Error::other("at most 15 tiers") });
         }
         let config = Config {
             tiers: tiers.clone(),
@@ -157,12 +158,20 @@ impl RuntimeBuilder {
         staging_uffd
             .register(staging.base(), staging.len(), mode::WP)
             .map_err(|source| RuntimeError::Register { addr: staging.base(), len: staging.len(), source })?;
+        // The sampler's raw tier, after the configured ones. Address space only:
+        // the policy keeps what it holds to a share of the registered memory.
+        let sample = RawTier::named("sampled", SAMPLE_TIER_SPACE).map_err(|e| RuntimeError::Os { op: "mapping the sampler's tier", source: std::io::Error::other(e.to_string()) })?;
+        let sample_tier = tiers.len() as u8;
+        let mut all_tiers = tiers;
+        all_tiers.push(Arc::new(sample));
         let shared = Arc::new(Shared {
             uffd,
             staging_uffd,
             staging,
             regions: RegionTable::default(),
-            tiers,
+            tiers: all_tiers,
+            sample_tier,
+            tick: AtomicU32::new(0),
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
@@ -192,7 +201,7 @@ impl RuntimeBuilder {
             .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
         fork::track(&shared);
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
-        Ok(Runtime { shared, fault_thread: Some(fault_thread) })
+        Ok(Runtime { shared, fault_thread: Some(fault_thread), policy: Mutex::new(None) })
     }
 }
 
@@ -226,7 +235,12 @@ pub(crate) struct Shared {
     staging_uffd: Userfaultfd,
     staging: Staging,
     regions: RegionTable,
+    /// The configured tiers, then the sampler's raw tier.
     tiers: Vec<Arc<dyn Tier>>,
+    /// The index of the sampler's tier in `tiers`.
+    sample_tier: u8,
+    /// The policy's clock: ticks since start (see `policy::ages`).
+    tick: AtomicU32,
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,
@@ -254,7 +268,11 @@ impl Shared {
 pub struct Runtime {
     shared: Arc<Shared>,
     fault_thread: Option<JoinHandle<()>>,
+    policy: Mutex<Option<policy::PolicyHandle>>,
 }
+
+/// Address space reserved for the sampler's raw tier.
+const SAMPLE_TIER_SPACE: u64 = 64 << 30;
 
 fn check_aligned(addr: u64, len: u64) -> Result<(), RuntimeError> {
     if !addr.is_multiple_of(PAGE_SIZE as u64) || !len.is_multiple_of(PAGE_SIZE as u64) || len == 0 {
@@ -294,7 +312,7 @@ impl Runtime {
         self.check_process()?;
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
-        let region = Arc::new(Region::new(a, l).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
+        let region = Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
         if !self.shared.regions.insert(Arc::clone(&region)) {
             return Err(RuntimeError::Overlap { addr: a, len: l });
         }
@@ -342,7 +360,7 @@ impl Runtime {
             let end = (a + l).min(region.start() + region.len());
             let count = ((end - at) / PAGE_SIZE as u64) as usize;
             let idx: Vec<usize> = (first..first + count).collect();
-            let r = evict::evict_pages(&self.shared, &region, &idx).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
+            let r = evict::evict_pages(&self.shared, &region, &idx, Target::Tiers).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
             report.add(&r);
             at = end;
         }
@@ -369,10 +387,32 @@ impl Runtime {
                 idx.push(((p - region.start()) / PAGE_SIZE as u64) as usize);
                 k += 1;
             }
-            let r = evict::evict_pages(&self.shared, &region, &idx).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
+            let r = evict::evict_pages(&self.shared, &region, &idx, Target::Tiers).map_err(|source| RuntimeError::Os { op: "evicting pages", source })?;
             report.add(&r);
         }
         Ok(report)
+    }
+
+    /// Starts the policy thread: it samples accesses, ages pages, and reclaims
+    /// as `config` asks (a limit, a stall target, a floor). Replaces a policy
+    /// already running.
+    pub fn start_policy(&self, config: policy::PolicyConfig) -> Result<(), RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        self.check_process()?;
+        if config.stall.is_some_and(|s| !(s > 0.0 && s < 1.0)) {
+            return Err(RuntimeError::Os { op: "starting the policy", source: std::io::Error::other("the stall target must be a fraction between 0 and 1") });
+        }
+        let mut slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        // The old policy stops (and joins) before the new one starts.
+        drop(slot.take());
+        *slot = Some(policy::PolicyHandle::start(Arc::clone(&self.shared), config).map_err(|source| RuntimeError::Os { op: "starting the policy thread", source })?);
+        Ok(())
+    }
+
+    /// Stops the policy thread, if one runs; evicted pages stay where they are.
+    pub fn stop_policy(&self) {
+        let _scope = RuntimeScope::enter();
+        drop(self.policy.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// A snapshot of the statistics.
@@ -394,6 +434,11 @@ impl Runtime {
             evicted_pages: regions.iter().map(|r| r.evicted.load(Ordering::Relaxed)).sum(),
             pages_evicted_total: c.pages_evicted.load(Ordering::Relaxed),
             faults_from_tier: c.faults_from_tier.load(Ordering::Relaxed),
+            pages_reclaimed: c.pages_reclaimed.load(Ordering::Relaxed),
+            sample_faults: c.sample_faults.load(Ordering::Relaxed),
+            refaults_by_generation: std::array::from_fn(|g| c.refaults_by_generation[g].load(Ordering::Relaxed)),
+            pages_put_back: c.pages_put_back.load(Ordering::Relaxed),
+            reclaim_stall: Duration::from_nanos(c.reclaim_stall_ns.load(Ordering::Relaxed)),
             faults_from_staging: c.faults_from_staging.load(Ordering::Relaxed),
             faults_zero_filled: c.faults_zero_filled.load(Ordering::Relaxed),
             pages_zero_filled: c.pages_zero_filled.load(Ordering::Relaxed),
@@ -406,6 +451,7 @@ impl Runtime {
             stall: Duration::from_nanos(c.stall_ns.load(Ordering::Relaxed)),
             fault_latency_ns: c.fault_latency.to_hdr(),
             tiers: self.shared.tiers.iter().map(|t| (t.name().to_string(), t.stats())).collect(),
+            policy: self.policy.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.stats()),
         }
     }
 }
@@ -421,6 +467,7 @@ impl Drop for Runtime {
             }
             return;
         }
+        drop(self.policy.get_mut().unwrap_or_else(|e| e.into_inner()).take());
         for region in self.shared.regions.all() {
             let (a, l) = (region.start(), region.len());
             if let Err(e) = self.unregister_region(region) {

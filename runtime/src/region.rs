@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::pagestate::PageStates;
+use crate::policy::ages::PageAges;
 use crate::PAGE_SIZE;
 
 /// A range of the program's memory registered with the fault engine.
@@ -15,6 +16,8 @@ pub struct Region {
     len: u64,
     /// One state per page.
     pub states: PageStates,
+    /// When each page was last seen in use and last left RAM (policy ticks).
+    pub ages: PageAges,
     /// Held by the evictor for a batch, and by the fault thread to move or
     /// unregister the region, so that neither sees the other half-done.
     pub evict_lock: Mutex<()>,
@@ -25,12 +28,15 @@ pub struct Region {
 }
 
 impl Region {
-    /// A region over `[start, start+len)`, every page resident.
-    pub fn new(start: u64, len: u64) -> std::io::Result<Self> {
+    /// A region over `[start, start+len)`, every page resident and stamped as
+    /// seen at policy tick `now`.
+    pub fn new(start: u64, len: u64, now: u32) -> std::io::Result<Self> {
+        let pages = (len / PAGE_SIZE as u64) as usize;
         Ok(Region {
             start: AtomicU64::new(start),
             len,
-            states: PageStates::new((len / PAGE_SIZE as u64) as usize)?,
+            states: PageStates::new(pages)?,
+            ages: PageAges::new(pages, now)?,
             evict_lock: Mutex::new(()),
             evicted: AtomicU64::new(0),
             closed: AtomicBool::new(false),

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use farmem_tiers::TierStats;
+
+use crate::policy::ages::GENERATIONS;
+pub use crate::policy::PolicyStats;
 use hdrhistogram::Histogram;
 
 const SUB_BITS: u32 = 5;
@@ -87,7 +90,12 @@ pub(crate) struct Counters {
     pub evict_rejected: AtomicU64,
     pub evict_tier_full: AtomicU64,
     pub stall_ns: AtomicU64,
+    pub reclaim_stall_ns: AtomicU64,
     pub fault_latency: AtomicHistogram,
+    pub sample_faults: AtomicU64,
+    pub pages_reclaimed: AtomicU64,
+    pub refaults_by_generation: [AtomicU64; GENERATIONS.len()],
+    pub pages_put_back: AtomicU64,
 }
 
 /// One registered region's pages.
@@ -116,8 +124,19 @@ pub struct Stats {
     pub evicted_pages: u64,
     /// Pages moved out of RAM since start.
     pub pages_evicted_total: u64,
-    /// Faults served by loading a page from a tier.
+    /// Faults served by loading a page from a tier (the sampler's excluded):
+    /// refaults of reclaimed pages.
     pub faults_from_tier: u64,
+    /// Pages the policy reclaimed into the tiers (the rest of
+    /// `pages_evicted_total` came from explicit `evict` calls or the sampler).
+    pub pages_reclaimed: u64,
+    /// Faults on pages the sampler had taken out (served with a copy).
+    pub sample_faults: u64,
+    /// Refaults by how long the page had been out, in the generations of
+    /// [`crate::policy::GENERATIONS`] (ticks).
+    pub refaults_by_generation: [u64; GENERATIONS.len()],
+    /// Pages the sampler put back into RAM unused, without a fault.
+    pub pages_put_back: u64,
     /// Faults served from staging, on pages caught mid-eviction.
     pub faults_from_staging: u64,
     /// Faults on never-evicted pages, served with zeros.
@@ -139,16 +158,32 @@ pub struct Stats {
     /// Time the fault thread spent serving faults, from reading a fault to
     /// waking its thread: the program's stall time less the kernel's wake-ups.
     pub stall: Duration,
+    /// The part of `stall` spent bringing pages back from tiers or staging
+    /// (first touches excluded): what the stall controller steers by.
+    pub reclaim_stall: Duration,
     /// Service time of every fault, nanoseconds.
     pub fault_latency_ns: Histogram<u64>,
-    /// Each tier's own counters, in tier order, with its name.
+    /// Each tier's own counters, in tier order, with its name. The sampler's
+    /// raw tier comes last, named "sampled".
     pub tiers: Vec<(String, TierStats)>,
+    /// The policy's state, when one runs.
+    pub policy: Option<PolicyStats>,
 }
 
 impl Stats {
     /// All faults served, of every kind.
     pub fn faults(&self) -> u64 {
-        self.faults_from_tier + self.faults_from_staging + self.faults_zero_filled
+        self.faults_from_tier + self.sample_faults + self.faults_from_staging + self.faults_zero_filled
+    }
+
+    /// Bytes every tier uses now, metadata included (the sampler's raw copies too).
+    pub fn tier_bytes(&self) -> u64 {
+        self.tiers.iter().map(|(_, t)| t.bytes_used).sum()
+    }
+
+    /// Pages in RAM over all regions (mincore at the snapshot).
+    pub fn resident_pages(&self) -> u64 {
+        self.per_region.iter().map(|r| r.resident_pages).sum()
     }
 
     /// A fault-latency percentile in microseconds.

@@ -274,16 +274,30 @@ impl Userfaultfd {
     fn open_raw() -> Result<OwnedFd, OpenError> {
         const UFFD_USER_MODE_ONLY: libc::c_int = 1;
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // A full userfaultfd first: with UFFD_USER_MODE_ONLY, the kernel's own
+        // accesses to a missing page (read(2) into an evicted buffer, write(2)
+        // from one) fail with EFAULT instead of waiting for the fault thread,
+        // which breaks a program whose heap is under farmem (the LD_PRELOAD shim).
         // SAFETY: userfaultfd(2) takes only flags and returns a new fd or -1.
+        let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        if r >= 0 {
+            // SAFETY: the syscall returned a fresh fd that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+        }
+        let full = io::Error::last_os_error();
+        if full.raw_os_error() == Some(libc::ENOSYS) {
+            return Err(OpenError::Missing(full));
+        }
+        if let Ok(fd) = Self::open_dev(flags) {
+            return Ok(fd);
+        }
+        // SAFETY: as above.
         let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY) };
         if r >= 0 {
             // SAFETY: the syscall returned a fresh fd that nothing else owns.
             return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
         }
         let syscall = io::Error::last_os_error();
-        if syscall.raw_os_error() == Some(libc::ENOSYS) {
-            return Err(OpenError::Missing(syscall));
-        }
         match Self::open_dev(flags) {
             Ok(fd) => Ok(fd),
             Err(dev) => Err(OpenError::NotPermitted { syscall, dev }),

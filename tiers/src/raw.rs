@@ -12,6 +12,7 @@ use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_
 
 /// Pages stored uncompressed in an anonymous mapping of fixed capacity.
 pub struct RawTier {
+    name: &'static str,
     map: Mapping,
     slots: u64,
     free: Mutex<Vec<u32>>,
@@ -32,9 +33,15 @@ impl RawTier {
     /// A tier that can hold `limit_bytes` of pages (address space is reserved,
     /// memory is used only as pages are stored).
     pub fn new(limit_bytes: u64) -> Result<Self, TierError> {
+        Self::named("raw", limit_bytes)
+    }
+
+    /// As [`RawTier::new`], under another name in logs and statistics.
+    pub fn named(name: &'static str, limit_bytes: u64) -> Result<Self, TierError> {
         let slots = (limit_bytes / PAGE_SIZE as u64).clamp(1, u32::MAX as u64);
         let map = Mapping::anonymous(slots as usize * PAGE_SIZE).map_err(|source| TierError::Os { op: "mapping the raw tier", source })?;
         Ok(RawTier {
+            name,
             map,
             slots,
             free: Mutex::new(Vec::new()),
@@ -53,7 +60,7 @@ impl RawTier {
 
 impl Tier for RawTier {
     fn name(&self) -> &str {
-        "raw"
+        self.name
     }
 
     fn store(&self, page: &Page, _class: PageClass) -> Result<Handle, TierError> {
@@ -63,7 +70,7 @@ impl Tier for RawTier {
                 let s = self.next.fetch_add(1, Relaxed);
                 if s >= self.slots {
                     self.next.fetch_sub(1, Relaxed);
-                    return Err(TierError::Full { tier: "raw", limit_bytes: self.slots * PAGE_SIZE as u64 });
+                    return Err(TierError::Full { tier: self.name, limit_bytes: self.slots * PAGE_SIZE as u64 });
                 }
                 s
             }

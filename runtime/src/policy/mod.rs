@@ -1,0 +1,475 @@
+//! Deciding what to evict and how much: access sampling, page ages, and the
+//! controller (limit, stall and floor modes).
+//!
+//! One thread, `farmem-policy`, runs once per tick (a second by default):
+//! 1. it ages: reads every page's state and stamps, counts resident pages per
+//!    generation of age, and lists the pages the sampler has out;
+//! 2. it measures resident memory (pages in RAM plus the sampler's raw copies)
+//!    and the share of wall time the program spent waiting on farmem faults;
+//! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
+//!    oldest first: sampled pages that stayed idle (compressed straight from the
+//!    sampler's tier), then resident pages of the oldest generations;
+//! 4. sampled pages nobody needed go back to RAM after a few ticks;
+//! 5. the sampler takes the next pages out (see the `sampler` module).
+//!
+//! With a limit, the thread also checks resident memory ten times a tick, so a
+//! program that allocates fast is held near its cap.
+//!
+//! ```no_run
+//! use farmem_runtime::{policy::PolicyConfig, Runtime};
+//!
+//! let rt = Runtime::builder().build().unwrap();
+//! // ... register the heap ...
+//! rt.start_policy(PolicyConfig { stall: Some(0.001), ..PolicyConfig::default() }).unwrap();
+//! ```
+
+pub mod ages;
+mod config;
+mod controller;
+mod sampler;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use ages::GENERATIONS;
+pub use config::{parse_size, parse_stall, PolicyConfig, DEFAULT_STALL};
+pub use controller::Controller;
+
+use crate::evict::{self, Target};
+use crate::pagestate::State;
+use crate::region::Region;
+use crate::{RuntimeScope, Shared, PAGE_SIZE};
+use ages::generation;
+use sampler::{pick_resident, Hand, Picked, Rate};
+
+/// Ticks a sampled page stays out unused before it goes back to RAM.
+const SAMPLE_WINDOW: u32 = 4;
+/// The sampler never has more than this share of registered pages out at once.
+const SAMPLE_CAP_SHARE: u64 = 16;
+/// The shortest span the stall is measured over.
+const STALL_WINDOW: Duration = Duration::from_secs(1);
+/// The share of the stall target the sampler's own faults may use.
+const SAMPLE_STALL_SHARE: f64 = 0.25;
+
+/// The policy's state, as the statistics show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyStats {
+    /// The modes in force, e.g. "limit 2.0 GiB, stall 0.10%, min 0 B".
+    pub mode: String,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Resident bytes the controller reclaims down to, if it set a target.
+    pub target_bytes: Option<u64>,
+    /// Resident bytes at the last measure: registered pages in RAM plus the
+    /// sampler's raw copies.
+    pub resident_bytes: u64,
+    /// The most resident bytes measured.
+    pub peak_resident_bytes: u64,
+    /// Share of the last tick's wall time the program spent waiting for pages
+    /// to come back from tiers (summed over its threads).
+    pub stall_fraction: f64,
+    /// Pages reclaimed into the tiers by the policy.
+    pub reclaimed_pages: u64,
+    /// Of those, pages compressed straight from the sampler's tier.
+    pub reclaimed_from_samples: u64,
+    /// Pages the sampler has taken out since start.
+    pub sampled_pages: u64,
+    /// Pages the sampler has out now.
+    pub sampled_now: u64,
+    /// Pages the sampler takes out per tick now.
+    pub sample_rate: u64,
+    /// Pages seen within this many ticks are not sampled.
+    pub hot_window_ticks: u32,
+    /// Resident pages per generation of age at the last tick (see [`GENERATIONS`]).
+    pub generations: [u64; GENERATIONS.len()],
+    /// CPU the policy thread spent on aging and sampling, in seconds.
+    pub sampling_cpu_seconds: f64,
+    /// That CPU over the last tick, as a share of one core.
+    pub sampling_cpu_fraction: f64,
+    /// CPU the policy thread spent reclaiming (compressing), in seconds.
+    pub reclaim_cpu_seconds: f64,
+}
+
+/// The running policy thread.
+pub(crate) struct PolicyHandle {
+    stop: Arc<Stop>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<PolicyStats>>,
+}
+
+#[derive(Default)]
+struct Stop {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Stop {
+    /// Waits up to `d`; true once stop was asked.
+    fn wait(&self, d: Duration) -> bool {
+        let g = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self.cv.wait_timeout_while(g, d, |stop| !*stop).unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+}
+
+impl PolicyHandle {
+    /// Starts the policy thread.
+    pub fn start(shared: Arc<Shared>, config: PolicyConfig) -> std::io::Result<Self> {
+        let stop = Arc::new(Stop::default());
+        let stats = Arc::new(Mutex::new(PolicyStats { mode: describe(&config), ..PolicyStats::default() }));
+        let (s, o) = (Arc::clone(&stop), Arc::clone(&stats));
+        // Unnamed for std, as the fault thread: see `RuntimeBuilder::build`.
+        let thread = std::thread::Builder::new().spawn(move || {
+            let _scope = RuntimeScope::enter();
+            crate::set_thread_name(c"farmem-policy");
+            Policy::new(shared, config, o).run(&s);
+        })?;
+        Ok(PolicyHandle { stop, thread: Some(thread), stats })
+    }
+
+    /// A copy of the policy's statistics.
+    pub fn stats(&self) -> PolicyStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for PolicyHandle {
+    fn drop(&mut self) {
+        *self.stop.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn describe(c: &PolicyConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = c.limit {
+        parts.push(format!("limit {}", bytes(l)));
+    }
+    if let Some(s) = c.stall {
+        parts.push(format!("stall {:.2}%", s * 100.0));
+    }
+    if c.min > 0 {
+        parts.push(format!("min {}", bytes(c.min)));
+    }
+    if parts.is_empty() {
+        parts.push("sampling only".into());
+    }
+    parts.join(", ")
+}
+
+fn bytes(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// A page the sampler has out, with how long it has been out.
+struct Sampled {
+    out_age: u32,
+    region: Arc<Region>,
+    page: usize,
+}
+
+/// What the aging pass saw.
+#[derive(Default)]
+struct Scan {
+    present: u64,
+    registered: u64,
+    generations: [u64; GENERATIONS.len()],
+    sampled: Vec<Sampled>,
+}
+
+struct Policy {
+    shared: Arc<Shared>,
+    config: PolicyConfig,
+    ctl: Controller,
+    rate: Rate,
+    sample_hand: Hand,
+    reclaim_hand: Hand,
+    last_wall: Instant,
+    stall_window: VecDeque<(Instant, u64)>,
+    last_reclaim_stall_ns: u64,
+    last_sample_faults: u64,
+    last_refaults: u64,
+    sampled_last_tick: u64,
+    scan: Scan,
+    stats: PolicyStats,
+    out: Arc<Mutex<PolicyStats>>,
+}
+
+impl Policy {
+    fn new(shared: Arc<Shared>, config: PolicyConfig, out: Arc<Mutex<PolicyStats>>) -> Self {
+        let c = &shared.counters;
+        let (stall, sf, rf) = (c.reclaim_stall_ns.load(Relaxed), c.sample_faults.load(Relaxed), refaults(&shared));
+        let stats = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Policy {
+            ctl: Controller::new(&config),
+            rate: Rate::new(),
+            sample_hand: Hand::default(),
+            reclaim_hand: Hand::default(),
+            last_wall: Instant::now(),
+            stall_window: VecDeque::from([(Instant::now(), stall)]),
+            last_reclaim_stall_ns: stall,
+            last_sample_faults: sf,
+            last_refaults: rf,
+            sampled_last_tick: 0,
+            scan: Scan::default(),
+            stats,
+            out,
+            shared,
+            config,
+        }
+    }
+
+    fn run(mut self, stop: &Stop) {
+        let tick = self.config.tick.max(Duration::from_millis(10));
+        let step = if self.config.limit.is_some() { (tick / 10).max(Duration::from_millis(10)) } else { tick };
+        let mut next_tick = Instant::now() + tick;
+        while !stop.wait(step) {
+            if self.shared.stopping.load(Relaxed) {
+                break;
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = (next_tick + tick).max(Instant::now());
+            } else {
+                self.check_limit();
+            }
+        }
+    }
+
+    fn sample_tier_bytes(&self) -> u64 {
+        self.shared.tiers[self.shared.sample_tier as usize].capacity().used_bytes
+    }
+
+    /// One tick: age, measure, control, reclaim, return, sample.
+    fn tick(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let cpu0 = thread_cpu();
+        let now = shared.tick.fetch_add(1, Relaxed) + 1;
+        let wall = self.last_wall.elapsed().as_secs_f64().max(1e-3);
+        self.last_wall = Instant::now();
+        self.scan = scan(&shared, now);
+        let resident = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
+
+        let c = &shared.counters;
+        let stall_ns = c.reclaim_stall_ns.load(Relaxed);
+        let sample_faults = c.sample_faults.load(Relaxed);
+        let refaults = refaults(&shared);
+        let d_stall = stall_ns.saturating_sub(self.last_reclaim_stall_ns) as f64 * 1e-9;
+        let d_sample = sample_faults.saturating_sub(self.last_sample_faults);
+        let d_refault = refaults.saturating_sub(self.last_refaults);
+        (self.last_reclaim_stall_ns, self.last_sample_faults, self.last_refaults) = (stall_ns, sample_faults, refaults);
+        // The controller steers by the stall over at least the last second: a
+        // shorter window holds too few faults to tell a target of 0.1% from noise.
+        let t = Instant::now();
+        self.stall_window.push_back((t, stall_ns));
+        while self.stall_window.len() > 2 && t.duration_since(self.stall_window[1].0) >= STALL_WINDOW {
+            self.stall_window.pop_front();
+        }
+        let (t0, ns0) = self.stall_window[0];
+        let stall = if self.stall_window.len() > 1 { (stall_ns - ns0) as f64 * 1e-9 / t.duration_since(t0).as_secs_f64().max(1e-3) } else { 0.0 };
+        // The sampled pages' share of the stall, by their share of the faults.
+        let sample_stall = if d_sample + d_refault > 0 { d_stall * d_sample as f64 / (d_sample + d_refault) as f64 } else { 0.0 };
+        let cpu_aging = thread_cpu() - cpu0;
+
+        let target = self.ctl.tick(resident, stall);
+        let cpu1 = thread_cpu();
+        let reclaimed = self.reclaim(resident, target, now);
+        let cpu_reclaim = thread_cpu() - cpu1;
+
+        let cpu2 = thread_cpu();
+        self.put_back();
+        let cap = (self.scan.registered / SAMPLE_CAP_SHARE).max(1024);
+        let out_now = self.scan.sampled.len() as u64;
+        let want = (self.rate.per_tick as u64).min(cap.saturating_sub(out_now)) as usize;
+        let mut sampled = 0;
+        for Picked { region, idx } in pick_resident(&shared, &mut self.sample_hand, want, now, self.rate.hot_window) {
+            let _pass = shared.fork_gate.enter();
+            match evict::evict_pages(&shared, &region, &idx, Target::Sample) {
+                Ok(r) => sampled += r.evicted,
+                Err(e) => tracing::warn!("sampling pages of region {:#x} failed: {e}", region.start()),
+            }
+        }
+        let cpu_sampling = cpu_aging + (thread_cpu() - cpu2);
+        let scale = (self.scan.registered * PAGE_SIZE as u64).max(1 << 30) as f64 / (10u64 << 30) as f64;
+        let budget = self.config.sampling_cpu * scale * wall;
+        let allowance = self.config.stall.map_or(f64::INFINITY, |g| g * wall * SAMPLE_STALL_SHARE);
+        self.rate.adjust(self.sampled_last_tick, d_sample, cpu_sampling, sample_stall, budget, allowance);
+        self.sampled_last_tick = sampled;
+
+        let s = &mut self.stats;
+        s.ticks += 1;
+        s.target_bytes = self.ctl.target();
+        s.resident_bytes = resident;
+        s.peak_resident_bytes = s.peak_resident_bytes.max(resident);
+        s.stall_fraction = stall;
+        s.sampled_pages += sampled;
+        s.sampled_now = out_now + sampled;
+        s.sample_rate = self.rate.per_tick as u64;
+        s.hot_window_ticks = self.rate.hot_window;
+        s.generations = self.scan.generations;
+        s.sampling_cpu_seconds += cpu_sampling;
+        s.sampling_cpu_fraction = cpu_sampling / wall;
+        s.reclaim_cpu_seconds += cpu_reclaim;
+        tracing::debug!(
+            tick = now,
+            resident_mib = resident >> 20,
+            target_mib = self.ctl.target().map(|t| t >> 20),
+            stall_pct = stall * 100.0,
+            reclaimed,
+            refaults = d_refault,
+            sampled,
+            sample_faults = d_sample,
+            sample_rate = self.rate.per_tick,
+            hot_window = self.rate.hot_window,
+            sampling_cpu_pct = cpu_sampling / wall * 100.0,
+            "policy tick"
+        );
+        self.publish();
+    }
+
+    /// Between ticks: holds the limit.
+    fn check_limit(&mut self) {
+        let present: u64 = self.shared.regions.all().iter().map(|r| crate::resident_pages(r.start(), r.len())).sum();
+        let resident = present * PAGE_SIZE as u64 + self.sample_tier_bytes();
+        let target = self.ctl.check_limit(resident);
+        if target < resident {
+            let now = self.shared.tick.load(Relaxed);
+            self.reclaim(resident, target, now);
+        }
+        self.stats.resident_bytes = resident;
+        self.stats.peak_resident_bytes = self.stats.peak_resident_bytes.max(resident);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
+    }
+
+    /// Reclaims from `resident` down to `target` bytes, oldest first; returns pages reclaimed.
+    fn reclaim(&mut self, resident: u64, target: u64, now: u32) -> u64 {
+        if target >= resident {
+            return 0;
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut need = (resident - target).div_ceil(PAGE_SIZE as u64);
+        let mut done = 0;
+        // Idle sampled pages first, those out longest first: compressing them
+        // costs no page-table work, and they are known to be unused.
+        let mut idle: Vec<&Sampled> = self.scan.sampled.iter().filter(|s| s.out_age >= 1).collect();
+        idle.sort_by_key(|s| std::cmp::Reverse(s.out_age));
+        idle.truncate(need as usize);
+        for (region, pages) in by_region(idle.iter().map(|s| (&s.region, s.page))) {
+            let _pass = shared.fork_gate.enter();
+            let r = evict::demote(&shared, &region, &pages);
+            done += r.demoted;
+            self.stats.reclaimed_from_samples += r.demoted;
+        }
+        need = need.saturating_sub(done);
+        // Then resident pages, from the oldest generation down.
+        if need > 0 {
+            let mut threshold = 0;
+            let mut have = 0;
+            for g in (0..GENERATIONS.len()).rev() {
+                have += self.scan.generations[g];
+                threshold = GENERATIONS[g];
+                if have >= need {
+                    break;
+                }
+            }
+            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, threshold) {
+                let _pass = shared.fork_gate.enter();
+                match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
+                    Ok(r) => done += r.evicted,
+                    Err(e) => tracing::warn!("reclaiming pages of region {:#x} failed: {e}", region.start()),
+                }
+            }
+        }
+        self.stats.reclaimed_pages += done;
+        shared.counters.pages_reclaimed.fetch_add(done, Relaxed);
+        done
+    }
+
+    /// Sends sampled pages that stayed out a full window, unused and not
+    /// reclaimed, back to RAM.
+    fn put_back(&mut self) {
+        let sample = self.shared.sample_tier;
+        let due = self.scan.sampled.iter().filter(|s| s.out_age >= SAMPLE_WINDOW);
+        for (region, pages) in by_region(due.map(|s| (&s.region, s.page))) {
+            let pages: Vec<usize> = pages.into_iter().filter(|&i| matches!(region.states.get(i), State::Evicted { tier, .. } if tier == sample)).collect();
+            if !pages.is_empty() {
+                self.shared.requests.push(crate::fault::Request::PutBack { region, pages, tier: sample });
+            }
+        }
+        self.scan.sampled.retain(|s| s.out_age < SAMPLE_WINDOW);
+    }
+}
+
+/// All refaults counted so far.
+fn refaults(shared: &Shared) -> u64 {
+    shared.counters.refaults_by_generation.iter().map(|c| c.load(Relaxed)).sum()
+}
+
+/// Groups pages by region (by identity), each group's pages ascending.
+fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(Arc<Region>, Vec<usize>)> {
+    let mut groups: Vec<(Arc<Region>, Vec<usize>)> = Vec::new();
+    for (r, i) in pages {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, r)) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((Arc::clone(r), vec![i])),
+        }
+    }
+    for (_, v) in &mut groups {
+        v.sort_unstable();
+    }
+    groups
+}
+
+/// The aging pass: every page's state and stamps, and what is in RAM.
+fn scan(shared: &Shared, now: u32) -> Scan {
+    const CHUNK: usize = 16384;
+    let mut s = Scan::default();
+    let mut present = vec![0u8; CHUNK];
+    for region in shared.regions.all() {
+        s.registered += region.pages() as u64;
+        let mut at = 0;
+        while at < region.pages() {
+            let n = CHUNK.min(region.pages() - at);
+            // SAFETY: mincore reads the page tables of `n` pages of the region
+            // and writes one byte per page into `present[..n]`.
+            if unsafe { libc::mincore(region.page_addr(at) as *mut libc::c_void, n * PAGE_SIZE, present.as_mut_ptr()) } != 0 {
+                present[..n].fill(0);
+            }
+            for (k, &p) in present[..n].iter().enumerate() {
+                let i = at + k;
+                let (seen, out) = region.ages.ages(i, now);
+                match region.states.get(i) {
+                    State::Resident if p & 1 != 0 => {
+                        s.present += 1;
+                        s.generations[generation(seen)] += 1;
+                    }
+                    State::Evicted { tier, .. } if tier == shared.sample_tier => {
+                        s.sampled.push(Sampled { out_age: out, region: Arc::clone(&region), page: i });
+                    }
+                    _ if p & 1 != 0 => s.present += 1,
+                    _ => {}
+                }
+            }
+            at += n;
+        }
+    }
+    s
+}

@@ -1,0 +1,251 @@
+//! The policy on programs whose access pattern is known: a hot tenth of a heap
+//! touched without pause and the rest untouched; a hot set that moves; a heap
+//! held under a limit while it is written at random. Every test ends by
+//! comparing every page with its checksum from before the policy ran.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{checksum, fill_page, Heap, PAGE};
+use farmem_runtime::policy::PolicyConfig;
+use farmem_runtime::Runtime;
+
+/// Pages of `[first, first+n)` in RAM.
+fn resident(heap: &Heap, first: usize, n: usize) -> usize {
+    let mut v = vec![0u8; n];
+    // SAFETY: mincore reads the page tables of a range of the test's own mapping.
+    let r = unsafe { libc::mincore(heap.ptr.add(first * PAGE) as *mut libc::c_void, n * PAGE, v.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// Page contents the compressed tier takes (zeros, text, pointer-like words):
+/// a tier refuses random pages, and with no spill tier they stay in RAM.
+fn compressible(i: usize, version: u64) -> u64 {
+    (i as u64 * 4 + (i as u64 % 3)) ^ (version << 40)
+}
+
+fn filled(pages: usize) -> (Heap, Vec<u64>) {
+    let heap = Heap::new(pages * PAGE);
+    let sums = (0..pages)
+        .map(|i| {
+            fill_page(heap.page(i), compressible(i, 0));
+            checksum(heap.page(i))
+        })
+        .collect();
+    (heap, sums)
+}
+
+fn verify(heap: &Heap, sums: &[u64]) {
+    let bad: Vec<usize> = (0..sums.len()).filter(|&i| checksum(heap.page(i)) != sums[i]).collect();
+    assert!(bad.is_empty(), "{} pages came back wrong, first {:?}", bad.len(), &bad[..bad.len().min(8)]);
+}
+
+/// Reads one word of every page of the hot set, over and over, until told to
+/// stop; the hot set's first page can be moved while it runs.
+struct Toucher {
+    stop: Arc<AtomicBool>,
+    first: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Toucher {
+    fn start(heap: &Arc<Heap>, first: usize, n: usize) -> Toucher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let at = Arc::new(AtomicUsize::new(first));
+        let (h, s, a) = (Arc::clone(heap), Arc::clone(&stop), Arc::clone(&at));
+        let thread = std::thread::spawn(move || {
+            let mut sum = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let f = a.load(Ordering::Relaxed);
+                for i in f..f + n {
+                    // SAFETY: the page lies inside the heap; a volatile read keeps the access.
+                    sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(h.ptr.add(i * PAGE + 64) as *const u64) });
+                }
+            }
+            sum
+        });
+        Toucher { stop, first: at, thread: Some(thread) }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+/// Waits up to `limit` for `ok`, printing a progress line every few seconds.
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> (bool, String)) -> Duration {
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        let (done, state) = ok();
+        if done {
+            eprintln!("{what}: after {:.1} s: {state}", t0.elapsed().as_secs_f64());
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "{what}: not reached in {limit:?}: {state}");
+        if last.elapsed() > Duration::from_secs(3) {
+            eprintln!("{what}: waiting, {state}");
+            last = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hot_faults(rt: &Runtime) -> u64 {
+    let s = rt.stats();
+    s.sample_faults + s.faults_from_tier + s.faults_from_staging
+}
+
+#[test]
+fn the_untouched_heap_is_evicted_the_hot_tenth_stays_and_a_moving_hot_set_is_followed() {
+    const PAGES: usize = (2usize << 30) / PAGE;
+    const HOT: usize = PAGES / 10;
+    let (heap, sums) = filled(PAGES);
+    let heap = Arc::new(heap);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    let hot_a = PAGES * 3 / 10;
+    let hot_b = PAGES * 7 / 10;
+    let toucher = Toucher::start(&heap, hot_a, HOT);
+    // Room for the hot tenth and a little more: the policy must tell which tenth.
+    let limit = (PAGES * PAGE) as u64 * 12 / 100;
+    rt.start_policy(PolicyConfig { limit: Some(limit), tick: Duration::from_millis(200), ..PolicyConfig::default() }).unwrap();
+
+    let cold = PAGES - HOT;
+    let cold_resident = |hot: usize| resident(&heap, 0, hot) + resident(&heap, hot + HOT, PAGES - hot - HOT);
+    wait_for("untouched 90% evicted", Duration::from_secs(60), || {
+        let c = cold_resident(hot_a);
+        let h = resident(&heap, hot_a, HOT);
+        (c <= cold / 20 && h >= HOT * 95 / 100, format!("cold pages resident {c} of {cold}, hot {h} of {HOT}"))
+    });
+    // Settled: over two seconds, the hot set stays in RAM and rarely faults.
+    let f0 = hot_faults(&rt);
+    std::thread::sleep(Duration::from_secs(2));
+    let faults = hot_faults(&rt) - f0;
+    let hot_in = resident(&heap, hot_a, HOT);
+    let p = rt.stats().policy.unwrap();
+    eprintln!("settled: hot resident {hot_in}/{HOT}, {faults} faults on hot pages in 2 s, policy {p:?}");
+    assert!(hot_in >= HOT * 95 / 100, "only {hot_in} of {HOT} hot pages in RAM");
+    assert!(faults <= (HOT / 20) as u64, "{faults} faults on {HOT} hot pages in 2 s");
+
+    // The hot set moves: the new one comes back and stays, the old one goes
+    // (but for what fits beside the new one under the limit: 2% of the heap).
+    toucher.first.store(hot_b, Ordering::Relaxed);
+    wait_for("hot set followed", Duration::from_secs(60), || {
+        let (old, new) = (resident(&heap, hot_a, HOT), resident(&heap, hot_b, HOT));
+        (old <= HOT / 4 && new >= HOT * 95 / 100, format!("old hot set resident {old}, new {new}, of {HOT}"))
+    });
+    toucher.stop();
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
+
+#[test]
+fn stall_mode_reclaims_while_the_stall_stays_near_its_target() {
+    const PAGES: usize = (1usize << 30) / PAGE;
+    const HOT: usize = PAGES / 10;
+    let (heap, sums) = filled(PAGES);
+    let heap = Arc::new(heap);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    let toucher = Toucher::start(&heap, PAGES / 2, HOT);
+    // 1%: at 0.1% finding a hot set of 26,000 pages by their refaults alone
+    // takes minutes of wall time on this machine (see the policy bench).
+    let goal = 0.01;
+    rt.start_policy(PolicyConfig { stall: Some(goal), tick: Duration::from_millis(200), ..PolicyConfig::default() }).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let (s0, t0) = (rt.stats().reclaim_stall, Instant::now());
+    std::thread::sleep(Duration::from_secs(8));
+    let s = rt.stats();
+    let stall = (s.reclaim_stall - s0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let p = s.policy.clone().unwrap();
+    eprintln!("stall over the last 8 s {:.3}% (target {:.1}%), resident {} MiB of {} MiB, policy {p:?}", stall * 100.0, goal * 100.0, (s.resident_pages() * PAGE as u64) >> 20, (PAGES * PAGE) >> 20);
+    toucher.stop();
+    rt.stop_policy();
+    assert!(p.reclaimed_pages as usize >= (PAGES - HOT) / 4, "reclaimed only {} pages", p.reclaimed_pages);
+    assert!(stall <= 2.0 * goal, "stall {:.3}% against a target of {:.1}%", stall * 100.0, goal * 100.0);
+    verify(&heap, &sums);
+}
+
+#[test]
+fn limit_mode_holds_the_resident_heap_under_the_cap() {
+    const PAGES: usize = (1usize << 30) / PAGE;
+    const LIMIT: u64 = 256 << 20;
+    let heap = Arc::new(Heap::new(PAGES * PAGE));
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(200), ..PolicyConfig::default() }).unwrap();
+    // The program grows past the cap, then writes at random for three seconds;
+    // each write's page gets a new version whose checksum is kept.
+    let mut sums = vec![0u64; PAGES];
+    let mut version = vec![0u64; PAGES];
+    let mut peak_fill = 0u64;
+    let footprint = |rt: &Runtime| {
+        let s = rt.stats();
+        s.resident_pages() * PAGE as u64 + s.tiers.iter().find(|(n, _)| n == "sampled").map_or(0, |(_, t)| t.bytes_used)
+    };
+    for (i, sum) in sums.iter_mut().enumerate() {
+        fill_page(heap.page(i), compressible(i, 0));
+        *sum = checksum(heap.page(i));
+        if i % 4096 == 0 {
+            peak_fill = peak_fill.max(footprint(&rt));
+        }
+    }
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let mut peak = 0u64;
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let mut last_check = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % PAGES as u64) as usize;
+        version[i] += 1;
+        fill_page(heap.page(i), compressible(i, version[i]));
+        sums[i] = checksum(heap.page(i));
+        n += 1;
+        // The first half second lets the controller catch up with the fill.
+        if t0.elapsed() > Duration::from_millis(500) && last_check.elapsed() > Duration::from_millis(20) {
+            peak = peak.max(footprint(&rt));
+            last_check = Instant::now();
+        }
+    }
+    let margin = LIMIT / 10;
+    let p = rt.stats().policy.unwrap();
+    eprintln!(
+        "limit {} MiB: peak resident while filling {} MiB, while writing at random {} MiB ({n} writes in 3 s); policy {p:?}",
+        LIMIT >> 20,
+        peak_fill >> 20,
+        peak >> 20
+    );
+    assert!(peak <= LIMIT + margin, "resident reached {} MiB under a {} MiB limit", peak >> 20, LIMIT >> 20);
+    assert!(p.reclaimed_pages > 0);
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
+
+#[test]
+fn the_floor_is_never_reclaimed() {
+    const PAGES: usize = (256usize << 20) / PAGE;
+    let (heap, sums) = filled(PAGES);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    let min = 192u64 << 20;
+    rt.start_policy(PolicyConfig { limit: Some(32 << 20), min, tick: Duration::from_millis(50), ..PolicyConfig::default() }).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = rt.stats();
+    let p = s.policy.clone().unwrap();
+    let resident = s.resident_pages() * PAGE as u64;
+    eprintln!("floor {} MiB: resident {} MiB, policy {p:?}", min >> 20, resident >> 20);
+    assert!(p.reclaimed_pages > 0, "the limit should reclaim down to the floor");
+    assert!(resident + s.tiers.last().unwrap().1.bytes_used >= min - (4 << 20), "resident {} MiB fell under the {} MiB floor", resident >> 20, min >> 20);
+    assert!(resident <= min + (16 << 20), "resident {} MiB: the limit should have reclaimed down to the floor", resident >> 20);
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
