@@ -63,6 +63,47 @@ enum Bench {
         #[arg(long = "tier", value_name = "SPEC")]
         tiers: Vec<farmem_bench::fault::SpillBench>,
     },
+    /// A Zipf key-value workload run for a fixed time without farmem, then
+    /// under the limit mode and the stall mode: resident memory, throughput,
+    /// stall and sampling cost, with a plot.
+    Policy {
+        /// Bytes of values.
+        #[arg(long, default_value = "4G", value_parser = size::parse)]
+        size: u64,
+        /// How long each mode runs (seconds, or e.g. 60s, 2m).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// The Zipf exponent of the key distribution.
+        #[arg(long, default_value_t = 0.99)]
+        theta: f64,
+        /// The limit mode's limit (default: half of --size).
+        #[arg(long, value_parser = size::parse)]
+        limit: Option<u64>,
+        /// The stall mode's target (e.g. 0.1%).
+        #[arg(long, default_value = "0.1%", value_parser = farmem_runtime::policy::parse_stall)]
+        stall: f64,
+        /// Write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write resident memory and throughput over time as SVG to this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+/// Parses a duration: seconds, optionally with s, m or h.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1.0),
+        Some('m') => (&t[..t.len() - 1], 60.0),
+        Some('h') => (&t[..t.len() - 1], 3600.0),
+        _ => (t, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(std::time::Duration::from_secs_f64(v * mult)),
+        _ => Err(format!("'{t}' is not a duration: write seconds, e.g. 60s or 2m")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -82,6 +123,9 @@ fn main() -> ExitCode {
                 spin: std::time::Duration::from_micros(spin_us),
                 spill: tiers,
             })
+        }
+        Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, json, plot } } => {
+            farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, json, plot })
         }
     };
     match r {
