@@ -52,6 +52,12 @@ pub enum TierError {
         /// What is wrong with it, and what would be accepted.
         reason: String,
     },
+    /// The spec asks for something this build cannot do yet.
+    #[error("not available: {what}")]
+    Unsupported {
+        /// What, and what to write instead.
+        what: &'static str,
+    },
     /// A tier was asked for a size it cannot have.
     #[error("{tier} tier: a size of {limit_bytes} bytes is not accepted: give a positive multiple of 4096")]
     BadLimit {
@@ -59,6 +65,35 @@ pub enum TierError {
         tier: &'static str,
         /// The size asked for.
         limit_bytes: u64,
+    },
+    /// Reading or writing a spill file failed; nothing wrong was returned.
+    #[error("{op} of {len} bytes at offset {offset} of {} (handle {handle:?}) failed: {source}", path.display())]
+    SpillIo {
+        /// What was being done ("reading a page", "writing segment 3").
+        op: &'static str,
+        /// The spill file (an unlinked file: its directory and how it was made).
+        path: PathBuf,
+        /// The byte offset in the file.
+        offset: u64,
+        /// How many bytes.
+        len: usize,
+        /// The page being loaded, if the I/O was for one.
+        handle: Option<Handle>,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A page read back from a spill file failed its checksum or its
+    /// authentication tag; its bytes were not returned.
+    #[error("page {handle:?} at offset {offset} of {} fails its check: {reason}", path.display())]
+    SpillCorrupt {
+        /// The spill file.
+        path: PathBuf,
+        /// The byte offset of the page's record in the file.
+        offset: u64,
+        /// The page.
+        handle: Handle,
+        /// What did not match.
+        reason: String,
     },
     /// A fault was injected for testing (see `FailingTier` in the runtime's tests).
     #[error("injected failure")]

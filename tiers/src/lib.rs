@@ -9,7 +9,9 @@
 //! same-filled pages kept as one word, compressed objects packed in size classes
 //! of slabs the tier maps itself, compacted on request. [`RawTier`] keeps pages
 //! as they are. [`MmapTier`] keeps them raw in a shared mapping of CXL or DAX
-//! memory (or a file, or a memfd). [`TierSpec`] is the one-string tier
+//! memory (or a file, or a memfd). [`FileTier`] is T2's spill file: pages
+//! compressed into a log of segments in an unlinked file, read and written
+//! through io_uring, each checked by a crc (optionally encrypted). [`TierSpec`] is the one-string tier
 //! configuration a user writes (`lz4,mmap:/dev/dax0.0:64G,file:/var/tmp:100G`).
 //!
 //! ```
@@ -25,15 +27,19 @@
 //! tier.remove(handle);
 //! ```
 
+mod build;
 pub mod compressed;
 mod error;
+pub mod file;
 pub mod mem;
 pub mod mmap;
 pub mod raw;
 pub mod spec;
 
+pub use build::BuildError;
 pub use compressed::{Codec, CodecParseError, CompactReport, CompressedConfig, CompressedMemory, CompressedTier, Incompressible};
 pub use error::TierError;
+pub use file::{FileCompaction, FileConfig, FileStats, FileTier};
 pub use mmap::MmapTier;
 pub use raw::RawTier;
 pub use spec::{FirstTier, MmapForm, SpecError, SpecProblem, SpillTier, TierSpec};
