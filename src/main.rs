@@ -1,6 +1,8 @@
 //! The `farmem` command: a demonstration, and the benchmarks.
 
 mod demo;
+mod run;
+mod stat;
 mod size;
 
 use std::path::PathBuf;
@@ -31,6 +33,12 @@ enum Command {
         #[arg(long, default_value = "lz4")]
         codec: String,
     },
+    /// Run a program with its heap under farmem (LD_PRELOAD of libfarmem.so):
+    /// farmem run [--limit SIZE] [--stall PCT] [--min SIZE] [--tiers SPEC] [--stats PATH] -- CMD ARGS...
+    Run(run::RunArgs),
+    /// A live summary of a process running under farmem: resident memory,
+    /// tiers, faults per second, stall.
+    Stat(stat::StatArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -114,6 +122,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo { size, threads, codec } => demo::run(size, threads, &codec),
+        Command::Run(args) => return run::run(args),
+        Command::Stat(args) => stat::run(args),
         Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, tiers } } => {
             farmem_bench::fault::run(&farmem_bench::fault::FaultBenchConfig {
                 size: size as usize,

@@ -1,2 +1,240 @@
-//! `libfarmem.so`, the LD_PRELOAD shim (issue 4): not written yet. The crate
-//! exists so the workspace has its final shape; loading it does nothing.
+//! `libfarmem.so`: the LD_PRELOAD shim that brings an unmodified program's
+//! heap under farmem.
+//!
+//! ```sh
+//! # through the command line, which finds the library and sets the variables:
+//! farmem run --limit 2G --tiers zstd:3 --stats /tmp/redis.json -- redis-server
+//! # or by hand:
+//! LD_PRELOAD=target/release/libfarmem.so FARMEM_LIMIT=2G redis-server
+//! farmem stat "$(pidof redis-server)"
+//! ```
+//!
+//! Loaded into a process, the shim starts the runtime once, from its
+//! constructor, with the configuration in the environment (see [`config`]).
+//! From then on:
+//!
+//! - `malloc` and the rest of the family are jemalloc's ([`alloc`]); the
+//!   program's threads allocate from arenas whose extents are registered
+//!   with farmem as jemalloc maps them ([`extent`]), while everything the shim
+//!   and the runtime allocate comes from an arena farmem never registers;
+//! - large private anonymous `mmap`s are registered too, and `munmap` and
+//!   `mremap` on them keep farmem's regions right ([`mmap`]);
+//! - `farmem stat PID` reads live statistics from a Unix socket ([`server`]),
+//!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]).
+//!
+//! A bad variable, or a kernel without userfaultfd, costs one line on stderr;
+//! the program then runs on plain jemalloc, without farmem (hard rule 5).
+//! `fork` is the runtime's business (evicted pages come back before the fork;
+//! the child runs on ordinary memory); the child's shim stops registering.
+//! `exec` starts a fresh shim in the new image.
+
+// Unit tests build without the constructor and the exported symbols.
+#![cfg_attr(test, allow(dead_code))]
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+compile_error!("libfarmem.so supports Linux on x86-64 only");
+
+pub mod alloc;
+pub mod config;
+pub mod extent;
+pub mod guard;
+pub mod mmap;
+pub mod report;
+pub mod server;
+pub mod syscall;
+pub mod thread;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use farmem_runtime::{Runtime, RuntimeError, RuntimeScope};
+use farmem_tiers::TierError;
+use tikv_jemalloc_sys as je;
+
+use config::{ConfigError, ShimConfig};
+
+#[global_allocator]
+static GLOBAL: alloc::PlainAlloc = alloc::PlainAlloc;
+
+/// The process's runtime, once started; never dropped, so the fault thread
+/// serves until the process is gone, exit handlers included.
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// The process that started the runtime (a forked child's copy is inert).
+static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+static STARTED: OnceLock<Instant> = OnceLock::new();
+static STATS_PATH: OnceLock<PathBuf> = OnceLock::new();
+static SOCKET_PATH: OnceLock<PathBuf> = OnceLock::new();
+static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+
+/// Why the shim left the program without farmem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A variable with a value the shim cannot use.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The runtime could not start (no userfaultfd, a kernel without the features).
+    #[error("the runtime could not start: {0}")]
+    Runtime(#[from] RuntimeError),
+    /// Only a user-mode-only userfaultfd is allowed here.
+    #[error("userfaultfd is not available for kernel accesses ({0}): needs root or CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or read-write access to /dev/userfaultfd")]
+    Userfaultfd(std::io::Error),
+    /// A tier could not be made.
+    #[error("FARMEM_TIERS: the tier {tier} could not be made: {source}")]
+    Tier {
+        /// The tier, as the spec writes it.
+        tier: String,
+        /// What failed.
+        source: TierError,
+    },
+    /// jemalloc refused the farmem arenas.
+    #[error(transparent)]
+    Arena(#[from] extent::ExtentError),
+}
+
+/// Hands jemalloc's fresh extents to the runtime.
+struct RuntimeBacking;
+
+impl extent::Backing for RuntimeBacking {
+    fn register(&self, addr: *mut u8, len: usize) -> bool {
+        let Some(rt) = RUNTIME.get() else { return false };
+        match rt.register(addr, len) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("extent {addr:p}+{len:#x} stays outside farmem: {e}");
+                false
+            }
+        }
+    }
+}
+
+static BACKING: RuntimeBacking = RuntimeBacking;
+
+fn start() -> Result<(), StartError> {
+    let cfg = ShimConfig::from_env()?;
+    let filter = match &cfg.log {
+        Some(f) => tracing_subscriber::EnvFilter::try_new(f).map_err(|e| ConfigError {
+            var: "FARMEM_LOG",
+            value: f.clone(),
+            reason: format!("not a tracing filter ({e}): write e.g. info or farmem_runtime=debug"),
+        })?,
+        None => tracing_subscriber::EnvFilter::new("warn"),
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
+    let tiers = cfg.tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
+    let mut builder = Runtime::builder();
+    for t in tiers {
+        builder = builder.tier(t);
+    }
+    let rt = builder.build()?;
+    if cfg.policy.reclaims() {
+        rt.start_policy(cfg.policy.clone())?;
+    }
+    let rt: &'static Runtime = RUNTIME.get_or_init(|| rt);
+    OWNER_PID.store(std::process::id(), Ordering::Relaxed);
+    let _ = STARTED.set(Instant::now());
+    let _ = LIMIT.set(cfg.policy.limit);
+    if let Some(p) = &cfg.stats_path {
+        let _ = STATS_PATH.set(p.clone());
+        // Programs this one execs run under the shim too, each with its own
+        // runtime; they must not overwrite this process's statistics. (Done
+        // before any thread of the shim starts: setenv is not thread-safe.)
+        std::env::remove_var("FARMEM_STATS");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, alloc::MAX_ARENAS);
+    let mut arenas = Vec::with_capacity(cpus);
+    for _ in 0..cpus {
+        // SAFETY: je::mallctl is the mallctl of the jemalloc linked into the shim.
+        arenas.push(unsafe { extent::create_arena(je::mallctl, &BACKING) }?);
+    }
+    // SAFETY: a plain extern "C" function that lives as long as the program.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_child));
+        libc::atexit(at_exit);
+    }
+    if let Some(every) = cfg.evict_every {
+        let _ = std::thread::Builder::new().name("farmem-evict".into()).spawn(move || {
+            let _scope = RuntimeScope::enter();
+            evict_every(rt, every)
+        });
+    }
+    match server::bind(std::process::id()) {
+        Ok((listener, path)) => {
+            let _ = SOCKET_PATH.set(path);
+            let _ = std::thread::Builder::new().name("farmem-stats".into()).spawn(move || {
+                let _scope = RuntimeScope::enter();
+                server::serve(listener, snapshot)
+            });
+        }
+        Err(e) => tracing::warn!("farmem stat will not reach this process: {e}"),
+    }
+    mmap::start(rt, cfg.mmap_min);
+    alloc::activate(&arenas);
+    tracing::info!(?cfg, arenas = ?arenas, "farmem started");
+    Ok(())
+}
+
+fn snapshot() -> String {
+    let Some(rt) = RUNTIME.get() else { return "{}".into() };
+    let started = STARTED.get().copied().unwrap_or_else(Instant::now);
+    report::snapshot(rt, started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
+}
+
+/// Testing aid (`FARMEM_EVICT_EVERY`): evicts every registered page, again and
+/// again, so that tests see faults without the policy.
+fn evict_every(rt: &Runtime, every: std::time::Duration) {
+    loop {
+        std::thread::sleep(every);
+        for r in rt.stats().per_region {
+            if r.resident_pages > 0 {
+                // A region that went away in between is not an error here.
+                let _ = rt.evict(r.start as *mut u8, r.len as usize);
+            }
+        }
+    }
+}
+
+extern "C" fn after_fork_child() {
+    mmap::stop();
+}
+
+extern "C" fn at_exit() {
+    let _g = guard::enter_owned();
+    let _scope = RuntimeScope::enter();
+    if std::process::id() != OWNER_PID.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(p) = SOCKET_PATH.get() {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = STATS_PATH.get() {
+        if let Err(e) = std::fs::write(p, snapshot() + "\n") {
+            eprintln!("farmem: FARMEM_STATS: cannot write {}: {e}", p.display());
+        }
+    }
+}
+
+/// The constructor: runs once, before `main`, when the library is loaded.
+extern "C" fn init() {
+    let _g = guard::enter_owned();
+    // jemalloc sets itself up (and registers its fork handlers) before the
+    // runtime does, so the runtime's fork handler runs first and jemalloc's
+    // locks are taken only after evicted pages are back.
+    // SAFETY: a one-byte allocation freed at once.
+    unsafe { je::free(je::malloc(1)) };
+    if let Err(e) = thread::resolve() {
+        // Without libc's pthread_create no thread could start: say so loudly.
+        eprintln!("farmem: {e}; threads cannot be created in this process");
+        return;
+    }
+    if let Err(e) = start() {
+        eprintln!("farmem: {e}; running without farmem");
+    }
+}
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

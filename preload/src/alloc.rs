@@ -1,0 +1,493 @@
+//! The malloc family the program calls, and the shim's own allocator.
+//!
+//! One jemalloc serves both. The program's allocations go to farmem arenas
+//! (extents in registered memory, see [`crate::extent`]): each program thread
+//! is bound to one on its first allocation after start-up, and from then on
+//! takes jemalloc's ordinary fast path. Allocations made inside the shim or
+//! the runtime (the re-entry guard is held, or `in_runtime()`) go to arena 0,
+//! which farmem never registers, without a thread cache, so no object the
+//! fault thread touches can be handed out of farmem memory (hard rule 2).
+//! Before start-up, after a failed start, and for threads that never reach a
+//! farmem arena, every arena is plain jemalloc. Frees need no routing: jemalloc
+//! finds an object's arena from its address.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+
+use libc::{c_int, c_void, size_t};
+use tikv_jemalloc_sys as je;
+
+use crate::guard::{self, ThreadState};
+
+/// The arena farmem never registers, used without a thread cache.
+const PLAIN: c_int = je::MALLOCX_ARENA(0) | je::MALLOCX_TCACHE_NONE;
+/// malloc's guaranteed alignment on x86-64.
+const MIN_ALIGN: usize = 16;
+/// At most this many farmem arenas (one per CPU up to it).
+pub const MAX_ARENAS: usize = 8;
+
+/// Set once the runtime runs: program threads move to farmem arenas.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static ARENAS: [AtomicU32; MAX_ARENAS] = [const { AtomicU32::new(0) }; MAX_ARENAS];
+static ARENA_COUNT: AtomicUsize = AtomicUsize::new(0);
+static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the program's allocations go to `arenas` from now on.
+pub fn activate(arenas: &[u32]) {
+    let n = arenas.len().min(MAX_ARENAS);
+    for (slot, &a) in ARENAS.iter().zip(&arenas[..n]) {
+        slot.store(a, Relaxed);
+    }
+    ARENA_COUNT.store(n, Relaxed);
+    ACTIVE.store(n > 0, std::sync::atomic::Ordering::Release);
+}
+
+/// Whether program allocations go to farmem arenas.
+pub fn active() -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Where one call is served from.
+enum Route {
+    /// jemalloc's own choice: before start-up, or a program thread (bound to
+    /// a farmem arena by now).
+    Default,
+    /// Arena 0, no thread cache: the shim's and the runtime's memory.
+    Plain,
+}
+
+/// Decides the route for the calling thread, binding it to a farmem arena
+/// the first time it allocates as the program after start-up.
+#[inline]
+fn route(st: &ThreadState) -> Route {
+    if !ACTIVE.load(Relaxed) {
+        return Route::Default;
+    }
+    if st.busy() || farmem_runtime::in_runtime() {
+        return Route::Plain;
+    }
+    if st.arena().is_none() {
+        bind(st);
+    }
+    Route::Default
+}
+
+#[cold]
+fn bind(st: &ThreadState) {
+    let n = ARENA_COUNT.load(Relaxed).max(1);
+    let arena = ARENAS[NEXT_ARENA.fetch_add(1, Relaxed) % n].load(Relaxed);
+    let _g = st.enter();
+    // SAFETY: je::mallctl is the mallctl of the jemalloc linked into the shim.
+    // A failure leaves the thread on a plain arena: correct, just not farmem.
+    let _ = unsafe { crate::extent::bind_thread(je::mallctl, arena) };
+    st.set_arena(arena);
+}
+
+fn align_flag(align: usize) -> c_int {
+    je::MALLOCX_ALIGN(align)
+}
+
+fn set_enomem() {
+    // SAFETY: errno is the calling thread's own.
+    unsafe { *libc::__errno_location() = libc::ENOMEM };
+}
+
+/// A plain allocation: `mallocx` never takes size 0, and does not set errno.
+fn plain_alloc(size: usize, flags: c_int) -> *mut c_void {
+    // SAFETY: size is non-zero; the flags name arena 0, which always exists.
+    let p = unsafe { je::mallocx(size.max(1), PLAIN | flags) };
+    if p.is_null() {
+        set_enomem();
+    }
+    p
+}
+
+fn valid_align(align: usize) -> bool {
+    align.is_power_of_two() && align.is_multiple_of(std::mem::size_of::<*mut c_void>())
+}
+
+/// Runs `f` for the program, with jemalloc's own mappings made inside it
+/// kept out of farmem (the guard is held only once farmem is active).
+#[inline]
+fn serve(f: impl FnOnce(&ThreadState, Route) -> *mut c_void) -> *mut c_void {
+    guard::with(|st| {
+        let r = route(st);
+        match r {
+            Route::Default if ACTIVE.load(Relaxed) => {
+                let _g = st.enter();
+                f(st, r)
+            }
+            _ => f(st, r),
+        }
+    })
+}
+
+/// `malloc(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn malloc(size: size_t) -> *mut c_void {
+    serve(|_, r| match r {
+        // SAFETY: jemalloc's malloc takes any size.
+        Route::Default => unsafe { je::malloc(size) },
+        Route::Plain => plain_alloc(size, 0),
+    })
+}
+
+/// `calloc(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
+    serve(|_, r| match r {
+        // SAFETY: jemalloc's calloc checks the product for overflow.
+        Route::Default => unsafe { je::calloc(n, size) },
+        Route::Plain => match n.checked_mul(size) {
+            Some(total) => plain_alloc(total, je::MALLOCX_ZERO),
+            None => {
+                set_enomem();
+                std::ptr::null_mut()
+            }
+        },
+    })
+}
+
+/// `realloc(3)`; `realloc(p, 0)` frees `p` and returns NULL, as glibc does.
+///
+/// # Safety
+/// `ptr` is NULL or a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
+    if ptr.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // SAFETY: as the caller promised.
+        unsafe { free(ptr) };
+        return std::ptr::null_mut();
+    }
+    serve(|_, r| match r {
+        // SAFETY: ptr is live, as the caller promised.
+        Route::Default => unsafe { je::realloc(ptr, size) },
+        Route::Plain => {
+            // SAFETY: as above; size is non-zero.
+            let p = unsafe { je::rallocx(ptr, size, PLAIN) };
+            if p.is_null() {
+                set_enomem();
+            }
+            p
+        }
+    })
+}
+
+/// `reallocarray(3)`.
+///
+/// # Safety
+/// As [`realloc`].
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: size_t, size: size_t) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: as the caller promised.
+        Some(total) => unsafe { realloc(ptr, total) },
+        None => {
+            set_enomem();
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `free(3)`: jemalloc routes by address, whichever arena the object is from.
+///
+/// # Safety
+/// `ptr` is NULL or a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    if ACTIVE.load(Relaxed) && (guard::with(|st| st.busy()) || farmem_runtime::in_runtime()) {
+        // The shim's or the runtime's object: keep it out of the thread cache,
+        // where a program allocation on this thread would be handed it back.
+        // SAFETY: as the caller promised.
+        unsafe { je::dallocx(ptr, je::MALLOCX_TCACHE_NONE) }
+    } else {
+        // SAFETY: as the caller promised.
+        unsafe { je::free(ptr) }
+    }
+}
+
+/// C23 `free_sized`.
+///
+/// # Safety
+/// As [`free`].
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, _size: size_t) {
+    // SAFETY: as the caller promised.
+    unsafe { free(ptr) }
+}
+
+/// C23 `free_aligned_sized`.
+///
+/// # Safety
+/// As [`free`].
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: size_t, _size: size_t) {
+    // SAFETY: as the caller promised.
+    unsafe { free(ptr) }
+}
+
+/// An aligned allocation for the program or the shim; `align` already checked.
+fn aligned(align: usize, size: usize) -> *mut c_void {
+    serve(|_, r| {
+        let flags = if align > MIN_ALIGN { align_flag(align) } else { 0 };
+        match r {
+            Route::Default => {
+                // SAFETY: non-zero size, a power-of-two alignment.
+                let p = unsafe { je::mallocx(size.max(1), flags) };
+                if p.is_null() {
+                    set_enomem();
+                }
+                p
+            }
+            Route::Plain => plain_alloc(size, flags),
+        }
+    })
+}
+
+/// `posix_memalign(3)`.
+///
+/// # Safety
+/// `out` is writable.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+    if !valid_align(align) {
+        return libc::EINVAL;
+    }
+    let p = aligned(align, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: as the caller promised.
+    unsafe { *out = p };
+    0
+}
+
+/// `aligned_alloc(3)` (C11; any power of two is accepted, as glibc does).
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn aligned_alloc(align: size_t, size: size_t) -> *mut c_void {
+    if !align.is_power_of_two() {
+        // SAFETY: errno is the calling thread's own.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return std::ptr::null_mut();
+    }
+    aligned(align, size)
+}
+
+/// `memalign(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn memalign(align: size_t, size: size_t) -> *mut c_void {
+    aligned_alloc(align, size)
+}
+
+/// `valloc(3)`: page-aligned.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn valloc(size: size_t) -> *mut c_void {
+    aligned(4096, size)
+}
+
+/// `pvalloc(3)`: page-aligned, size rounded up to whole pages.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn pvalloc(size: size_t) -> *mut c_void {
+    match size.max(1).checked_next_multiple_of(4096) {
+        Some(s) => aligned(4096, s),
+        None => {
+            set_enomem();
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `malloc_usable_size(3)`.
+///
+/// # Safety
+/// `ptr` is NULL or a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> size_t {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: as the caller promised.
+    unsafe { je::malloc_usable_size(ptr) }
+}
+
+// jemalloc's own API, exported unprefixed like a system libjemalloc does:
+// a program linked against one (Debian's redis-server) then hands its
+// pointers back to the jemalloc that made them.
+
+/// jemalloc's `mallocx`.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn mallocx(size: size_t, flags: c_int) -> *mut c_void {
+    serve(|_, r| match r {
+        // SAFETY: jemalloc checks the flags; size 0 is the caller's contract.
+        Route::Default => unsafe { je::mallocx(size, flags) },
+        Route::Plain => plain_alloc(size, flags & (je::MALLOCX_ZERO | 0x3f)),
+    })
+}
+
+/// jemalloc's `rallocx`.
+///
+/// # Safety
+/// `ptr` is a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn rallocx(ptr: *mut c_void, size: size_t, flags: c_int) -> *mut c_void {
+    serve(|_, r| match r {
+        // SAFETY: as the caller promised.
+        Route::Default => unsafe { je::rallocx(ptr, size, flags) },
+        // SAFETY: as above, moved (if it moves) to the plain arena.
+        Route::Plain => unsafe { je::rallocx(ptr, size.max(1), PLAIN | (flags & (je::MALLOCX_ZERO | 0x3f))) },
+    })
+}
+
+/// jemalloc's `xallocx` (resizes in place, never moves).
+///
+/// # Safety
+/// `ptr` is a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn xallocx(ptr: *mut c_void, size: size_t, extra: size_t, flags: c_int) -> size_t {
+    let _g = guard::enter_owned();
+    // SAFETY: as the caller promised.
+    unsafe { je::xallocx(ptr, size, extra, flags) }
+}
+
+/// jemalloc's `sallocx`.
+///
+/// # Safety
+/// `ptr` is a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sallocx(ptr: *const c_void, flags: c_int) -> size_t {
+    // SAFETY: as the caller promised.
+    unsafe { je::sallocx(ptr, flags) }
+}
+
+/// jemalloc's `dallocx`.
+///
+/// # Safety
+/// `ptr` is a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn dallocx(ptr: *mut c_void, _flags: c_int) {
+    // SAFETY: as the caller promised.
+    unsafe { free(ptr) }
+}
+
+/// jemalloc's `sdallocx`.
+///
+/// # Safety
+/// `ptr` is a live allocation of this malloc.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sdallocx(ptr: *mut c_void, _size: size_t, _flags: c_int) {
+    // SAFETY: as the caller promised.
+    unsafe { free(ptr) }
+}
+
+/// jemalloc's `nallocx`.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn nallocx(size: size_t, flags: c_int) -> size_t {
+    // SAFETY: nallocx only computes a size.
+    unsafe { je::nallocx(size, flags) }
+}
+
+/// jemalloc's `mallctl`.
+///
+/// # Safety
+/// As jemalloc's `mallctl`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn mallctl(name: *const libc::c_char, old: *mut c_void, oldlen: *mut size_t, new: *mut c_void, newlen: size_t) -> c_int {
+    let _g = guard::enter_owned();
+    // SAFETY: as the caller promised.
+    unsafe { je::mallctl(name, old, oldlen, new, newlen) }
+}
+
+/// jemalloc's `malloc_stats_print`.
+///
+/// # Safety
+/// As jemalloc's `malloc_stats_print`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn malloc_stats_print(write: Option<unsafe extern "C" fn(*mut c_void, *const libc::c_char)>, arg: *mut c_void, opts: *const libc::c_char) {
+    let _g = guard::enter_owned();
+    // SAFETY: as the caller promised.
+    unsafe { je::malloc_stats_print(write, arg, opts) }
+}
+
+/// The shim's own Rust allocator: everything the shim and the runtime
+/// allocate in Rust comes from arena 0, never from farmem memory.
+pub struct PlainAlloc;
+
+fn layout_flags(layout: &Layout) -> c_int {
+    if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
+        0
+    } else {
+        align_flag(layout.align())
+    }
+}
+
+// SAFETY: every block comes from jemalloc's mallocx with the layout's size and
+// alignment, and goes back through the same jemalloc.
+unsafe impl GlobalAlloc for PlainAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: GlobalAlloc callers never pass size 0.
+        unsafe { je::mallocx(layout.size(), PLAIN | layout_flags(&layout)) }.cast()
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as above.
+        unsafe { je::mallocx(layout.size(), PLAIN | je::MALLOCX_ZERO | layout_flags(&layout)) }.cast()
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from alloc with this layout.
+        unsafe { je::sdallocx(ptr.cast(), layout.size(), je::MALLOCX_TCACHE_NONE | layout_flags(&layout)) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: ptr came from alloc with this layout; new_size is non-zero.
+        unsafe { je::rallocx(ptr.cast(), new_size, PLAIN | layout_flags(&layout)) }.cast()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_allocations_round_trip() {
+        let p = malloc(100) as *mut u8;
+        assert!(!p.is_null());
+        // SAFETY: 100 bytes were just allocated.
+        unsafe {
+            std::ptr::write_bytes(p, 7, 100);
+            let q = realloc(p.cast(), 10_000) as *mut u8;
+            assert_eq!(*q.add(99), 7);
+            assert!(malloc_usable_size(q.cast()) >= 10_000);
+            free(q.cast());
+        }
+        let z = calloc(1000, 8) as *mut u8;
+        // SAFETY: 8000 zeroed bytes.
+        assert!(unsafe { std::slice::from_raw_parts(z, 8000) }.iter().all(|&b| b == 0));
+        // SAFETY: z is live.
+        unsafe { free(z.cast()) };
+        assert!(calloc(usize::MAX, 2).is_null());
+        let a = aligned_alloc(4096, 10);
+        assert_eq!(a as usize % 4096, 0);
+        // SAFETY: a is live.
+        unsafe { free(a) };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: out is writable.
+        assert_eq!(unsafe { posix_memalign(&mut out, 3, 8) }, libc::EINVAL);
+        // SAFETY: as above.
+        assert_eq!(unsafe { posix_memalign(&mut out, 64, 8) }, 0);
+        assert_eq!(out as usize % 64, 0);
+        // SAFETY: out is live.
+        unsafe { free(out) };
+        // SAFETY: freeing NULL is allowed; realloc to 0 frees.
+        unsafe {
+            free(std::ptr::null_mut());
+            assert!(realloc(malloc(5), 0).is_null());
+        }
+    }
+}

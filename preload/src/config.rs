@@ -1,0 +1,146 @@
+//! The shim's configuration, read from the environment once at start-up.
+//!
+//! | variable | accepts |
+//! | --- | --- |
+//! | `FARMEM_LIMIT` | a size (`512M`, `2G`): keep the resident heap under it |
+//! | `FARMEM_STALL` | a percentage (`0.1%`): reclaim while stalls stay under it |
+//! | `FARMEM_MIN` | a size: never reclaim below it |
+//! | `FARMEM_TIERS` | a tier spec (`lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4,file:DIR:SIZE`) |
+//! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
+//! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit (by this process only: the shim takes the variable out of the environment, so programs it execs do not overwrite the file) |
+//! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
+//! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
+//!
+//! An empty variable counts as unset. A bad value is a [`ConfigError`]: the
+//! shim prints it on one line and leaves the program without farmem.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use farmem_runtime::policy::{parse_size, parse_stall, PolicyConfig};
+use farmem_tiers::TierSpec;
+
+/// What the environment asks of the shim.
+#[derive(Debug, Clone, Default)]
+pub struct ShimConfig {
+    /// Limit, stall target and floor for the runtime's policy.
+    pub policy: PolicyConfig,
+    /// The tiers, nearest first.
+    pub tiers: TierSpec,
+    /// The tracing filter, if logging was asked for.
+    pub log: Option<String>,
+    /// Where to write the final statistics.
+    pub stats_path: Option<PathBuf>,
+    /// The smallest anonymous mapping registered by the mmap hook.
+    pub mmap_min: usize,
+    /// Testing aid: evict every registered page this often.
+    pub evict_every: Option<Duration>,
+}
+
+/// A variable the shim cannot use, with what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not accepted: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// Its value as found (lossy UTF-8).
+    pub value: String,
+    /// Why, and what it accepts.
+    pub reason: String,
+}
+
+/// The default `FARMEM_MMAP_MIN`.
+pub const DEFAULT_MMAP_MIN: usize = 1 << 20;
+
+impl ShimConfig {
+    /// Reads the configuration through `get` (the environment in the shim).
+    pub fn read(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) if v.is_empty() => Ok(None),
+                Some(v) => v.into_string().map(Some).map_err(|v| ConfigError {
+                    var: name,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "not valid UTF-8".into(),
+                }),
+            }
+        };
+        let parse = |name: &'static str, f: &dyn Fn(&str) -> Result<u64, String>| -> Result<Option<u64>, ConfigError> {
+            var(name)?.map(|v| f(&v).map_err(|reason| ConfigError { var: name, value: v, reason })).transpose()
+        };
+        let mut c = ShimConfig { mmap_min: DEFAULT_MMAP_MIN, ..Default::default() };
+        c.policy.limit = parse("FARMEM_LIMIT", &parse_size)?;
+        c.policy.min = parse("FARMEM_MIN", &parse_size)?.unwrap_or(0);
+        if let Some(v) = var("FARMEM_STALL")? {
+            c.policy.stall = Some(parse_stall(&v).map_err(|reason| ConfigError { var: "FARMEM_STALL", value: v, reason })?);
+        }
+        if let Some(v) = var("FARMEM_TIERS")? {
+            c.tiers = TierSpec::from_str(&v).map_err(|e| ConfigError { var: "FARMEM_TIERS", value: v, reason: e.to_string() })?;
+        }
+        c.log = var("FARMEM_LOG")?;
+        c.stats_path = var("FARMEM_STATS")?.map(PathBuf::from);
+        if let Some(m) = parse("FARMEM_MMAP_MIN", &parse_size)? {
+            c.mmap_min = m.min(usize::MAX as u64) as usize;
+        }
+        if let Some(v) = var("FARMEM_EVICT_EVERY")? {
+            c.evict_every = Some(parse_duration(&v).map_err(|reason| ConfigError { var: "FARMEM_EVICT_EVERY", value: v, reason })?);
+        }
+        Ok(c)
+    }
+
+    /// Reads the process's environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(|k| std::env::var_os(k))
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 1e6 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("'{t}' is not a duration: write milliseconds or seconds, e.g. 200ms or 2s")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(vars: &[(&str, &str)]) -> Result<ShimConfig, ConfigError> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ShimConfig::read(|k| m.get(k).map(Into::into))
+    }
+
+    #[test]
+    fn good_values() {
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", "")])
+            .unwrap();
+        assert_eq!(c.policy.limit, Some(64 << 20));
+        assert_eq!(c.policy.stall, Some(0.01));
+        assert_eq!(c.policy.min, 0);
+        assert_eq!(c.mmap_min, 2 << 20);
+        assert_eq!(c.evict_every, Some(Duration::from_millis(250)));
+        assert_eq!(c.tiers.to_string(), "zstd:3");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon")] {
+            let e = read(&[(k, v)]).unwrap_err();
+            assert_eq!(e.var, k);
+            let line = e.to_string();
+            assert!(line.starts_with(&format!("{k}=\"{v}\"")) && !line.contains('\n'), "{line}");
+        }
+    }
+}

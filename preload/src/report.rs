@@ -1,0 +1,67 @@
+//! The statistics the shim hands out: the JSON written at exit
+//! (`FARMEM_STATS`) and served to `farmem stat` are the same document.
+
+use std::time::Instant;
+
+use farmem_runtime::{Runtime, PAGE_SIZE};
+use serde_json::{json, Value};
+
+/// Resident and peak resident set of this process from /proc/self/status, in bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// What the runtime has done since `started`, as one JSON object.
+pub fn snapshot(rt: &Runtime, started: Instant, limit: Option<u64>, mmap_regions: usize) -> Value {
+    let s = rt.stats();
+    let (rss, hwm) = rss();
+    let resident: u64 = s.per_region.iter().map(|r| r.resident_pages).sum::<u64>() * PAGE_SIZE as u64;
+    let tiers: Vec<Value> = s
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            json!({
+                "name": name,
+                "pages": t.pages,
+                "bytes_in": t.bytes_in,
+                "bytes_used": t.bytes_used,
+                "ratio": t.ratio(),
+                "stores": t.stores,
+                "loads": t.loads,
+                "load_errors": t.load_errors,
+            })
+        })
+        .collect();
+    json!({
+        "pid": std::process::id(),
+        "uptime_seconds": started.elapsed().as_secs_f64(),
+        "limit_bytes": limit,
+        "pages_evicted": s.pages_evicted_total,
+        "pages_faulted": s.faults_from_tier + s.faults_from_staging,
+        "faults": s.faults(),
+        "faults_zero_filled": s.faults_zero_filled,
+        "evicted_pages": s.evicted_pages,
+        "pages_dropped_by_program": s.pages_dropped_by_program,
+        "pages_poisoned": s.pages_poisoned,
+        "regions": s.regions,
+        "mmap_regions": mmap_regions,
+        "registered_bytes": s.registered_bytes,
+        "resident_bytes": resident,
+        "rss_bytes": rss,
+        "peak_resident_bytes": hwm,
+        "tier_bytes": s.tiers.iter().map(|(_, t)| t.bytes_used).sum::<u64>(),
+        "tier_bytes_stored": s.tiers.iter().map(|(_, t)| t.bytes_in).sum::<u64>(),
+        "tiers": tiers,
+        "stall_seconds": s.stall.as_secs_f64(),
+        "fault_p50_us": s.fault_latency_us(0.5),
+        "fault_p99_us": s.fault_latency_us(0.99),
+    })
+}

@@ -1,0 +1,99 @@
+//! `farmem stat PID`: a live summary of a process running under the shim,
+//! read twice from its statistics socket to turn counters into rates.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The arguments of `farmem stat`.
+#[derive(clap::Args, Debug)]
+pub struct StatArgs {
+    /// The process to look at.
+    pid: u32,
+    /// Seconds between the two readings the rates come from.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Print the raw JSON of the second reading instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where the shim of `pid` (run by `uid`) serves its socket, most likely first.
+fn candidates(pid: u32, uid: u32) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(format!("/run/farmem/{pid}.sock"))];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        v.push(PathBuf::from(x).join(format!("farmem/{pid}.sock")));
+    }
+    v.push(PathBuf::from(format!("/run/user/{uid}/farmem/{pid}.sock")));
+    v.push(PathBuf::from(format!("/tmp/farmem-{uid}/{pid}.sock")));
+    v
+}
+
+/// Reads one snapshot from the process's socket.
+pub fn read_snapshot(pid: u32) -> Result<Value, String> {
+    let uid = std::fs::metadata(format!("/proc/{pid}")).map_err(|e| format!("no process {pid}: {e}"))?.uid();
+    let tried = candidates(pid, uid);
+    for path in &tried {
+        if let Ok(mut s) = UnixStream::connect(path) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut text = String::new();
+            s.read_to_string(&mut text).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            return serde_json::from_str(&text).map_err(|e| format!("{}: not farmem statistics: {e}", path.display()));
+        }
+    }
+    Err(format!(
+        "process {pid} serves no farmem statistics (is it running under farmem run?); tried {}",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / (1 << 20) as f64)
+}
+
+/// Runs `farmem stat`.
+pub fn run(args: StatArgs) -> Result<(), String> {
+    let a = read_snapshot(args.pid)?;
+    std::thread::sleep(Duration::from_secs_f64(args.interval.clamp(0.05, 60.0)));
+    let b = read_snapshot(args.pid)?;
+    if args.json {
+        println!("{b}");
+        return Ok(());
+    }
+    let dt = (f(&b, "uptime_seconds") - f(&a, "uptime_seconds")).max(1e-9);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", args.pid)).unwrap_or_default();
+    println!("pid {} ({}), up {:.1} s", args.pid, comm.trim(), f(&b, "uptime_seconds"));
+    let limit = b.get("limit_bytes").and_then(Value::as_f64).map_or(String::new(), |l| format!(", limit {}", mib(l)));
+    println!(
+        "resident   {} of {} registered in {} regions{limit}; process RSS {}",
+        mib(f(&b, "resident_bytes")),
+        mib(f(&b, "registered_bytes")),
+        f(&b, "regions"),
+        mib(f(&b, "rss_bytes"))
+    );
+    println!("evicted    {} pages now, {} since start", f(&b, "evicted_pages"), f(&b, "pages_evicted"));
+    for t in b.get("tiers").and_then(Value::as_array).into_iter().flatten() {
+        println!(
+            "tier {:<6} {} held in {}, ratio {:.2}",
+            t.get("name").and_then(Value::as_str).unwrap_or("?"),
+            mib(f(t, "bytes_in")),
+            mib(f(t, "bytes_used")),
+            f(t, "ratio")
+        );
+    }
+    println!(
+        "faults/s   {:.0} from tiers, {:.0} zero-filled",
+        (f(&b, "pages_faulted") - f(&a, "pages_faulted")) / dt,
+        (f(&b, "faults_zero_filled") - f(&a, "faults_zero_filled")) / dt
+    );
+    println!("stall      {:.3} % of the last {:.1} s", (f(&b, "stall_seconds") - f(&a, "stall_seconds")) / dt * 100.0, dt);
+    Ok(())
+}

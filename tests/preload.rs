@@ -1,0 +1,423 @@
+//! Real, unmodified programs under `farmem run` (LD_PRELOAD of libfarmem.so),
+//! each compared with the same program run without farmem, and each checked
+//! through `FARMEM_STATS` to have had pages evicted and faulted back, so a
+//! shim that did nothing would fail.
+//!
+//! Eviction in most tests comes from `FARMEM_EVICT_EVERY` (a testing aid of
+//! the shim that evicts every registered page periodically) beside a small
+//! `--limit`, so that they see evictions however the policy paces itself;
+//! `limit_alone_evicts_and_the_output_matches` relies on the policy alone.
+//!
+//! Needs: libfarmem.so built beside the farmem binary (`cargo build
+//! --workspace --release --all-targets` does it), userfaultfd, python3, sort,
+//! cc for the C program, and redis-server/redis-cli/redis-benchmark for the
+//! redis test (it is skipped, loudly, when they are missing; `.ci/run`
+//! installs them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How often the testing aid evicts everything.
+const EVICT_EVERY: &str = "200ms";
+/// A limit small enough to force eviction once the policy runs.
+const LIMIT: &str = "16M";
+
+fn farmem_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_farmem"))
+}
+
+fn check_library() {
+    let lib = farmem_bin().with_file_name("libfarmem.so");
+    assert!(lib.is_file(), "{} is missing: build it with `cargo build -p farmem-preload --release` (or the whole workspace) first", lib.display());
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("farmem-preload-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `farmem run --limit LIMIT --stats STATS -- program args`, evicting often.
+fn under_farmem(stats: &Path, program: &str, args: &[&str]) -> Command {
+    check_library();
+    let mut c = Command::new(farmem_bin());
+    c.args(["run", "--limit", LIMIT, "--stats"]).arg(stats).arg("--").arg(program).args(args);
+    c.env("FARMEM_EVICT_EVERY", EVICT_EVERY).env_remove("FARMEM_LIMIT").env_remove("FARMEM_TIERS").env_remove("FARMEM_STALL");
+    c
+}
+
+fn read_stats(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("no statistics at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or_else(|| panic!("{k} missing in {v}"))
+}
+
+/// The statistics show farmem really moved pages out and back.
+fn assert_farmem_worked(stats: &Value) {
+    for k in ["pages_evicted", "pages_faulted", "peak_resident_bytes", "tier_bytes", "registered_bytes"] {
+        assert!(stats.get(k).is_some(), "{k} missing in {stats}");
+    }
+    assert!(stats.get("stall_seconds").and_then(Value::as_f64).is_some(), "{stats}");
+    assert!(n(stats, "registered_bytes") > 0, "nothing registered: {stats}");
+    assert!(n(stats, "pages_evicted") > 0, "nothing evicted: {stats}");
+    assert!(n(stats, "pages_faulted") > 0, "nothing faulted back: {stats}");
+    assert_eq!(n(stats, "pages_poisoned"), 0, "{stats}");
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed ({}):\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Debian's python3, not a version manager's shell wrapper (whose shell would
+/// be the process farmem reports on).
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+#[test]
+fn bad_limit_is_one_line_and_the_program_runs_without_farmem() {
+    check_library();
+    let dir = scratch("bad");
+    let stats = dir.join("stats.json");
+    for (var, value) in [("FARMEM_LIMIT", "lots"), ("FARMEM_TIERS", "gzip"), ("FARMEM_STALL", "fast")] {
+        let out = Command::new(farmem_bin())
+            .args(["run", "--"])
+            .args([python(), "-c", "print('normal output')"])
+            .env(var, value)
+            .env("FARMEM_STATS", &stats)
+            .output()
+            .unwrap();
+        assert_eq!(ok(&out, var), "normal output\n");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{var}: want exactly one line, got {err:?}");
+        assert!(lines[0].contains(var) && lines[0].contains("without farmem"), "{var}: {err:?}");
+        // farmem did not start, so nothing was written at exit.
+        assert!(!stats.exists(), "{var}: statistics written by a shim that should be off");
+    }
+}
+
+#[test]
+fn without_a_full_userfaultfd_the_program_runs_without_farmem() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 || !have("setpriv") {
+        eprintln!("SKIPPED: needs root and setpriv to run a program as nobody");
+        return;
+    }
+    check_library();
+    let dir = scratch("nouffd");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lib = dir.join("libfarmem.so");
+    std::fs::copy(farmem_bin().with_file_name("libfarmem.so"), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // nobody may not open a userfaultfd that serves kernel accesses.
+    // (setpriv itself runs without the shim: it changes ids thread by thread
+    // with PR_SET_KEEPCAPS, which the shim's threads do not share.)
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "env"])
+        .arg(format!("LD_PRELOAD={}", lib.display()))
+        .args([python(), "-c", "print('normal output')"])
+        .env_remove("FARMEM_LIMIT")
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out, "python as nobody"), "normal output\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains("userfaultfd") && err.contains("without farmem"), "{err:?}");
+}
+
+#[test]
+fn exit_status_and_signals_pass_through() {
+    check_library();
+    let st = Command::new(farmem_bin()).args(["run", "--", "sh", "-c", "exit 7"]).status().unwrap();
+    assert_eq!(st.code(), Some(7));
+    let st = Command::new(farmem_bin()).args(["run", "--", "sh", "-c", "kill -KILL $$"]).status().unwrap();
+    assert_eq!(st.code(), Some(128 + 9));
+    // SIGTERM to `farmem run` reaches the child, which dies of it.
+    let mut child = Command::new(farmem_bin()).args(["run", "--", "sleep", "30"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill with our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 15));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let out = Command::new(farmem_bin()).args(["run", "--", "/nonexistent/program"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
+fn forker_keeps_every_byte_across_fork_threads_mremap_madvise_munmap() {
+    let dir = scratch("forker");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/forker.c");
+    let bin = dir.join("forker");
+    let cc = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
+    ok(&cc, "cc forker.c");
+    let plain = Command::new(&bin).output().unwrap();
+    assert_eq!(ok(&plain, "plain forker"), "forker ok\n");
+    let stats = dir.join("stats.json");
+    let out = under_farmem(&stats, bin.to_str().unwrap(), &[]).output().unwrap();
+    assert_eq!(ok(&out, "forker under farmem"), "forker ok\n");
+    let s = read_stats(&stats);
+    assert_farmem_worked(&s);
+    assert!(n(&s, "mmap_regions") > 0, "the mmap hook registered nothing: {s}");
+}
+
+const PY_DICT: &str = r#"
+import hashlib, sys
+n = int(sys.argv[1])
+d = {}
+for i in range(n):
+    d["k%d" % i] = ("v%d-" % (i * 7919)) * (i % 13 + 1)
+h = hashlib.sha256()
+for k in sorted(d):
+    h.update(k.encode()); h.update(d[k].encode())
+print(len(d), h.hexdigest())
+"#;
+
+#[test]
+fn python_dict_hash_matches_a_plain_run() {
+    let dir = scratch("python");
+    let stats = dir.join("stats.json");
+    let args = ["-c", PY_DICT, "600000"];
+    let plain = ok(&Command::new(python()).args(args).output().unwrap(), "plain python");
+    let farmem = ok(&under_farmem(&stats, python(), &args).output().unwrap(), "python under farmem");
+    assert_eq!(plain, farmem);
+    assert_farmem_worked(&read_stats(&stats));
+}
+
+#[test]
+fn sort_with_a_large_buffer_matches_plain_sort() {
+    let dir = scratch("sort");
+    let input = dir.join("in.txt");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for i in 0..1_500_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            writeln!(w, "{:016x} line {i}", x).unwrap();
+        }
+    }
+    let args = ["-S", "512M", input.to_str().unwrap()];
+    let plain = Command::new("sort").args(args).env("LC_ALL", "C").output().unwrap();
+    let stats = dir.join("stats.json");
+    let farmem = under_farmem(&stats, "sort", &args).env("LC_ALL", "C").output().unwrap();
+    let (a, b) = (ok(&plain, "plain sort"), ok(&farmem, "sort under farmem"));
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "sort output differs under farmem");
+    assert_farmem_worked(&read_stats(&stats));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stat_reads_a_live_process_over_its_socket() {
+    check_library();
+    let script = "import os, sys, time\nd = [bytes(1000) for i in range(50000)]\nprint(os.getpid(), flush=True)\nsys.stdin.read()\nprint('done')";
+    let mut child = Command::new(farmem_bin())
+        .args(["run", "--"])
+        .args([python(), "-c", script])
+        .env("FARMEM_EVICT_EVERY", EVICT_EVERY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    let out = Command::new(farmem_bin()).args(["stat", &pid.to_string(), "--interval", "0.3"]).output().unwrap();
+    let text = ok(&out, "farmem stat");
+    for want in ["resident", "tier lz4", "faults/s", "stall"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let sock = ["/run/farmem".to_string(), format!("/tmp/farmem-{}", unsafe { libc::getuid() })]
+        .iter()
+        .map(|d| PathBuf::from(d).join(format!("{pid}.sock")))
+        .find(|p| p.exists())
+        .expect("the socket exists while the process runs");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "done\n");
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket outlived its process");
+    let out = Command::new(farmem_bin()).args(["stat", &pid.to_string()]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+/// A loopback redis-server with its pid, stopped by pid when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(mut cmd: Command, dir: &Path) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--enable-debug-command", "yes", "--dbfilename", "dump.rdb", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        let r = Redis { child, port };
+        let t = Instant::now();
+        while r.cli(&["ping"]) != "PONG" {
+            assert!(t.elapsed() < Duration::from_secs(20), "redis-server on {port} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn digest(&self) -> String {
+        let d = self.cli(&["debug", "digest"]);
+        assert_eq!(d.len(), 40, "not a digest: {d:?}");
+        d
+    }
+
+    /// Deterministic writes: overwrite, append, delete and add keys.
+    fn mixed_writes(&self) {
+        let mut cmds = String::new();
+        for i in (0..200_000).step_by(7) {
+            match i % 3 {
+                0 => cmds.push_str(&format!("SET key:{i} new-{i}\n")),
+                1 => cmds.push_str(&format!("APPEND key:{i} -tail\n")),
+                _ => cmds.push_str(&format!("DEL key:{i}\n")),
+            }
+        }
+        for i in 0..5_000 {
+            cmds.push_str(&format!("RPUSH list:{} {}\n", i % 50, i));
+        }
+        let mut c = Command::new("redis-cli").args(["-p", &self.port.to_string(), "--pipe"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(cmds.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
+    fn bgsave(&self) {
+        assert!(self.cli(&["bgsave"]).contains("started"));
+        let t = Instant::now();
+        loop {
+            let info = self.cli(&["info", "persistence"]);
+            if info.contains("rdb_bgsave_in_progress:0") {
+                assert!(info.contains("rdb_last_bgsave_status:ok"), "{info}");
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "BGSAVE did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SHUTDOWN NOSAVE, so the server exits through exit() (statistics written).
+    fn shutdown(mut self) {
+        let _ = self.cli(&["shutdown", "nosave"]);
+        let t = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(10) {
+                // SAFETY: kill with our own child's pid.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill with our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn redis_digests_survive_eviction_load_and_bgsave() {
+    if !["redis-server", "redis-cli", "redis-benchmark"].iter().all(|t| have(t)) {
+        eprintln!("SKIPPED: redis-server, redis-cli or redis-benchmark missing (apt-get install redis-server redis-tools)");
+        return;
+    }
+    check_library();
+    let dir = scratch("redis");
+    let (plain_dir, farmem_dir, load_dir) = (dir.join("plain"), dir.join("farmem"), dir.join("load"));
+    for d in [&plain_dir, &farmem_dir, &load_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let stats = dir.join("stats.json");
+    let plain = Redis::start(Command::new("redis-server"), &plain_dir);
+    let farmem = Redis::start(under_farmem(&stats, "redis-server", &[]), &farmem_dir);
+    for r in [&plain, &farmem] {
+        assert_eq!(r.cli(&["debug", "populate", "200000", "key", "100"]), "OK");
+    }
+    let populated = plain.digest();
+    assert_eq!(farmem.digest(), populated);
+    // Let farmem evict, then read everything back through the digest.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(farmem.digest(), populated, "digest changed while pages were evicted");
+    // Mixed load: random reads from redis-benchmark, then deterministic writes.
+    let bench = Command::new("redis-benchmark")
+        .args(["-p", &farmem.port.to_string(), "-t", "get", "-n", "30000", "-r", "200000", "-q"])
+        .output()
+        .unwrap();
+    ok(&bench, "redis-benchmark");
+    for r in [&plain, &farmem] {
+        r.mixed_writes();
+    }
+    let after = plain.digest();
+    assert_ne!(after, populated);
+    assert_eq!(farmem.digest(), after, "digest differs from the plain server after the same writes");
+    // BGSAVE forks while pages are evicted: the child must write every byte.
+    std::thread::sleep(Duration::from_millis(600));
+    farmem.bgsave();
+    std::fs::copy(farmem_dir.join("dump.rdb"), load_dir.join("dump.rdb")).unwrap();
+    let loaded = Redis::start(Command::new("redis-server"), &load_dir);
+    assert_eq!(loaded.digest(), after, "the RDB farmem's child wrote does not load to the same data");
+    assert_eq!(farmem.digest(), after);
+    loaded.shutdown();
+    plain.shutdown();
+    farmem.shutdown();
+    assert_farmem_worked(&read_stats(&stats));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn limit_alone_evicts_and_the_output_matches() {
+    let dir = scratch("limit");
+    let stats = dir.join("stats.json");
+    // A pause between building and reading gives the policy's controller
+    // (one tick a second) time to act whatever the machine's speed.
+    let script = PY_DICT.replace("h = hashlib", "import time; time.sleep(2.5)\nh = hashlib");
+    let args = ["-c", script.as_str(), "600000"];
+    let plain = ok(&Command::new(python()).args(["-c", PY_DICT, "600000"]).output().unwrap(), "plain python");
+    let mut cmd = under_farmem(&stats, python(), &args);
+    cmd.env_remove("FARMEM_EVICT_EVERY");
+    assert_eq!(ok(&cmd.output().unwrap(), "python under --limit"), plain);
+    assert_farmem_worked(&read_stats(&stats));
+}
