@@ -300,7 +300,10 @@ impl FaultThread {
         loop {
             let state = region.states.get(i);
             match state {
-                State::Resident => return self.zero_fill(&region, i, write),
+                State::Resident => {
+                    self.throttle();
+                    return self.zero_fill(&region, i, write);
+                }
                 // Dropped and now faulted for: it is out of the page tables.
                 State::Dropping { .. } => {
                     region.states.transition(i, state, State::Resident);
@@ -315,6 +318,7 @@ impl FaultThread {
                     if !region.states.transition(i, state, State::Faulting { tier, handle }) {
                         continue;
                     }
+                    self.throttle();
                     return self.load_from_tier(&region, i, tier, handle, true);
                 }
                 State::Poisoned => {
@@ -330,6 +334,17 @@ impl FaultThread {
                     unreachable!("page {addr:#x} is {state:?}, a state only the fault thread holds, between its steps")
                 }
             }
+        }
+    }
+
+    /// Waits before a fault that grows the resident set while the policy says
+    /// the program is well over its limit: like cgroup memory.high, the program
+    /// is slowed, so the reclaimer (which needs the CPU too) catches up.
+    fn throttle(&self) {
+        let us = self.shared.throttle_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us as u64));
+            self.shared.counters.throttled_faults.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -172,6 +172,7 @@ impl RuntimeBuilder {
             tiers: all_tiers,
             sample_tier,
             tick: AtomicU32::new(0),
+            throttle_us: AtomicU32::new(0),
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
@@ -241,6 +242,9 @@ pub(crate) struct Shared {
     sample_tier: u8,
     /// The policy's clock: ticks since start (see `policy::ages`).
     tick: AtomicU32,
+    /// Set by the policy while the program is well over its limit: the fault
+    /// thread waits this long before each fault that grows the resident set.
+    throttle_us: AtomicU32,
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,
@@ -435,6 +439,7 @@ impl Runtime {
             pages_evicted_total: c.pages_evicted.load(Ordering::Relaxed),
             faults_from_tier: c.faults_from_tier.load(Ordering::Relaxed),
             pages_reclaimed: c.pages_reclaimed.load(Ordering::Relaxed),
+            throttled_faults: c.throttled_faults.load(Ordering::Relaxed),
             sample_faults: c.sample_faults.load(Ordering::Relaxed),
             refaults_by_generation: std::array::from_fn(|g| c.refaults_by_generation[g].load(Ordering::Relaxed)),
             pages_put_back: c.pages_put_back.load(Ordering::Relaxed),

@@ -94,6 +94,7 @@ pub(crate) struct Counters {
     pub fault_latency: AtomicHistogram,
     pub sample_faults: AtomicU64,
     pub pages_reclaimed: AtomicU64,
+    pub throttled_faults: AtomicU64,
     pub refaults_by_generation: [AtomicU64; GENERATIONS.len()],
     pub pages_put_back: AtomicU64,
 }
@@ -130,6 +131,8 @@ pub struct Stats {
     /// Pages the policy reclaimed into the tiers (the rest of
     /// `pages_evicted_total` came from explicit `evict` calls or the sampler).
     pub pages_reclaimed: u64,
+    /// Faults delayed because the program was well over its limit.
+    pub throttled_faults: u64,
     /// Faults on pages the sampler had taken out (served with a copy).
     pub sample_faults: u64,
     /// Refaults by how long the page had been out, in the generations of

@@ -13,7 +13,9 @@
 //! 5. the sampler takes the next pages out (see the `sampler` module).
 //!
 //! With a limit, the thread also checks resident memory ten times a tick, so a
-//! program that allocates fast is held near its cap.
+//! program that allocates fast is held near its cap; if reclaim still falls
+//! behind, the fault thread delays the program's faults that grow its resident
+//! set (as cgroup memory.high throttles), until reclaim catches up.
 //!
 //! ```no_run
 //! use farmem_runtime::{policy::PolicyConfig, Runtime};
@@ -53,6 +55,8 @@ const SAMPLE_CAP_SHARE: u64 = 16;
 const STALL_WINDOW: Duration = Duration::from_secs(1);
 /// The share of the stall target the sampler's own faults may use.
 const SAMPLE_STALL_SHARE: f64 = 0.25;
+/// How often the limit is checked while the program is throttled.
+const THROTTLED_STEP: Duration = Duration::from_millis(10);
 
 /// The policy's state, as the statistics show it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -237,17 +241,32 @@ impl Policy {
         let tick = self.config.tick.max(Duration::from_millis(10));
         let step = if self.config.limit.is_some() { (tick / 10).max(Duration::from_millis(10)) } else { tick };
         let mut next_tick = Instant::now() + tick;
-        while !stop.wait(step) {
-            if self.shared.stopping.load(Relaxed) {
+        loop {
+            // While the program is throttled, look again soon: the sooner the
+            // reclaim catches up, the sooner the program runs at full speed.
+            let wait = if self.shared.throttle_us.load(Relaxed) > 0 { THROTTLED_STEP } else { step };
+            if stop.wait(wait) || self.shared.stopping.load(Relaxed) {
                 break;
             }
             if Instant::now() >= next_tick {
                 self.tick();
                 next_tick = (next_tick + tick).max(Instant::now());
-            } else {
+            } else if self.config.limit.is_some() {
                 self.check_limit();
             }
         }
+        self.shared.throttle_us.store(0, Relaxed);
+    }
+
+    /// Slows the program's growth while, after reclaim, it is still well over
+    /// its limit (5% over: 100 µs per growing fault; 20% over: 1 ms).
+    fn set_throttle(&self, resident: u64) {
+        let us = match self.config.limit {
+            Some(l) if resident > l + l / 5 => 1000,
+            Some(l) if resident > l + l / 20 => 100,
+            _ => 0,
+        };
+        self.shared.throttle_us.store(us, Relaxed);
     }
 
     fn sample_tier_bytes(&self) -> u64 {
@@ -288,6 +307,7 @@ impl Policy {
         let target = self.ctl.tick(resident, stall);
         let cpu1 = thread_cpu();
         let reclaimed = self.reclaim(resident, target, now);
+        self.set_throttle(resident.saturating_sub(reclaimed * PAGE_SIZE as u64));
         let cpu_reclaim = thread_cpu() - cpu1;
 
         let cpu2 = thread_cpu();
@@ -346,10 +366,12 @@ impl Policy {
         let present: u64 = self.shared.regions.all().iter().map(|r| crate::resident_pages(r.start(), r.len())).sum();
         let resident = present * PAGE_SIZE as u64 + self.sample_tier_bytes();
         let target = self.ctl.check_limit(resident);
+        let mut after = resident;
         if target < resident {
             let now = self.shared.tick.load(Relaxed);
-            self.reclaim(resident, target, now);
+            after = after.saturating_sub(self.reclaim(resident, target, now) * PAGE_SIZE as u64);
         }
+        self.set_throttle(after);
         self.stats.resident_bytes = resident;
         self.stats.peak_resident_bytes = self.stats.peak_resident_bytes.max(resident);
         self.publish();
