@@ -52,7 +52,7 @@
 //! allocates nothing.
 
 mod budget;
-mod codec;
+pub(crate) mod codec;
 mod counters;
 mod handles;
 mod slab;

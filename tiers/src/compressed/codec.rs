@@ -72,7 +72,7 @@ impl FromStr for Codec {
 
 /// How an object's bytes are to be decoded; kept in its handle entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Encoding {
+pub(crate) enum Encoding {
     Lz4 = 0,
     Zstd = 1,
     /// The page as it was (the incompressible rule said to keep it).
@@ -80,7 +80,7 @@ pub(super) enum Encoding {
 }
 
 impl Encoding {
-    pub(super) fn from_bits(bits: u64) -> Option<Self> {
+    pub(crate) fn from_bits(bits: u64) -> Option<Self> {
         match bits {
             0 => Some(Encoding::Lz4),
             1 => Some(Encoding::Zstd),
@@ -91,7 +91,7 @@ impl Encoding {
 }
 
 /// Room for the worst case of either codec on one page (lz4's is the larger).
-pub(super) const SCRATCH_BYTES: usize = lz4_flex::block::get_maximum_output_size(PAGE_SIZE);
+pub(crate) const SCRATCH_BYTES: usize = lz4_flex::block::get_maximum_output_size(PAGE_SIZE);
 
 thread_local! {
     static ZSTD_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
@@ -100,7 +100,7 @@ thread_local! {
 
 /// Compresses `page` into `out`; returns the compressed length, or `None` when
 /// the result would not fit `out` (the page is then incompressible anyway).
-pub(super) fn compress(codec: Codec, page: &Page, out: &mut [u8; SCRATCH_BYTES]) -> std::io::Result<Option<usize>> {
+pub(crate) fn compress(codec: Codec, page: &Page, out: &mut [u8; SCRATCH_BYTES]) -> std::io::Result<Option<usize>> {
     match codec {
         // lz4_flex allocates its 8 KiB hash table on each call: stores run on
         // the reclaim thread, so this is accepted (see the module doc of T1).
@@ -129,7 +129,7 @@ pub(super) fn compress(codec: Codec, page: &Page, out: &mut [u8; SCRATCH_BYTES])
 
 /// Decodes `src` into `out`; the error says what the decoder found wrong.
 /// Allocation-free except on a thread's first zstd page and on error.
-pub(super) fn decompress(encoding: Encoding, src: &[u8], out: &mut Page) -> Result<(), String> {
+pub(crate) fn decompress(encoding: Encoding, src: &[u8], out: &mut Page) -> Result<(), String> {
     let n = match encoding {
         Encoding::Raw => {
             if src.len() != PAGE_SIZE {

@@ -15,6 +15,7 @@
 //! intact but that they are the ones of the page asked for.
 
 use super::crypt::{Sealer, TAG_BYTES};
+use crate::compressed::codec::{self, Encoding, SCRATCH_BYTES};
 use crate::{Codec, Page, PAGE_SIZE};
 
 /// Bytes of a record header.
@@ -23,31 +24,20 @@ pub(super) const HEADER: usize = 24;
 pub(super) const MAX_RECORD: usize = HEADER + PAGE_SIZE + TAG_BYTES;
 /// Room to build a record in: lz4's worst case may pass a page before it is
 /// found wanting.
-pub(super) const RECORD_BUF: usize = HEADER + lz4_flex::block::get_maximum_output_size(PAGE_SIZE) + TAG_BYTES;
+pub(super) const RECORD_BUF: usize = HEADER + SCRATCH_BYTES + TAG_BYTES;
 const ENCRYPTED: u8 = 0x80;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Encoding {
-    Lz4 = 0,
-    Zstd = 1,
-    Raw = 2,
-}
 
 /// Builds the record of `page` for handle (`slot`, `generation`) in `rec`;
 /// returns its length.
 pub(super) fn encode(page: &Page, codec: Codec, slot: u32, generation: u32, seq: u64, sealer: Option<&Sealer>, rec: &mut [u8; RECORD_BUF]) -> usize {
-    let room = &mut rec[HEADER..RECORD_BUF - TAG_BYTES];
-    let compressed = match codec {
-        // lz4_flex allocates its hash table per call (as in T1); stores run on
-        // the reclaim thread.
-        Codec::Lz4 => lz4_flex::block::compress_into(page, room).ok(),
-        // A context per call (C malloc): zstd is for cold pages, off the fault path.
-        Codec::Zstd { level } => zstd::bulk::compress_to_buffer(page, room, level).ok(),
-    };
+    let room: &mut [u8; SCRATCH_BYTES] = (&mut rec[HEADER..HEADER + SCRATCH_BYTES]).try_into().expect("the record buffer has room for the codec's worst case");
+    // The T1 codec (a zstd context per thread); a failure to compress is
+    // treated as incompressible: the page is stored raw.
+    let compressed = codec::compress(codec, page, room).ok().flatten();
     let (encoding, mut len) = match compressed {
         Some(n) if n < PAGE_SIZE => (if codec == Codec::Lz4 { Encoding::Lz4 } else { Encoding::Zstd }, n),
         _ => {
-            room[..PAGE_SIZE].copy_from_slice(page);
+            rec[HEADER..HEADER + PAGE_SIZE].copy_from_slice(page);
             (Encoding::Raw, PAGE_SIZE)
         }
     };
@@ -99,18 +89,8 @@ pub(super) fn decode(rec: &mut [u8], slot: u32, generation: u32, sealer: Option<
         }
         payload = text;
     }
-    let n = match flags & !ENCRYPTED {
-        0 => lz4_flex::block::decompress_into(payload, out).map_err(|e| format!("lz4: {e}"))?,
-        1 => zstd::bulk::decompress_to_buffer(payload, &mut out[..]).map_err(|e| format!("zstd: {e}"))?,
-        2 if payload.len() == PAGE_SIZE => {
-            out.copy_from_slice(payload);
-            PAGE_SIZE
-        }
-        other => return Err(format!("encoding {other} with a payload of {} bytes", payload.len())),
-    };
-    if n != PAGE_SIZE {
-        return Err(format!("decoded {n} bytes, not a page"));
-    }
+    let encoding = Encoding::from_bits((flags & !ENCRYPTED) as u64).ok_or_else(|| format!("unknown encoding {:#x}", flags & !ENCRYPTED))?;
+    codec::decompress(encoding, payload, out)?;
     Ok(())
 }
 
