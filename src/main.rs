@@ -67,7 +67,9 @@ enum Bench {
         #[arg(long, default_value_t = 50)]
         spin_us: u64,
         /// A second tier to measure beside T1: mmap:PATH (a /dev/dax device,
-        /// or a new or empty file) or mmap:memfd. May be given more than once.
+        /// or a new or empty file), mmap:memfd, or file:DIR (the io_uring
+        /// spill file, beside bare O_DIRECT reads of it and the rate of
+        /// demotion into it). May be given more than once.
         #[arg(long = "tier", value_name = "SPEC")]
         tiers: Vec<farmem_bench::fault::SpillBench>,
     },

@@ -57,6 +57,20 @@ fn read_word(base: *const u8, page: usize) -> u64 {
 /// Evicts a `size`-byte heap of [`heap::fill`] pages into `tier` and reads one
 /// word from `accesses` distinct random pages, each a fault.
 pub fn random_faults(tier: Arc<dyn Tier>, label: &str, size: usize, accesses: usize, seed: u64, spin: Duration) -> Result<FarmemRun, String> {
+    random_faults_with(tier, label, size, accesses, seed, spin, &mut || Ok(()))
+}
+
+/// As [`random_faults`], calling `after_evict` between the eviction and the
+/// walk (a spill tier flushes there; a baseline on its file runs there).
+pub fn random_faults_with(
+    tier: Arc<dyn Tier>,
+    label: &str,
+    size: usize,
+    accesses: usize,
+    seed: u64,
+    spin: Duration,
+    after_evict: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<FarmemRun, String> {
     let rt = Runtime::builder().tier(tier).spin(spin).build().map_err(|e| e.to_string())?;
     let map = Mapping::anonymous(size).map_err(|e| e.to_string())?;
     let base = map.addr();
@@ -71,6 +85,7 @@ pub fn random_faults(tier: Arc<dyn Tier>, label: &str, size: usize, accesses: us
     let t = Instant::now();
     let report = rt.evict(base, size).map_err(|e| e.to_string())?;
     let evict_secs = t.elapsed().as_secs_f64();
+    after_evict()?;
     let tier_stats = rt.stats().tiers[0].1;
     let evicted_set = order.len();
     let mut h = hist();

@@ -34,19 +34,22 @@ pub enum SpillBench {
     /// The CXL/DAX tier over this path (a /dev/dax device, or a new or empty
     /// file), or over a memfd when `None`.
     Mmap(Option<PathBuf>),
+    /// The file tier, its spill file in this directory.
+    File(PathBuf),
 }
 
 impl std::str::FromStr for SpillBench {
     type Err = String;
 
-    /// `mmap:PATH` or `mmap:memfd`; `file:DIR` is refused until the file tier exists.
+    /// `mmap:PATH`, `mmap:memfd` or `file:DIR`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             Some(("mmap", "memfd")) => Ok(SpillBench::Mmap(None)),
             Some(("mmap", path)) if path.starts_with('/') => Ok(SpillBench::Mmap(Some(PathBuf::from(path)))),
             Some(("mmap", path)) => Err(format!("--tier mmap:{path}: the path must be absolute (or `memfd`)")),
-            Some(("file", _)) => Err(format!("--tier {s}: the file tier (io_uring spill) is not built yet; only mmap:PATH and mmap:memfd can be measured")),
-            _ => Err(format!("--tier {s}: expected mmap:PATH (a /dev/dax device or a new or empty file) or mmap:memfd")),
+            Some(("file", dir)) if dir.starts_with('/') => Ok(SpillBench::File(PathBuf::from(dir))),
+            Some(("file", dir)) => Err(format!("--tier file:{dir}: the directory must be absolute")),
+            _ => Err(format!("--tier {s}: expected mmap:PATH (a /dev/dax device or a new or empty file), mmap:memfd, or file:DIR")),
         }
     }
 }
@@ -56,6 +59,7 @@ impl SpillBench {
         match self {
             SpillBench::Mmap(None) => "mmap (raw, memfd)".into(),
             SpillBench::Mmap(Some(p)) => format!("mmap (raw, {})", p.display()),
+            SpillBench::File(d) => format!("file ({})", d.display()),
         }
     }
 
@@ -63,6 +67,7 @@ impl SpillBench {
         let t = match self {
             SpillBench::Mmap(None) => MmapTier::from_memfd(limit_bytes),
             SpillBench::Mmap(Some(p)) => MmapTier::open(p, limit_bytes),
+            SpillBench::File(_) => unreachable!("the file tier is run by spill::run"),
         };
         Ok(Arc::new(t.map_err(|e| e.to_string())?))
     }
@@ -113,6 +118,8 @@ pub struct FaultBenchReport {
     pub first_touch: crate::stats::LatencySummary,
     /// The kernel run in full.
     pub kernel_zram: Option<kernel::ZramRun>,
+    /// Each file tier run, with its bare-read baseline and demotion rate.
+    pub file_tiers: Vec<crate::spill::FileTierRun>,
     /// Why a part was skipped.
     pub skipped: Vec<String>,
 }
@@ -186,8 +193,17 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         runs.push(farmem_runs::random_faults(make()?, label, size, cfg.accesses, SEED, cfg.spin)?);
     }
     let mut spill_runs = Vec::new();
+    let mut file_runs = Vec::new();
     for spill in &cfg.spill {
         let label = spill.label();
+        if let SpillBench::File(dir) = spill {
+            eprintln!("farmem: {label}, {} MiB heap evicted into the file, {} random faults, then as many bare 4 KiB preads of it; then T1 demoted into a new file...", size >> 20, cfg.accesses.min(size / 4096));
+            let f = crate::spill::run(dir, size, cfg.accesses, SEED, cfg.spin)?;
+            spill_runs.push(f.faults.clone());
+            runs.push(f.faults.clone());
+            file_runs.push(f);
+            continue;
+        }
         eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
         let run = farmem_runs::random_faults(spill.make(size as u64)?, &label, size, cfg.accesses, SEED, cfg.spin)?;
         spill_runs.push(run.clone());
@@ -220,6 +236,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         capped,
         first_touch,
         kernel_zram,
+        file_tiers: file_runs,
         skipped,
     };
     print_table(&report);
@@ -280,5 +297,20 @@ fn print_table(r: &FaultBenchReport) {
         for spill in r.runs.iter().filter(|x| x.label.starts_with("mmap")) {
             println!("{}: fault-back p50 {:.2}x T1's (lz4) in the same run", spill.label, spill.p50_us / l.p50_us);
         }
+    }
+    for f in &r.file_tiers {
+        let b = &f.bare_pread;
+        println!(
+            "{}: fault-back p50 {:.1} us, p99 {:.1} us against a bare {} 4 KiB pread of the same file p50 {:.1} us, p99 {:.1} us: {:.2}x; demotion T1 to file {:.0} MB/s ({} pages)",
+            f.faults.label,
+            f.faults.p50_us,
+            f.faults.p99_us,
+            if f.direct_io { "O_DIRECT" } else { "buffered" },
+            b.p50_us,
+            b.p99_us,
+            f.over_bare_p50,
+            f.demote_mb_per_s,
+            f.demoted_pages
+        );
     }
 }

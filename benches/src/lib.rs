@@ -30,6 +30,7 @@ pub mod first_touch;
 pub mod heap;
 pub mod kernel;
 pub mod policy;
+pub mod spill;
 pub mod stats;
 
 /// Why a baseline could not be measured; each message is one sentence naming

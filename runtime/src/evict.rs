@@ -109,6 +109,8 @@ pub(crate) enum Target {
     /// The sampler's raw tier: the page is out of the page tables so that a use
     /// of it shows, but kept whole, so that a fault costs only a copy.
     Sample,
+    /// The configured tiers after this one (demotion: T1 to T2).
+    After(u8),
 }
 
 /// Evicts the pages of `region` whose indices `pages` lists (ascending runs
@@ -373,7 +375,11 @@ fn store(shared: &Shared, page: &Page, target: Target) -> Result<(u8, Handle), T
     let range = match target {
         Target::Tiers => 0..shared.sample_tier as usize,
         Target::Sample => shared.sample_tier as usize..shared.sample_tier as usize + 1,
+        Target::After(t) => (t as usize + 1).min(shared.sample_tier as usize)..shared.sample_tier as usize,
     };
+    if range.is_empty() {
+        return Err(TierError::Full { tier: "next", limit_bytes: 0 });
+    }
     let mut last = None;
     for (t, tier) in shared.tiers.iter().enumerate().skip(range.start).take(range.len()) {
         match tier.store(page, PageClass::DEFAULT) {
@@ -389,22 +395,37 @@ fn store(shared: &Shared, page: &Page, target: Target) -> Result<(u8, Handle), T
 
 /// What one demotion call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DemoteReport {
-    /// Pages moved from the sample tier into the configured tiers.
+pub struct DemoteReport {
+    /// Pages moved to the tiers below.
     pub demoted: u64,
-    /// Pages refused by every tier (incompressible, full): sent back to RAM.
+    /// Pages refused by every tier (incompressible, full): from the sample
+    /// tier they go back to RAM; from a configured tier they stay where they are.
     pub refused: u64,
-    /// Pages no longer in the sample tier when their turn came.
+    /// Whether the tiers below were full: demotion stopped there.
+    pub full: bool,
+    /// Pages no longer in the tier when their turn came (faulted back, dropped).
     pub gone: u64,
 }
 
-/// Moves pages of `region` that sit in the sample tier into the configured
-/// tiers (reclaim of pages already out of RAM: no page-table work). Each page
-/// is `Claimed` while its bytes move, so a fault on it waits and a drop by the
-/// program makes the move throw its copies away.
-pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> DemoteReport {
+impl DemoteReport {
+    pub(crate) fn add(&mut self, o: &DemoteReport) {
+        self.demoted += o.demoted;
+        self.refused += o.refused;
+        self.gone += o.gone;
+        self.full |= o.full;
+    }
+}
+
+/// Moves pages of `region` that sit in tier `from_tier` onwards: out of the sample
+/// tier into the configured tiers (reclaim of pages already out of RAM: no
+/// page-table work), or from a configured tier into the ones after it
+/// (demotion, T1 to T2). Each page is `Claimed` while its bytes move, so a
+/// fault on it waits and a drop by the program makes the move throw its
+/// copies away. Stops at the first page the tiers below have no room for.
+pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize], from_tier: u8) -> DemoteReport {
     let mut report = DemoteReport::default();
     let sample = shared.sample_tier;
+    let target = if from_tier == sample { Target::Tiers } else { Target::After(from_tier) };
     let mut buf = Box::new(AlignedPage([0; PAGE_SIZE]));
     // Small batches: a thread faulting on a claimed page waits for the batch.
     for batch in idx.chunks(32) {
@@ -419,14 +440,14 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> De
                 report.gone += 1;
                 continue;
             };
-            if tier != sample || !region.states.transition(i, s, State::Claimed) {
+            if tier != from_tier || !region.states.transition(i, s, State::Claimed) {
                 report.gone += 1;
                 continue;
             }
-            let from = &shared.tiers[sample as usize];
+            let from = &shared.tiers[from_tier as usize];
             let h = Handle::new(handle);
             let stored = match from.load(h, &mut buf.0) {
-                Ok(()) => store(shared, &buf.0, Target::Tiers),
+                Ok(()) => store(shared, &buf.0, target),
                 Err(e) => Err(e),
             };
             match stored {
@@ -442,12 +463,18 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> De
                     from.remove(h);
                 }
                 Err(e) => {
-                    if !matches!(e, TierError::Incompressible { .. } | TierError::Full { .. }) {
-                        tracing::warn!("moving page {:#x} out of the sample tier failed: {e}; it goes back to RAM", region.page_addr(i));
+                    let full = matches!(e, TierError::Full { .. });
+                    if !full && !matches!(e, TierError::Incompressible { .. }) {
+                        tracing::warn!("moving page {:#x} out of tier {} failed: {e}; it stays", region.page_addr(i), from.name());
                     }
                     if region.states.transition(i, State::Claimed, s) {
-                        back.push(i);
+                        if from_tier == sample {
+                            back.push(i);
+                        }
                         report.refused += 1;
+                        if full && from_tier != sample {
+                            report.full = true;
+                        }
                     } else {
                         from.remove(h);
                         region.evicted.fetch_sub(1, Ordering::Relaxed);
@@ -458,6 +485,9 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize]) -> De
         }
         if !back.is_empty() {
             shared.requests.push(Request::PutBack { region: Arc::clone(region), pages: back, tier: sample });
+        }
+        if report.full {
+            break;
         }
     }
     report

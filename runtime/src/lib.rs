@@ -57,7 +57,7 @@ use farmem_tiers::{CompressedConfig, CompressedTier, RawTier, Tier};
 
 pub use error::RuntimeError;
 pub use farmem_tiers::mem;
-pub use evict::EvictReport;
+pub use evict::{DemoteReport, EvictReport};
 pub use scope::{in_runtime, RuntimeScope};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
@@ -417,6 +417,29 @@ impl Runtime {
     pub fn stop_policy(&self) {
         let _scope = RuntimeScope::enter();
         drop(self.policy.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Moves every page held by configured tier `tier` (0 is T1) into the
+    /// tiers after it, until they are full: what the policy does for pages
+    /// past their demotion age, on demand.
+    pub fn demote_tier(&self, tier: usize) -> Result<DemoteReport, RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        self.check_process()?;
+        let _pass = self.shared.fork_gate.enter();
+        if tier + 1 >= self.shared.sample_tier as usize {
+            return Err(RuntimeError::Os { op: "demoting pages", source: std::io::Error::other(format!("tier {tier} has no configured tier after it")) });
+        }
+        let mut report = DemoteReport::default();
+        for region in self.shared.regions.all() {
+            let held: Vec<usize> = (0..region.pages()).filter(|&i| matches!(region.states.get(i), pagestate::State::Evicted { tier: t, .. } if t as usize == tier)).collect();
+            for chunk in held.chunks(4096) {
+                report.add(&evict::demote(&self.shared, &region, chunk, tier as u8));
+                if report.full {
+                    return Ok(report);
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// A snapshot of the statistics.

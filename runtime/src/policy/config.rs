@@ -20,15 +20,23 @@ pub struct PolicyConfig {
     /// CPU the access sampler may spend, as a fraction of one core per 10 GiB
     /// of registered memory (0.02 is 2%).
     pub sampling_cpu: f64,
+    /// Pages that stay in a tier this long move to the next configured tier
+    /// (T1 to a spill tier), when there is one.
+    pub demote_after: Duration,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { limit: None, stall: None, min: 0, tick: Duration::from_secs(1), sampling_cpu: 0.02 }
+        PolicyConfig { limit: None, stall: None, min: 0, tick: Duration::from_secs(1), sampling_cpu: 0.02, demote_after: Duration::from_secs(60) }
     }
 }
 
 impl PolicyConfig {
+    /// The demotion age in ticks (at least one).
+    pub fn demote_ticks(&self) -> u32 {
+        (self.demote_after.as_secs_f64() / self.tick.as_secs_f64().max(1e-3)).ceil().clamp(1.0, super::ages::MAX_AGE as f64 - 1.0) as u32
+    }
+
     /// Whether the controller has anything to do (a limit or a stall target).
     pub fn reclaims(&self) -> bool {
         self.limit.is_some() || self.stall.is_some()

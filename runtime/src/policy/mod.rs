@@ -9,8 +9,10 @@
 //! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
 //!    oldest first: sampled pages that stayed idle (compressed straight from the
 //!    sampler's tier), then resident pages of the oldest generations;
-//! 4. sampled pages nobody needed go back to RAM after a few ticks;
-//! 5. the sampler takes the next pages out (see the `sampler` module).
+//! 4. pages that stayed in a tier past `demote_after` move to the next
+//!    configured tier (T1 to a spill tier), until that one is full;
+//! 5. sampled pages nobody needed go back to RAM after a few ticks;
+//! 6. the sampler takes the next pages out (see the `sampler` module).
 //!
 //! With a limit, the thread also checks resident memory ten times a tick, so a
 //! program that allocates fast is held near its cap; if reclaim still falls
@@ -51,6 +53,8 @@ use sampler::{pick_resident, Hand, Picked, Rate};
 const SAMPLE_WINDOW: u32 = 4;
 /// The sampler never has more than this share of registered pages out at once.
 const SAMPLE_CAP_SHARE: u64 = 16;
+/// Pages listed for demotion per tier per tick (256 MiB).
+const DEMOTE_PER_TICK: usize = 65536;
 /// The shortest span the stall is measured over.
 const STALL_WINDOW: Duration = Duration::from_secs(1);
 /// The share of the stall target the sampler's own faults may use.
@@ -93,8 +97,12 @@ pub struct PolicyStats {
     pub sampling_cpu_seconds: f64,
     /// That CPU over the last tick, as a share of one core.
     pub sampling_cpu_fraction: f64,
-    /// CPU the policy thread spent reclaiming (compressing), in seconds.
+    /// CPU the policy thread spent reclaiming and demoting, in seconds.
     pub reclaim_cpu_seconds: f64,
+    /// Pages moved from a tier to the next (T1 to a spill tier).
+    pub demoted_pages: u64,
+    /// Ticks in which demotion stopped because the tiers below were full.
+    pub demotion_blocked_ticks: u64,
 }
 
 /// The running policy thread.
@@ -179,7 +187,8 @@ fn thread_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// A page the sampler has out, with how long it has been out.
+/// A page out of RAM (in the sampler's tier, or one due for demotion), with
+/// how long it has been out.
 struct Sampled {
     out_age: u32,
     region: Arc<Region>,
@@ -193,6 +202,8 @@ struct Scan {
     registered: u64,
     generations: [u64; GENERATIONS.len()],
     sampled: Vec<Sampled>,
+    /// Per configured tier that has one after it: pages due for demotion.
+    due: Vec<Vec<Sampled>>,
 }
 
 struct Policy {
@@ -280,7 +291,7 @@ impl Policy {
         let now = shared.tick.fetch_add(1, Relaxed) + 1;
         let wall = self.last_wall.elapsed().as_secs_f64().max(1e-3);
         self.last_wall = Instant::now();
-        self.scan = scan(&shared, now);
+        self.scan = scan(&shared, now, self.config.demote_ticks());
         let resident = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
 
         let c = &shared.counters;
@@ -309,6 +320,10 @@ impl Policy {
         let reclaimed = self.reclaim(resident, target, now);
         self.set_throttle(resident.saturating_sub(reclaimed * PAGE_SIZE as u64));
         let cpu_reclaim = thread_cpu() - cpu1;
+
+        let cpu_demote0 = thread_cpu();
+        self.demote();
+        let cpu_reclaim = cpu_reclaim + (thread_cpu() - cpu_demote0);
 
         let cpu2 = thread_cpu();
         self.put_back();
@@ -396,7 +411,7 @@ impl Policy {
         idle.truncate(need as usize);
         for (region, pages) in by_region(idle.iter().map(|s| (&s.region, s.page))) {
             let _pass = shared.fork_gate.enter();
-            let r = evict::demote(&shared, &region, &pages);
+            let r = evict::demote(&shared, &region, &pages, shared.sample_tier);
             done += r.demoted;
             self.stats.reclaimed_from_samples += r.demoted;
         }
@@ -423,6 +438,29 @@ impl Policy {
         self.stats.reclaimed_pages += done;
         shared.counters.pages_reclaimed.fetch_add(done, Relaxed);
         done
+    }
+
+    /// Moves pages that stayed in a tier past the demotion age to the tiers
+    /// after it, until those are full (then the policy says so and waits).
+    fn demote(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let due = std::mem::take(&mut self.scan.due);
+        let mut blocked = false;
+        for (tier, pages) in due.into_iter().enumerate() {
+            for (region, idx) in by_region(pages.iter().map(|s| (&s.region, s.page))) {
+                let _pass = shared.fork_gate.enter();
+                let r = evict::demote(&shared, &region, &idx, tier as u8);
+                self.stats.demoted_pages += r.demoted;
+                if r.full {
+                    blocked = true;
+                    break;
+                }
+            }
+        }
+        if blocked {
+            self.stats.demotion_blocked_ticks += 1;
+            tracing::debug!("demotion stopped: the spill tiers are full");
+        }
     }
 
     /// Sends sampled pages that stayed out a full window, unused and not
@@ -460,10 +498,12 @@ fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(
     groups
 }
 
-/// The aging pass: every page's state and stamps, and what is in RAM.
-fn scan(shared: &Shared, now: u32) -> Scan {
+/// The aging pass: every page's state and stamps, and what is in RAM; lists
+/// up to `DEMOTE_PER_TICK` pages out for `demote_ticks` or more in each tier
+/// that has a configured tier after it.
+fn scan(shared: &Shared, now: u32, demote_ticks: u32) -> Scan {
     const CHUNK: usize = 16384;
-    let mut s = Scan::default();
+    let mut s = Scan { due: (0..shared.sample_tier.saturating_sub(1)).map(|_| Vec::new()).collect(), ..Scan::default() };
     let mut present = vec![0u8; CHUNK];
     for region in shared.regions.all() {
         s.registered += region.pages() as u64;
@@ -485,6 +525,12 @@ fn scan(shared: &Shared, now: u32) -> Scan {
                     }
                     State::Evicted { tier, .. } if tier == shared.sample_tier => {
                         s.sampled.push(Sampled { out_age: out, region: Arc::clone(&region), page: i });
+                    }
+                    State::Evicted { tier, .. } if out >= demote_ticks && (tier as usize) < s.due.len() => {
+                        let due = &mut s.due[tier as usize];
+                        if due.len() < DEMOTE_PER_TICK {
+                            due.push(Sampled { out_age: out, region: Arc::clone(&region), page: i });
+                        }
                     }
                     _ if p & 1 != 0 => s.present += 1,
                     _ => {}

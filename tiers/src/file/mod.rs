@@ -425,10 +425,14 @@ impl FileTier {
                 n += 1;
             }
             let ops: [Op; BATCH] = ops.map(|o| o.unwrap_or(Op { slot: 0, write: false, fd: -1, buf: std::ptr::null_mut(), len: 0, offset: 0 }));
+            // One read (a fault) is queued and submitted by the wait below in
+            // the same system call; several are submitted at once, so that
+            // they run while the first is waited for.
             // SAFETY: each op's slot is a read buffer this call took from the
             // pool (so its own until given back below), READ_BUF bytes long,
             // and every op is waited for before the buffers go back.
-            if let Err(e) = unsafe { self.ring.submit(&ops[..n]) } {
+            let sent = if n == 1 { unsafe { self.ring.queue(&ops[..n]) } } else { unsafe { self.ring.submit(&ops[..n]) } };
+            if let Err(e) = sent {
                 tracing::warn!("file tier: io_uring submit: {e}; waiting for the reads anyway");
             }
             self.counters.reads.fetch_add(n as u64, Relaxed);
