@@ -1,86 +1,52 @@
-//! The malloc family the program calls, and the shim's own allocator.
+//! The malloc family the program calls.
 //!
-//! One jemalloc serves both. The program's allocations go to farmem arenas
-//! (extents in registered memory, see [`crate::extent`]): each program thread
-//! is bound to one on its first allocation after start-up, and from then on
-//! takes jemalloc's ordinary fast path. Allocations made inside the shim or
-//! the runtime (the re-entry guard is held, or `in_runtime()`) go to arena 0,
-//! which farmem never registers, without a thread cache, so no object the
-//! fault thread touches can be handed out of farmem memory (hard rule 2).
+//! One jemalloc serves the program and the shim (whose Rust allocator is
+//! `farmem_jemalloc::PlainJemalloc`). The routing is farmem-jemalloc's
+//! ([`farmem_jemalloc::route`]), shared with programs that link farmem: the
+//! program's allocations go to farmem arenas (extents in registered memory,
+//! see [`crate::extent`]); each program thread is bound to one on its first
+//! allocation after start-up, and from then on takes jemalloc's ordinary fast
+//! path. Allocations made inside the shim or the runtime (the re-entry guard
+//! is held, or `in_runtime()`) go to arena 0, which farmem never registers,
+//! without a thread cache, so no object the fault thread touches can be
+//! handed out of farmem memory (hard rule 2).
 //! Before start-up, after a failed start, and for threads that never reach a
 //! farmem arena, every arena is plain jemalloc. Frees need no routing: jemalloc
 //! finds an object's arena from its address.
 
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
-
+use farmem_jemalloc::route::{ArenaSet, Route, PLAIN};
 use libc::{c_int, c_void, size_t};
 use tikv_jemalloc_sys as je;
 
 use crate::guard::{self, ThreadState};
 
-/// The arena farmem never registers, used without a thread cache.
-const PLAIN: c_int = je::MALLOCX_ARENA(0) | je::MALLOCX_TCACHE_NONE;
+pub use farmem_jemalloc::route::MAX_ARENAS;
+
 /// malloc's guaranteed alignment on x86-64.
 const MIN_ALIGN: usize = 16;
-/// At most this many farmem arenas (one per CPU up to it).
-pub const MAX_ARENAS: usize = 8;
 
-/// Set once the runtime runs: program threads move to farmem arenas.
-static ACTIVE: AtomicBool = AtomicBool::new(false);
-static ARENAS: [AtomicU32; MAX_ARENAS] = [const { AtomicU32::new(0) }; MAX_ARENAS];
-static ARENA_COUNT: AtomicUsize = AtomicUsize::new(0);
-static NEXT_ARENA: AtomicUsize = AtomicUsize::new(0);
+/// The farmem arenas of the shim's jemalloc; active once the runtime runs.
+static ARENAS: ArenaSet = ArenaSet::new();
 
 /// Makes the program's allocations go to `arenas` from now on.
 pub fn activate(arenas: &[u32]) {
-    let n = arenas.len().min(MAX_ARENAS);
-    for (slot, &a) in ARENAS.iter().zip(&arenas[..n]) {
-        slot.store(a, Relaxed);
-    }
-    ARENA_COUNT.store(n, Relaxed);
-    ACTIVE.store(n > 0, std::sync::atomic::Ordering::Release);
+    ARENAS.activate(arenas);
 }
 
 /// Whether program allocations go to farmem arenas.
 pub fn active() -> bool {
-    ACTIVE.load(std::sync::atomic::Ordering::Acquire)
-}
-
-/// Where one call is served from.
-enum Route {
-    /// jemalloc's own choice: before start-up, or a program thread (bound to
-    /// a farmem arena by now).
-    Default,
-    /// Arena 0, no thread cache: the shim's and the runtime's memory.
-    Plain,
+    ARENAS.active()
 }
 
 /// Decides the route for the calling thread, binding it to a farmem arena
 /// the first time it allocates as the program after start-up.
 #[inline]
 fn route(st: &ThreadState) -> Route {
-    if !ACTIVE.load(Relaxed) {
-        return Route::Default;
-    }
-    if st.busy() || farmem_runtime::in_runtime() {
-        return Route::Plain;
-    }
-    if st.arena().is_none() {
-        bind(st);
-    }
-    Route::Default
-}
-
-#[cold]
-fn bind(st: &ThreadState) {
-    let n = ARENA_COUNT.load(Relaxed).max(1);
-    let arena = ARENAS[NEXT_ARENA.fetch_add(1, Relaxed) % n].load(Relaxed);
+    let busy = st.busy();
+    // Binding the thread may make jemalloc map memory: that is the shim's own.
     let _g = st.enter();
-    // SAFETY: je::mallctl is the mallctl of the jemalloc linked into the shim.
-    // A failure leaves the thread on a plain arena: correct, just not farmem.
-    let _ = unsafe { crate::extent::bind_thread(je::mallctl, arena) };
-    st.set_arena(arena);
+    // je::mallctl is the jemalloc the farmem arenas were made in.
+    ARENAS.route(busy, je::mallctl)
 }
 
 fn align_flag(align: usize) -> c_int {
@@ -113,7 +79,7 @@ fn serve(f: impl FnOnce(&ThreadState, Route) -> *mut c_void) -> *mut c_void {
     guard::with(|st| {
         let r = route(st);
         match r {
-            Route::Default if ACTIVE.load(Relaxed) => {
+            Route::Default if ARENAS.active() => {
                 let _g = st.enter();
                 f(st, r)
             }
@@ -201,7 +167,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    if ACTIVE.load(Relaxed) && (guard::with(|st| st.busy()) || farmem_runtime::in_runtime()) {
+    if ARENAS.active() && (guard::with(|st| st.busy()) || farmem_runtime::in_runtime()) {
         // The shim's or the runtime's object: keep it out of the thread cache,
         // where a program allocation on this thread would be handed it back.
         // SAFETY: as the caller promised.
@@ -412,42 +378,6 @@ pub unsafe extern "C" fn malloc_stats_print(write: Option<unsafe extern "C" fn(*
     let _g = guard::enter_owned();
     // SAFETY: as the caller promised.
     unsafe { je::malloc_stats_print(write, arg, opts) }
-}
-
-/// The shim's own Rust allocator: everything the shim and the runtime
-/// allocate in Rust comes from arena 0, never from farmem memory.
-pub struct PlainAlloc;
-
-fn layout_flags(layout: &Layout) -> c_int {
-    if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
-        0
-    } else {
-        align_flag(layout.align())
-    }
-}
-
-// SAFETY: every block comes from jemalloc's mallocx with the layout's size and
-// alignment, and goes back through the same jemalloc.
-unsafe impl GlobalAlloc for PlainAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: GlobalAlloc callers never pass size 0.
-        unsafe { je::mallocx(layout.size(), PLAIN | layout_flags(&layout)) }.cast()
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as above.
-        unsafe { je::mallocx(layout.size(), PLAIN | je::MALLOCX_ZERO | layout_flags(&layout)) }.cast()
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr came from alloc with this layout.
-        unsafe { je::sdallocx(ptr.cast(), layout.size(), je::MALLOCX_TCACHE_NONE | layout_flags(&layout)) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: ptr came from alloc with this layout; new_size is non-zero.
-        unsafe { je::rallocx(ptr.cast(), new_size, PLAIN | layout_flags(&layout)) }.cast()
-    }
 }
 
 #[cfg(test)]

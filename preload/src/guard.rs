@@ -1,5 +1,5 @@
-//! Per-thread state of the allocation hooks: the re-entry guard and the
-//! thread's binding to a farmem arena.
+//! Per-thread state of the allocation hooks: the re-entry guard. (The
+//! thread's binding to a farmem arena is farmem-jemalloc's, in `route`.)
 //!
 //! The state is a `const`-initialised thread-local without a destructor, so it
 //! can be read at any point of a thread's life, its first and last malloc
@@ -12,12 +12,10 @@ pub struct ThreadState {
     /// Non-zero while the thread is inside the shim (a malloc hook, the
     /// constructor, a background thread): anything it maps is the shim's own.
     depth: Cell<u32>,
-    /// The farmem arena the thread allocates from, plus one; 0 while unbound.
-    arena: Cell<u32>,
 }
 
 thread_local! {
-    static STATE: ThreadState = const { ThreadState { depth: Cell::new(0), arena: Cell::new(0) } };
+    static STATE: ThreadState = const { ThreadState { depth: Cell::new(0) } };
 }
 
 /// Runs `f` with the calling thread's state.
@@ -38,17 +36,6 @@ impl ThreadState {
     pub fn enter(&self) -> ShimGuard<'_> {
         self.depth.set(self.depth.get() + 1);
         ShimGuard(self)
-    }
-
-    /// The farmem arena this thread is bound to, if any.
-    #[inline]
-    pub fn arena(&self) -> Option<u32> {
-        self.arena.get().checked_sub(1)
-    }
-
-    /// Records the thread's farmem arena.
-    pub fn set_arena(&self, arena: u32) {
-        self.arena.set(arena + 1);
     }
 }
 

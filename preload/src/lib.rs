@@ -36,13 +36,16 @@ compile_error!("libfarmem.so supports Linux on x86-64 only");
 
 pub mod alloc;
 pub mod config;
-pub mod extent;
 pub mod guard;
 pub mod mmap;
 pub mod report;
 pub mod server;
-pub mod syscall;
 pub mod thread;
+
+/// The extent hooks, shared with programs that link farmem (farmem-jemalloc).
+pub use farmem_jemalloc::extent;
+/// Raw syscalls that bypass the shim's own hooks.
+pub use farmem_jemalloc::sys as syscall;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,7 +59,7 @@ use tikv_jemalloc_sys as je;
 use config::{ConfigError, ShimConfig};
 
 #[global_allocator]
-static GLOBAL: alloc::PlainAlloc = alloc::PlainAlloc;
+static GLOBAL: farmem_jemalloc::PlainJemalloc = farmem_jemalloc::PlainJemalloc;
 
 /// The process's runtime, once started; never dropped, so the fault thread
 /// serves until the process is gone, exit handlers included.
@@ -94,22 +97,7 @@ pub enum StartError {
 }
 
 /// Hands jemalloc's fresh extents to the runtime.
-struct RuntimeBacking;
-
-impl extent::Backing for RuntimeBacking {
-    fn register(&self, addr: *mut u8, len: usize) -> bool {
-        let Some(rt) = RUNTIME.get() else { return false };
-        match rt.register(addr, len) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!("extent {addr:p}+{len:#x} stays outside farmem: {e}");
-                false
-            }
-        }
-    }
-}
-
-static BACKING: RuntimeBacking = RuntimeBacking;
+static BACKING: extent::RuntimeBacking = extent::RuntimeBacking::new(&RUNTIME);
 
 fn start() -> Result<(), StartError> {
     let cfg = ShimConfig::from_env()?;
@@ -123,15 +111,10 @@ fn start() -> Result<(), StartError> {
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
-    let tiers = cfg.tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
-    let mut builder = Runtime::builder();
-    for t in tiers {
-        builder = builder.tier(t);
-    }
-    let rt = builder.build()?;
-    if cfg.policy.reclaims() {
-        rt.start_policy(cfg.policy.clone())?;
-    }
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy).map_err(|e| match e {
+        farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
+        farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
+    })?;
     let rt: &'static Runtime = RUNTIME.get_or_init(|| rt);
     OWNER_PID.store(std::process::id(), Ordering::Relaxed);
     let _ = STARTED.set(Instant::now());

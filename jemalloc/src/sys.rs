@@ -1,9 +1,11 @@
-//! The kernel calls the shim makes itself, as raw syscalls.
+//! The kernel calls the extent hooks (and the LD_PRELOAD shim) make
+//! themselves, as raw syscalls.
 //!
 //! The shim exports `mmap`, `munmap` and `mremap`, so calling libc's versions
-//! from inside it would come straight back into its own hooks. Raw syscalls
-//! reach the kernel directly; libc's `syscall` keeps errno right for the
-//! program when a hook returns the kernel's answer unchanged.
+//! from inside it, or from the extent hooks it runs, would come straight back
+//! into its own hooks. Raw syscalls reach the kernel directly; libc's
+//! `syscall` keeps errno right for the program when a hook returns the
+//! kernel's answer unchanged.
 
 use std::io;
 

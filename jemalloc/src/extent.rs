@@ -10,16 +10,21 @@
 //! metadata is asked to stay in ordinary memory (`metadata_use_hooks` false),
 //! so jemalloc's bookkeeping is never evicted.
 //!
-//! Nothing here touches the LD_PRELOAD shim's globals: the caller passes the
-//! `mallctl` of whichever jemalloc it runs (the shim's private copy, or a
-//! program's own `_rjem_mallctl`), so the module serves both.
+//! Nothing here holds global state: the caller passes the `mallctl` of
+//! whichever jemalloc it runs (the LD_PRELOAD shim's private copy, a Rust
+//! program's `_rjem_mallctl`, or a C program's system libjemalloc), so the
+//! one implementation serves all three.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use farmem_runtime::Runtime;
 
 use tikv_jemalloc_sys::extent_hooks_t;
 
-use crate::syscall;
+use crate::sys as syscall;
 
 const PAGE: usize = 4096;
 
@@ -33,6 +38,41 @@ pub trait Backing: Sync + 'static {
     /// read-write, never touched) under management. The memory is used either
     /// way; false only means it stays ordinary memory.
     fn register(&self, addr: *mut u8, len: usize) -> bool;
+}
+
+/// The [`Backing`] of a runtime held in a `static`: registers each extent
+/// with it once it is there, until [`RuntimeBacking::disable`].
+pub struct RuntimeBacking {
+    runtime: &'static OnceLock<Runtime>,
+    enabled: AtomicBool,
+}
+
+impl RuntimeBacking {
+    /// Registers extents with the runtime `runtime` will hold.
+    pub const fn new(runtime: &'static OnceLock<Runtime>) -> Self {
+        RuntimeBacking { runtime, enabled: AtomicBool::new(true) }
+    }
+
+    /// Stops registering fresh extents; true if it was registering until now.
+    pub fn disable(&self) -> bool {
+        self.enabled.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Backing for RuntimeBacking {
+    fn register(&self, addr: *mut u8, len: usize) -> bool {
+        if !self.enabled.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(rt) = self.runtime.get() else { return false };
+        match rt.register(addr, len) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("extent {addr:p}+{len:#x} stays outside farmem: {e}");
+                false
+            }
+        }
+    }
 }
 
 /// Why an arena could not be created.
@@ -215,7 +255,7 @@ unsafe extern "C" fn dalloc(_h: *mut extent_hooks_t, _addr: *mut c_void, _size: 
     true
 }
 
-/// Called only when an arena is destroyed; the shim never destroys its arenas.
+/// Called only when an arena is destroyed; farmem never destroys its arenas.
 unsafe extern "C" fn destroy(_h: *mut extent_hooks_t, addr: *mut c_void, size: usize, _committed: bool, _arena: c_uint) {
     // SAFETY: jemalloc gives the extent up for good; farmem drops its pages
     // through the UNMAP event.

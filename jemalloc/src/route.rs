@@ -1,0 +1,178 @@
+//! Which jemalloc arena serves an allocation: the routing the LD_PRELOAD
+//! shim's malloc, the [`Jemalloc`](crate::Jemalloc) global allocator and the C
+//! library share.
+//!
+//! Program threads are bound (`thread.arena`) to one of a few farmem arenas,
+//! round robin, on their first allocation once the set is active; from then
+//! on they take jemalloc's ordinary fast path, thread cache included.
+//! Allocations of the runtime (`in_runtime()`), or of a shim that says it is
+//! busy, go to arena 0 without a thread cache ([`PLAIN`]): arena 0 never gets
+//! farmem's hooks (jemalloc makes every thread's cache there), and skipping
+//! the cache keeps a farmem object freed on this thread from being handed to
+//! the runtime (hard rule 2). Frees need no routing: jemalloc finds an
+//! object's arena from its address.
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
+
+use libc::c_int;
+use tikv_jemalloc_sys as je;
+
+use crate::extent::{self, MallctlFn};
+
+/// Arena 0 without the thread cache: where the runtime's own objects live.
+pub const PLAIN: c_int = je::MALLOCX_ARENA(0) | je::MALLOCX_TCACHE_NONE;
+/// At most this many farmem arenas (one per CPU up to it).
+pub const MAX_ARENAS: usize = 8;
+
+thread_local! {
+    /// The farmem arena this thread is bound to, plus one; 0 while unbound.
+    /// `const` and without a destructor, so it can be read at any point of a
+    /// thread's life (its first and last allocation included) without allocating.
+    static BOUND: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The farmem arena the calling thread is bound to, if any.
+#[inline]
+pub fn bound_arena() -> Option<u32> {
+    BOUND.with(|b| b.get().checked_sub(1))
+}
+
+/// Where one allocation is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// jemalloc's own choice: before activation, or a program thread (bound
+    /// to a farmem arena by now).
+    Default,
+    /// Arena 0, no thread cache ([`PLAIN`]): the runtime's and the shim's memory.
+    Plain,
+}
+
+/// The farmem arenas of one jemalloc, and whether program threads go to them.
+pub struct ArenaSet {
+    active: AtomicBool,
+    arenas: [AtomicU32; MAX_ARENAS],
+    count: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl Default for ArenaSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ArenaSet {
+    /// An empty, inactive set (for a `static`).
+    pub const fn new() -> Self {
+        ArenaSet { active: AtomicBool::new(false), arenas: [const { AtomicU32::new(0) }; MAX_ARENAS], count: AtomicUsize::new(0), next: AtomicUsize::new(0) }
+    }
+
+    /// Sends program threads to `arenas` (the first [`MAX_ARENAS`]) from now on.
+    pub fn activate(&self, arenas: &[u32]) {
+        let n = arenas.len().min(MAX_ARENAS);
+        for (slot, &a) in self.arenas.iter().zip(&arenas[..n]) {
+            slot.store(a, Relaxed);
+        }
+        self.count.store(n, Relaxed);
+        self.active.store(n > 0, Release);
+    }
+
+    /// Stops binding threads. Threads already bound stay on their arena (a
+    /// thread's binding can only be changed by the thread itself).
+    pub fn deactivate(&self) {
+        self.active.store(false, Release);
+    }
+
+    /// Whether program threads go to farmem arenas.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Acquire)
+    }
+
+    /// The arenas of the set.
+    pub fn arenas(&self) -> Vec<u32> {
+        self.arenas[..self.count.load(Relaxed)].iter().map(|a| a.load(Relaxed)).collect()
+    }
+
+    /// Decides the route of one allocation by the calling thread, binding it
+    /// to a farmem arena the first time it allocates as the program. `busy`
+    /// is the caller's own "this is mine, not the program's" (the shim's
+    /// re-entry guard); `mallctl` is the jemalloc the arenas belong to.
+    #[inline]
+    pub fn route(&self, busy: bool, mallctl: MallctlFn) -> Route {
+        if !self.active.load(Relaxed) {
+            return Route::Default;
+        }
+        if busy || farmem_runtime::in_runtime() {
+            return Route::Plain;
+        }
+        if BOUND.with(|b| b.get()) == 0 {
+            // A failure leaves the thread on an automatic arena: correct,
+            // just not farmem; it is not retried on every allocation.
+            let _ = self.bind_current_thread(mallctl);
+        }
+        Route::Default
+    }
+
+    /// Binds the calling thread to the next farmem arena of the set and
+    /// returns it. The thread is marked bound even when jemalloc refuses, so a
+    /// failing bind is not retried on every allocation.
+    #[cold]
+    pub fn bind_current_thread(&self, mallctl: MallctlFn) -> io::Result<u32> {
+        let n = self.count.load(Relaxed);
+        if n == 0 {
+            return Err(io::Error::other("farmem has no arenas (not installed)"));
+        }
+        let arena = self.arenas[self.next.fetch_add(1, Relaxed) % n].load(Relaxed);
+        BOUND.with(|b| b.set(arena + 1));
+        // SAFETY: the set's arenas were made with this mallctl (the caller's
+        // contract in `route`); thread.arena takes an unsigned.
+        unsafe { extent::bind_thread(mallctl, arena) }?;
+        Ok(arena)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inactive_set_leaves_everything_to_jemalloc() {
+        let set = ArenaSet::new();
+        assert_eq!(set.route(false, je::mallctl), Route::Default);
+        assert_eq!(set.route(true, je::mallctl), Route::Default);
+        assert!(set.bind_current_thread(je::mallctl).is_err());
+        assert_eq!(bound_arena(), None);
+    }
+
+    #[test]
+    fn an_active_set_binds_program_threads_and_keeps_the_runtime_plain() {
+        let set = ArenaSet::new();
+        let mut arenas = [0u32; 2];
+        for a in &mut arenas {
+            // A plain manual arena is enough to bind to.
+            // SAFETY: the mallctl of the jemalloc this test links; arenas.create returns an unsigned.
+            *a = unsafe { crate::extent::read::<u32>(je::mallctl, c"arenas.create") }.unwrap();
+        }
+        set.activate(&arenas);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(set.route(true, je::mallctl), Route::Plain);
+                assert_eq!(bound_arena(), None);
+                {
+                    let _scope = farmem_runtime::RuntimeScope::enter();
+                    assert_eq!(set.route(false, je::mallctl), Route::Plain);
+                }
+                assert_eq!(set.route(false, je::mallctl), Route::Default);
+                let bound = bound_arena().unwrap();
+                assert!(arenas.contains(&bound));
+                // SAFETY: thread.arena is an unsigned.
+                assert_eq!(unsafe { crate::extent::read::<u32>(je::mallctl, c"thread.arena") }.unwrap(), bound);
+            });
+        });
+        set.deactivate();
+        assert_eq!(set.route(false, je::mallctl), Route::Default);
+    }
+}
