@@ -2,8 +2,9 @@
 //! controller (limit, stall and floor modes).
 //!
 //! One thread, `farmem-policy`, runs once per tick (a second by default):
-//! 1. it ages: reads every page's state and stamps, counts resident pages per
-//!    generation of age, and lists the pages the sampler has out;
+//! 1. it ages: reads an eighth of the pages' states and stamps (each page is
+//!    read every 8 ticks), counts resident pages per generation of age, and
+//!    lists pages due for demotion;
 //! 2. it measures resident memory (pages in RAM plus the sampler's raw copies)
 //!    and the share of wall time the program spent waiting on farmem faults;
 //! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
@@ -53,6 +54,8 @@ use sampler::{pick_resident, Hand, Picked, Rate};
 const SAMPLE_WINDOW: u32 = 4;
 /// The sampler never has more than this share of registered pages out at once.
 const SAMPLE_CAP_SHARE: u64 = 16;
+/// The aging pass reads one of this many parts of the pages per tick.
+const SCAN_PARTS: usize = 8;
 /// Pages listed for demotion per tier per tick (256 MiB).
 const DEMOTE_PER_TICK: usize = 65536;
 /// The shortest span the stall is measured over.
@@ -220,6 +223,8 @@ struct Policy {
     last_refaults: u64,
     sampled_last_tick: u64,
     scan: Scan,
+    /// Pages the sampler took out: when, and where.
+    outstanding: Vec<(u32, Arc<Region>, usize)>,
     stats: PolicyStats,
     out: Arc<Mutex<PolicyStats>>,
 }
@@ -241,6 +246,7 @@ impl Policy {
             last_refaults: rf,
             sampled_last_tick: 0,
             scan: Scan::default(),
+            outstanding: Vec::new(),
             stats,
             out,
             shared,
@@ -291,7 +297,17 @@ impl Policy {
         let now = shared.tick.fetch_add(1, Relaxed) + 1;
         let wall = self.last_wall.elapsed().as_secs_f64().max(1e-3);
         self.last_wall = Instant::now();
-        self.scan = scan(&shared, now, self.config.demote_ticks());
+        // The first tick reads every page (and finds pages an earlier policy
+        // left sampled); later ones an eighth each.
+        let parts = if self.stats.ticks == 0 { 1 } else { SCAN_PARTS };
+        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts);
+        if parts == 1 {
+            self.outstanding = self.scan.sampled.iter().map(|x| (now.wrapping_sub(x.out_age), Arc::clone(&x.region), x.page)).collect();
+        }
+        // The sampled pages still out, from the sampler's own list.
+        let sample = shared.sample_tier;
+        self.outstanding.retain(|(_, r, i)| matches!(r.states.get(*i), State::Evicted { tier, .. } if tier == sample));
+        self.scan.sampled = self.outstanding.iter().map(|(at, r, i)| Sampled { out_age: now.wrapping_sub(*at), region: Arc::clone(r), page: *i }).collect();
         let resident = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
 
         let c = &shared.counters;
@@ -334,7 +350,14 @@ impl Policy {
         for Picked { region, idx } in pick_resident(&shared, &mut self.sample_hand, want, now, self.rate.hot_window) {
             let _pass = shared.fork_gate.enter();
             match evict::evict_pages(&shared, &region, &idx, Target::Sample) {
-                Ok(r) => sampled += r.evicted,
+                Ok(r) => {
+                    sampled += r.evicted;
+                    for &i in &idx {
+                        if matches!(region.states.get(i), State::Evicted { tier, .. } if tier == sample) {
+                            self.outstanding.push((now, Arc::clone(&region), i));
+                        }
+                    }
+                }
                 Err(e) => tracing::warn!("sampling pages of region {:#x} failed: {e}", region.start()),
             }
         }
@@ -498,18 +521,23 @@ fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(
     groups
 }
 
-/// The aging pass: every page's state and stamps, and what is in RAM; lists
-/// up to `DEMOTE_PER_TICK` pages out for `demote_ticks` or more in each tier
-/// that has a configured tier after it.
-fn scan(shared: &Shared, now: u32, demote_ticks: u32) -> Scan {
+/// The aging pass over part `part` of `parts` of every region (the pages of
+/// each region are cut in `parts` runs; one is read per tick, so a page's
+/// state is looked at every `parts` ticks): its pages' states and stamps, the
+/// generation counts (scaled up by `parts`), and up to `DEMOTE_PER_TICK` pages
+/// out for `demote_ticks` or more in each tier that has a configured tier
+/// after it. What is in RAM is counted over all pages, every time.
+fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize) -> Scan {
     const CHUNK: usize = 16384;
     let mut s = Scan { due: (0..shared.sample_tier.saturating_sub(1)).map(|_| Vec::new()).collect(), ..Scan::default() };
     let mut present = vec![0u8; CHUNK];
     for region in shared.regions.all() {
         s.registered += region.pages() as u64;
-        let mut at = 0;
-        while at < region.pages() {
-            let n = CHUNK.min(region.pages() - at);
+        s.present += crate::resident_pages(region.start(), region.len());
+        let (first, end) = (region.pages() * part / parts, region.pages() * (part + 1) / parts);
+        let mut at = first;
+        while at < end {
+            let n = CHUNK.min(end - at);
             // SAFETY: mincore reads the page tables of `n` pages of the region
             // and writes one byte per page into `present[..n]`.
             if unsafe { libc::mincore(region.page_addr(at) as *mut libc::c_void, n * PAGE_SIZE, present.as_mut_ptr()) } != 0 {
@@ -519,10 +547,7 @@ fn scan(shared: &Shared, now: u32, demote_ticks: u32) -> Scan {
                 let i = at + k;
                 let (seen, out) = region.ages.ages(i, now);
                 match region.states.get(i) {
-                    State::Resident if p & 1 != 0 => {
-                        s.present += 1;
-                        s.generations[generation(seen)] += 1;
-                    }
+                    State::Resident if p & 1 != 0 => s.generations[generation(seen)] += parts as u64,
                     State::Evicted { tier, .. } if tier == shared.sample_tier => {
                         s.sampled.push(Sampled { out_age: out, region: Arc::clone(&region), page: i });
                     }
@@ -532,7 +557,6 @@ fn scan(shared: &Shared, now: u32, demote_ticks: u32) -> Scan {
                             due.push(Sampled { out_age: out, region: Arc::clone(&region), page: i });
                         }
                     }
-                    _ if p & 1 != 0 => s.present += 1,
                     _ => {}
                 }
             }
