@@ -237,6 +237,10 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
         }
     }
     shared.counters.pages_evicted.fetch_add(report.evicted, Ordering::Relaxed);
+    // Into the sampler's tier a page still counts as resident memory.
+    if target != Target::Sample {
+        shared.resident_est.fetch_sub(report.evicted as i64, Ordering::Relaxed);
+    }
     shared.counters.evict_skipped_busy.fetch_add(report.busy, Ordering::Relaxed);
     shared.counters.evict_rejected.fetch_add(report.rejected, Ordering::Relaxed);
     shared.counters.evict_tier_full.fetch_add(report.full, Ordering::Relaxed);
@@ -454,6 +458,9 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize], from_
                 Ok((t, h2)) => {
                     if region.states.transition(i, State::Claimed, State::Evicted { tier: t, handle: h2.raw() }) {
                         report.demoted += 1;
+                        if from_tier == sample {
+                            shared.resident_est.fetch_sub(1, Ordering::Relaxed);
+                        }
                     } else {
                         // The program dropped the page meanwhile: both copies go.
                         shared.tiers[t as usize].remove(h2);

@@ -337,15 +337,27 @@ impl FaultThread {
         }
     }
 
-    /// Waits before a fault that grows the resident set while the policy says
-    /// the program is well over its limit: like cgroup memory.high, the program
-    /// is slowed, so the reclaimer (which needs the CPU too) catches up.
+    /// Waits before a fault that grows the resident set while the program is
+    /// well over its limit (5% over: 100 µs; 20% over: 1 ms): like cgroup
+    /// memory.high, the program is slowed so that the reclaimer, which needs
+    /// the CPU too, catches up. The fault thread judges by the resident
+    /// estimate it keeps itself, so this holds even when the policy thread is
+    /// starved.
     fn throttle(&self) {
-        let us = self.shared.throttle_us.load(Ordering::Relaxed);
-        if us > 0 {
-            std::thread::sleep(Duration::from_micros(us as u64));
-            self.shared.counters.throttled_faults.fetch_add(1, Ordering::Relaxed);
+        let limit = self.shared.limit_pages.load(Ordering::Relaxed) as i64;
+        if limit == 0 {
+            return;
         }
+        let est = self.shared.resident_est.load(Ordering::Relaxed);
+        let us = if est > limit + limit / 5 {
+            1000
+        } else if est > limit + limit / 20 {
+            100
+        } else {
+            return;
+        };
+        std::thread::sleep(Duration::from_micros(us));
+        self.shared.counters.throttled_faults.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Copies a staged page back; on EAGAIN the page goes back to `Staged`.
@@ -408,6 +420,10 @@ impl FaultThread {
         region.states.transition(i, faulting, State::Resident);
         region.evicted.fetch_sub(1, Ordering::Relaxed);
         self.remove_later(tier, handle);
+        // A page back from the sampler's tier was counted resident already.
+        if tier != shared.sample_tier {
+            shared.resident_est.fetch_add(1, Ordering::Relaxed);
+        }
         if fault {
             let now = shared.tick.load(Ordering::Relaxed);
             let (_, out_age) = region.ages.ages(i, now);
@@ -486,6 +502,7 @@ impl FaultThread {
         if let Served::Done = outcome {
             shared.counters.faults_zero_filled.fetch_add(1, Ordering::Relaxed);
             shared.counters.pages_zero_filled.fetch_add(filled, Ordering::Relaxed);
+            shared.resident_est.fetch_add(filled as i64, Ordering::Relaxed);
         }
         outcome
     }

@@ -172,7 +172,8 @@ impl RuntimeBuilder {
             tiers: all_tiers,
             sample_tier,
             tick: AtomicU32::new(0),
-            throttle_us: AtomicU32::new(0),
+            limit_pages: AtomicU64::new(0),
+            resident_est: std::sync::atomic::AtomicI64::new(0),
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
@@ -242,9 +243,12 @@ pub(crate) struct Shared {
     sample_tier: u8,
     /// The policy's clock: ticks since start (see `policy::ages`).
     tick: AtomicU32,
-    /// Set by the policy while the program is well over its limit: the fault
-    /// thread waits this long before each fault that grows the resident set.
-    throttle_us: AtomicU32,
+    /// The policy's limit in pages (0: none), for the fault thread's throttle.
+    limit_pages: AtomicU64,
+    /// Resident pages as the policy last measured them, plus the pages the
+    /// fault thread installed and less those reclaimed since: the throttle's
+    /// view, kept current even when the policy thread gets no CPU.
+    resident_est: std::sync::atomic::AtomicI64,
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,

@@ -9,7 +9,10 @@
 //!    and the share of wall time the program spent waiting on farmem faults;
 //! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
 //!    oldest first: sampled pages that stayed idle (compressed straight from the
-//!    sampler's tier), then resident pages of the oldest generations;
+//!    sampler's tier), then resident pages of the oldest generations. In stall
+//!    mode the latter are taken only as many as the stall left under the
+//!    target can pay for, given the share of recent cuts that faulted back
+//!    and what a fault costs;
 //! 4. pages that stayed in a tier past `demote_after` move to the next
 //!    configured tier (T1 to a spill tier), until that one is full;
 //! 5. sampled pages nobody needed go back to RAM after a few ticks;
@@ -54,6 +57,11 @@ use sampler::{pick_resident, Hand, Picked, Rate};
 const SAMPLE_WINDOW: u32 = 4;
 /// The sampler never has more than this share of registered pages out at once.
 const SAMPLE_CAP_SHARE: u64 = 16;
+/// The refault share assumed at least, so that a run of cold cuts does not
+/// open the way to cutting a warm set all at once.
+const MIN_REFAULT_SHARE: f64 = 0.05;
+/// Ticks over which cuts and their early refaults are compared.
+const RECENT_TICKS: usize = 8;
 /// The aging pass reads one of this many parts of the pages per tick.
 const SCAN_PARTS: usize = 8;
 /// Pages listed for demotion per tier per tick (256 MiB).
@@ -225,6 +233,20 @@ struct Policy {
     scan: Scan,
     /// Pages the sampler took out: when, and where.
     outstanding: Vec<(u32, Arc<Region>, usize)>,
+    /// The program was over its limit by 5% or more at the last look.
+    throttled: bool,
+    /// Pages reclaimed in each of the last ticks.
+    recent_cuts: VecDeque<u64>,
+    /// Early refaults (out for less than 8 ticks) in each of the last ticks.
+    recent_early: VecDeque<u64>,
+    last_early_refaults: u64,
+    /// Of recently reclaimed pages, the share that faulted back early.
+    refault_share: f64,
+    /// Stall per fault from a tier, seconds (moving average).
+    fault_cost: f64,
+    /// In stall mode, the most resident pages not known to be idle that one
+    /// tick may reclaim.
+    unknown_cut_cap: Option<u64>,
     stats: PolicyStats,
     out: Arc<Mutex<PolicyStats>>,
 }
@@ -247,6 +269,13 @@ impl Policy {
             sampled_last_tick: 0,
             scan: Scan::default(),
             outstanding: Vec::new(),
+            throttled: false,
+            recent_cuts: VecDeque::new(),
+            recent_early: VecDeque::new(),
+            last_early_refaults: early_refaults(&shared),
+            refault_share: 0.1,
+            fault_cost: 15e-6,
+            unknown_cut_cap: None,
             stats,
             out,
             shared,
@@ -261,7 +290,7 @@ impl Policy {
         loop {
             // While the program is throttled, look again soon: the sooner the
             // reclaim catches up, the sooner the program runs at full speed.
-            let wait = if self.shared.throttle_us.load(Relaxed) > 0 { THROTTLED_STEP } else { step };
+            let wait = if self.throttled { THROTTLED_STEP } else { step };
             if stop.wait(wait) || self.shared.stopping.load(Relaxed) {
                 break;
             }
@@ -272,18 +301,18 @@ impl Policy {
                 self.check_limit();
             }
         }
-        self.shared.throttle_us.store(0, Relaxed);
+        self.shared.limit_pages.store(0, Relaxed);
     }
 
-    /// Slows the program's growth while, after reclaim, it is still well over
-    /// its limit (5% over: 100 µs per growing fault; 20% over: 1 ms).
-    fn set_throttle(&self, resident: u64) {
-        let us = match self.config.limit {
-            Some(l) if resident > l + l / 5 => 1000,
-            Some(l) if resident > l + l / 20 => 100,
-            _ => 0,
-        };
-        self.shared.throttle_us.store(us, Relaxed);
+    /// Tells the fault thread the resident pages just measured (less what was
+    /// reclaimed since): its throttle counts on from there. Whether the
+    /// program is over its limit by 5% or more is remembered, to look again soon.
+    fn set_throttle(&mut self, resident: u64) {
+        let pages = resident / PAGE_SIZE as u64;
+        self.shared.resident_est.store(pages as i64, Relaxed);
+        let limit = self.config.limit.map_or(0, |l| l / PAGE_SIZE as u64);
+        self.shared.limit_pages.store(limit, Relaxed);
+        self.throttled = limit > 0 && pages > limit + limit / 20;
     }
 
     fn sample_tier_bytes(&self) -> u64 {
@@ -331,9 +360,36 @@ impl Policy {
         let sample_stall = if d_sample + d_refault > 0 { d_stall * d_sample as f64 / (d_sample + d_refault) as f64 } else { 0.0 };
         let cpu_aging = thread_cpu() - cpu0;
 
+        // What the last cuts cost: the share of reclaimed pages that came back,
+        // and the stall per fault.
+        // Refaults of pages out for less than 8 ticks, against the pages cut
+        // over the last 8 ticks: the cuts' refaults come over several ticks.
+        let early = early_refaults(&shared);
+        let d_early = early.saturating_sub(self.last_early_refaults);
+        self.last_early_refaults = early;
+        self.recent_early.push_back(d_early);
+        if self.recent_early.len() > RECENT_TICKS {
+            self.recent_early.pop_front();
+        }
+        let cuts: u64 = self.recent_cuts.iter().sum();
+        if cuts > 0 {
+            let r = (self.recent_early.iter().sum::<u64>() as f64 / cuts as f64).clamp(0.0, 1.0);
+            self.refault_share = r.max(MIN_REFAULT_SHARE);
+        }
+        if d_refault + d_sample > 0 {
+            self.fault_cost = 0.7 * self.fault_cost + 0.3 * d_stall / (d_refault + d_sample) as f64;
+        }
+        self.unknown_cut_cap = self.config.stall.map(|goal| {
+            let headroom = (goal - stall).max(0.0) * wall;
+            (headroom / (self.refault_share * self.fault_cost)) as u64
+        });
         let target = self.ctl.tick(resident, stall);
         let cpu1 = thread_cpu();
         let reclaimed = self.reclaim(resident, target, now);
+        self.recent_cuts.push_back(reclaimed);
+        if self.recent_cuts.len() > RECENT_TICKS {
+            self.recent_cuts.pop_front();
+        }
         self.set_throttle(resident.saturating_sub(reclaimed * PAGE_SIZE as u64));
         let cpu_reclaim = thread_cpu() - cpu1;
 
@@ -439,6 +495,12 @@ impl Policy {
             self.stats.reclaimed_from_samples += r.demoted;
         }
         need = need.saturating_sub(done);
+        // In stall mode, resident pages not known to be idle are taken only as
+        // many as the stall left under the target can pay for, at the share of
+        // recent cuts that came back and what a fault costs.
+        if let Some(cap) = self.unknown_cut_cap {
+            need = need.min(cap);
+        }
         // Then resident pages, from the oldest generation down.
         if need > 0 {
             let mut threshold = 0;
@@ -499,6 +561,11 @@ impl Policy {
         }
         self.scan.sampled.retain(|s| s.out_age < SAMPLE_WINDOW);
     }
+}
+
+/// Refaults of pages that had been out for less than 8 ticks (generations 0 and 1).
+fn early_refaults(shared: &Shared) -> u64 {
+    shared.counters.refaults_by_generation[..2].iter().map(|c| c.load(Relaxed)).sum()
 }
 
 /// All refaults counted so far.
