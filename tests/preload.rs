@@ -24,7 +24,7 @@ use serde_json::Value;
 /// How often the testing aid evicts everything.
 const EVICT_EVERY: &str = "200ms";
 /// A limit small enough to force eviction once the policy runs.
-const LIMIT: &str = "16M";
+const LIMIT: &str = "64M";
 
 fn farmem_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_farmem"))

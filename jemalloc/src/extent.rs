@@ -65,7 +65,10 @@ impl Backing for RuntimeBacking {
             return false;
         }
         let Some(rt) = self.runtime.get() else { return false };
-        match rt.register(addr, len) {
+        // Lazily: an extent that never goes cold never costs a farmem fault.
+        // jemalloc never unmaps it (its `dalloc` is refused), as lazy
+        // registration requires.
+        match rt.register_lazy(addr, len) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!("extent {addr:p}+{len:#x} stays outside farmem: {e}");
@@ -257,9 +260,13 @@ unsafe extern "C" fn dalloc(_h: *mut extent_hooks_t, _addr: *mut c_void, _size: 
 
 /// Called only when an arena is destroyed; farmem never destroys its arenas.
 unsafe extern "C" fn destroy(_h: *mut extent_hooks_t, addr: *mut c_void, size: usize, _committed: bool, _arena: c_uint) {
-    // SAFETY: jemalloc gives the extent up for good; farmem drops its pages
-    // through the UNMAP event.
-    let _ = unsafe { syscall::munmap(addr, size) };
+    // The range is dropped, not unmapped: extents are registered lazily, and
+    // the kernel reports nothing about a range not yet armed, so an unmap
+    // would leave farmem a region over whatever is mapped there next. The
+    // address space stays reserved (an arena is destroyed rarely, if ever).
+    // SAFETY: jemalloc gives the extent up for good; dropping its pages
+    // touches nothing else, and farmem sees the drop if the range is armed.
+    let _ = unsafe { syscall::madvise(addr, size, libc::MADV_DONTNEED) };
 }
 
 /// Memory is always committed (Linux overcommits), so committing succeeds.

@@ -147,6 +147,16 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
         if region.closed.load(Ordering::Acquire) {
             return Ok(report);
         }
+        if !region.armed.load(Ordering::Acquire) {
+            // A lazily registered region: from now on the kernel reports its
+            // faults and what the program does to it.
+            if let Err(e) = shared.uffd.register(region.start(), region.len(), crate::uffd::mode::MISSING) {
+                tracing::warn!("cannot arm region {:#x}+{:#x} with userfaultfd: {e}; its pages stay in RAM", region.start(), region.len());
+                report.busy += idx.len() as u64;
+                return Ok(report);
+            }
+            region.armed.store(true, Ordering::Release);
+        }
         // Only pages in the page tables are claimed. A page a thread is
         // faulting for is not, and must not be: claiming it again and again
         // would keep the fault thread retrying that thread's fault forever.

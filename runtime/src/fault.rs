@@ -338,7 +338,8 @@ impl FaultThread {
     }
 
     /// Waits before a fault that grows the resident set while the program is
-    /// well over its limit (5% over: 100 µs; 20% over: 1 ms): like cgroup
+    /// well over its limit (5% over: 50 µs; 20% over: 200 µs; 50% over:
+    /// 1 ms): like cgroup
     /// memory.high, the program is slowed so that the reclaimer, which needs
     /// the CPU too, catches up. The fault thread judges by the resident
     /// estimate it keeps itself, so this holds even when the policy thread is
@@ -349,10 +350,12 @@ impl FaultThread {
             return;
         }
         let est = self.shared.resident_est.load(Ordering::Relaxed);
-        let us = if est > limit + limit / 5 {
+        let us = if est > limit + limit / 2 {
             1000
+        } else if est > limit + limit / 5 {
+            200
         } else if est > limit + limit / 20 {
-            100
+            50
         } else {
             return;
         };
@@ -704,10 +707,15 @@ impl FaultThread {
             region.closed.store(true, Ordering::Release);
         }
         self.restore_region(region);
-        let r = match self.shared.uffd.unregister(region.start(), region.len()) {
-            // The program unmapped the range: the kernel dropped the registration with it.
-            Err(_) if !is_mapped(region.start()) => Ok(()),
-            r => r,
+        let r = if !region.armed.load(Ordering::Acquire) {
+            // Registered lazily and never armed: the kernel knows nothing of it.
+            Ok(())
+        } else {
+            match self.shared.uffd.unregister(region.start(), region.len()) {
+                // The program unmapped the range: the kernel dropped the registration with it.
+                Err(_) if !is_mapped(region.start()) => Ok(()),
+                r => r,
+            }
         };
         self.shared.regions.remove(region);
         r

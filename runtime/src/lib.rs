@@ -328,6 +328,29 @@ impl Runtime {
             self.shared.regions.remove(&region);
             return Err(RuntimeError::Register { addr: a, len: l, source });
         }
+        region.armed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// As [`Runtime::register`], but the range is registered with the
+    /// userfaultfd only when farmem first takes a page of it out of RAM (for
+    /// eviction or sampling): until then the program's first touches of it are
+    /// ordinary page faults, so memory that never goes cold costs nothing.
+    ///
+    /// The caller promises that the range is neither unmapped nor moved
+    /// (munmap, mremap) without [`Runtime::unregister`] first: until the range
+    /// is armed, the kernel reports nothing the program does to it. Dropping
+    /// pages (MADV_DONTNEED) is fine. jemalloc extents whose `dalloc` is
+    /// refused keep this promise.
+    pub fn register_lazy(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
+        let _scope = RuntimeScope::enter();
+        self.check_process()?;
+        let (a, l) = (addr as u64, len as u64);
+        check_aligned(a, l)?;
+        let region = Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
+        if !self.shared.regions.insert(region) {
+            return Err(RuntimeError::Overlap { addr: a, len: l });
+        }
         Ok(())
     }
 

@@ -25,6 +25,10 @@ pub struct Region {
     pub evicted: AtomicU64,
     /// Set once the region is unregistered or unmapped.
     pub closed: AtomicBool,
+    /// Registered with the userfaultfd. A region registered lazily is armed
+    /// only before its first page is taken out: until then the program's
+    /// first touches are the kernel's own page faults, with no cost from farmem.
+    pub armed: AtomicBool,
 }
 
 impl Region {
@@ -40,6 +44,7 @@ impl Region {
             evict_lock: Mutex::new(()),
             evicted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
         })
     }
 

@@ -1,0 +1,51 @@
+//! Lazily registered regions: no farmem fault until farmem first takes a page
+//! out; then everything as for an eagerly registered region.
+
+mod common;
+
+use common::{checksum, fill_page, settled, Heap, PAGE};
+use farmem_runtime::Runtime;
+
+#[test]
+fn a_lazy_region_costs_no_fault_until_it_is_first_evicted_and_then_keeps_its_bytes() {
+    const PAGES: usize = 4096;
+    let heap = Heap::new(PAGES * PAGE);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register_lazy(heap.ptr, heap.len).unwrap();
+    let sums: Vec<u64> = (0..PAGES)
+        .map(|i| {
+            fill_page(heap.page(i), i as u64 + 11);
+            checksum(heap.page(i))
+        })
+        .collect();
+    // First touches went to the kernel, not to farmem's fault thread.
+    assert_eq!(rt.stats().faults(), 0);
+    assert_eq!(rt.stats().regions, 1);
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    // A quarter of the pages are random: the compressed tier refuses them.
+    assert_eq!(r.evicted + r.rejected, PAGES as u64, "{r:?}");
+    assert!(r.evicted >= PAGES as u64 / 2, "{r:?}");
+    for (i, &sum) in sums.iter().enumerate() {
+        assert_eq!(checksum(heap.page(i)), sum, "page {i}");
+    }
+    let s = settled(&rt, |s| s.faults_from_tier == r.evicted);
+    assert_eq!(s.faults_from_tier, r.evicted);
+    // Armed now: a drop by the program is seen, and the page reads as zeros.
+    rt.evict(heap.ptr, heap.len).unwrap();
+    // SAFETY: the range is the test's own mapping.
+    assert_eq!(unsafe { libc::madvise(heap.ptr.cast(), PAGE, libc::MADV_DONTNEED) }, 0);
+    assert!(heap.page(0).iter().all(|&b| b == 0), "a dropped page must not come back");
+    assert_eq!(checksum(heap.page(1)), sums[1]);
+    rt.unregister(heap.ptr).unwrap();
+}
+
+#[test]
+fn a_lazy_region_never_armed_unregisters_cleanly() {
+    let heap = Heap::new(64 * PAGE);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register_lazy(heap.ptr, heap.len).unwrap();
+    heap.bytes().fill(3);
+    rt.unregister(heap.ptr).unwrap();
+    assert_eq!(rt.stats().regions, 0);
+    assert!(heap.bytes().iter().all(|&b| b == 3));
+}
