@@ -99,6 +99,47 @@ enum Bench {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// One workload run plain, under farmem (--limit, --stall) and under the
+    /// kernel's zram and zswap with the same memory budget, one after
+    /// another: throughput, latency, resident memory, tiers, swap, CPU; a
+    /// JSON file a run, a Markdown table and SVG plots.
+    Compare {
+        /// kv-zipf, kv-uniform, redis or scan.
+        #[arg(long)]
+        workload: farmem_bench::compare::Workload,
+        /// Memory budget: a share of the plain run's peak resident set (50%)
+        /// or a size (512M). May be given more than once.
+        #[arg(long = "budget", required = true)]
+        budgets: Vec<farmem_bench::compare::Budget>,
+        /// How long the timed part of kv-* and scan runs (default 60s; 4s with --quick).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Output directory (default ./compare-YYYYMMDD-HHMMSS).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Small data and short runs (256 MiB; redis 64 MiB): under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Bytes of data (default 4G; redis 1G).
+        #[arg(long, value_parser = size::parse)]
+        size: Option<u64>,
+        /// Run only these variants beside plain: farmem-limit, farmem-stall,
+        /// kernel-zram, kernel-zswap. May be given more than once.
+        #[arg(long = "variant")]
+        variants: Vec<farmem_bench::compare::Variant>,
+    },
+    /// A workload process of `farmem bench compare` (kv-zipf, kv-uniform, scan).
+    #[command(hide = true)]
+    Workload {
+        /// The workload.
+        kind: farmem_bench::compare::Workload,
+        /// Bytes of data.
+        #[arg(long, value_parser = size::parse)]
+        size: u64,
+        /// How long the timed part runs.
+        #[arg(long, value_parser = parse_duration)]
+        duration: std::time::Duration,
+    },
 }
 
 /// Parses a duration: seconds, optionally with s, m or h.
@@ -139,6 +180,14 @@ fn main() -> ExitCode {
         Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, json, plot } } => {
             farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, json, plot })
         }
+        Command::Bench { which: Bench::Compare { workload, budgets, duration, out, quick, size, variants } } => std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable: {e}"))
+            .and_then(|farmem| {
+                let duration = duration.unwrap_or(std::time::Duration::from_secs(if quick { 4 } else { 60 }));
+                let cfg = farmem_bench::compare::CompareConfig { workload, budgets, duration, out, quick, size, variants, farmem };
+                farmem_bench::compare::run(&cfg).map_err(|e| e.to_string())
+            }),
+        Command::Bench { which: Bench::Workload { kind, size, duration } } => farmem_bench::compare::run_workload(kind, size, duration).map_err(|e| e.to_string()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

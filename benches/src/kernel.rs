@@ -53,7 +53,8 @@ pub const SWAP_PRIORITY: i32 = 100;
 pub const CGROUP_PREFIX: &str = "farmem-bench-";
 const LOCK_PATHS: [&str; 2] = ["/run/farmem-bench-zram0.lock", "/tmp/farmem-bench-zram0.lock"];
 const SWAPPINESS: &str = "/proc/sys/vm/swappiness";
-const ZSWAP_ENABLED: &str = "/sys/module/zswap/parameters/enabled";
+/// zswap's on/off switch.
+pub const ZSWAP_ENABLED: &str = "/sys/module/zswap/parameters/enabled";
 /// `SWAP_FLAG_PREFER` and `SWAP_FLAG_PRIO_MASK` from <sys/swap.h>.
 const SWAP_FLAG_PREFER: libc::c_int = 0x8000;
 const SWAP_FLAG_PRIO_MASK: libc::c_int = 0x7fff;
@@ -153,14 +154,16 @@ pub fn memory_cgroup_root() -> Result<CgroupRoot, BaselineError> {
     v1.ok_or(BaselineError::NoMemoryCgroup)
 }
 
-/// Exclusive use of zram0 among farmem-bench runs: an advisory `flock`.
-struct ZramLock {
+/// Exclusive use of zram0, swap and zswap among farmem-bench runs: an
+/// advisory `flock`, released on drop. Do not take it twice in one thread:
+/// the second waits for the first.
+pub struct ZramLock {
     _file: File,
 }
 
 impl ZramLock {
     /// Waits up to five minutes for other farmem-bench runs to finish.
-    fn acquire() -> Result<Self, BaselineError> {
+    pub fn acquire() -> Result<Self, BaselineError> {
         let mut last = None;
         for path in LOCK_PATHS {
             match fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(path) {
@@ -276,12 +279,8 @@ impl ZramSwap {
             write(ZSWAP_ENABLED, "N")?;
             guard.zswap_was_enabled = true;
         }
-        write_swap_header(disksize)?;
-        let dev = CString::new(ZRAM_DEV).expect("no NUL");
-        // SAFETY: swapon takes a NUL-terminated path and flags.
-        if unsafe { libc::swapon(dev.as_ptr(), SWAP_FLAG_PREFER | (SWAP_PRIORITY & SWAP_FLAG_PRIO_MASK)) } != 0 {
-            return Err(last_os(format!("swapon {ZRAM_DEV}")));
-        }
+        write_swap_header(Path::new(ZRAM_DEV), disksize)?;
+        swap_on(Path::new(ZRAM_DEV))?;
         guard.swapped_on = true;
         Ok(guard)
     }
@@ -306,10 +305,8 @@ impl ZramSwap {
 impl Drop for ZramSwap {
     fn drop(&mut self) {
         if self.swapped_on {
-            let dev = CString::new(ZRAM_DEV).expect("no NUL");
-            // SAFETY: swapoff takes a NUL-terminated path.
-            if unsafe { libc::swapoff(dev.as_ptr()) } != 0 {
-                eprintln!("warning: swapoff {ZRAM_DEV} failed: {}", io::Error::last_os_error());
+            if let Err(e) = swap_off(Path::new(ZRAM_DEV)) {
+                eprintln!("warning: {e}");
             }
         }
         if self.zswap_was_enabled {
@@ -325,18 +322,40 @@ impl Drop for ZramSwap {
     }
 }
 
-/// The swap v1 header: version 1, last_page and nr_badpages 0 at offset 1024,
-/// "SWAPSPACE2" at the end of page 0.
-fn write_swap_header(disksize: u64) -> Result<(), BaselineError> {
-    let last_page = u32::try_from(disksize / heap::PAGE as u64 - 1)
-        .map_err(|_| BaselineError::Invalid { what: "zram disksize", value: format!("{disksize} bytes is too large for a swap header") })?;
+/// Turns on swap on `path` (a block device or a swap file with a header)
+/// with priority [`SWAP_PRIORITY`].
+pub fn swap_on(path: &Path) -> Result<(), BaselineError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| BaselineError::Invalid { what: "swap path", value: format!("{} holds a NUL byte", path.display()) })?;
+    // SAFETY: swapon takes a NUL-terminated path and flags.
+    if unsafe { libc::swapon(c.as_ptr(), SWAP_FLAG_PREFER | (SWAP_PRIORITY & SWAP_FLAG_PRIO_MASK)) } != 0 {
+        return Err(last_os(format!("swapon {}", path.display())));
+    }
+    Ok(())
+}
+
+/// Turns off swap on `path` (the kernel swaps its pages back in first).
+pub fn swap_off(path: &Path) -> Result<(), BaselineError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| BaselineError::Invalid { what: "swap path", value: format!("{} holds a NUL byte", path.display()) })?;
+    // SAFETY: swapoff takes a NUL-terminated path.
+    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+        return Err(last_os(format!("swapoff {}", path.display())));
+    }
+    Ok(())
+}
+
+/// Writes the swap v1 header for `size` bytes of swap at the start of `path`
+/// (a device, or a file already `size` bytes long): version 1, last_page and
+/// nr_badpages 0 at offset 1024, "SWAPSPACE2" at the end of page 0.
+pub fn write_swap_header(path: &Path, size: u64) -> Result<(), BaselineError> {
+    let last_page = u32::try_from(size / heap::PAGE as u64 - 1)
+        .map_err(|_| BaselineError::Invalid { what: "swap size", value: format!("{size} bytes is too large for a swap header") })?;
     let mut page = vec![0u8; heap::PAGE];
     page[1024..1028].copy_from_slice(&1u32.to_ne_bytes());
     page[1028..1032].copy_from_slice(&last_page.to_ne_bytes());
     page[1032..1036].copy_from_slice(&0u32.to_ne_bytes());
     page[4086..4096].copy_from_slice(b"SWAPSPACE2");
-    let mut f = fs::OpenOptions::new().write(true).open(ZRAM_DEV).map_err(os(format!("opening {ZRAM_DEV}")))?;
-    f.write_all(&page).and_then(|_| f.sync_all()).map_err(os(format!("writing the swap header to {ZRAM_DEV}")))
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(os(format!("opening {}", path.display())))?;
+    f.write_all(&page).and_then(|_| f.sync_all()).map_err(os(format!("writing the swap header to {}", path.display())))
 }
 
 /// zram's own counters, from `mm_stat`.
@@ -554,7 +573,8 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn interrupted() -> Result<(), BaselineError> {
+/// Err(Interrupted) once SIGINT or SIGTERM came while a [`SignalCatcher`] lived.
+pub fn interrupted() -> Result<(), BaselineError> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err(BaselineError::Interrupted)
     } else {
@@ -562,14 +582,16 @@ fn interrupted() -> Result<(), BaselineError> {
     }
 }
 
-/// Catches SIGINT/SIGTERM while alive (raising [`INTERRUPTED`]), putting the
+/// Catches SIGINT/SIGTERM while alive (see [`interrupted`]), putting the
 /// old handlers back after.
-struct SignalCatcher {
+pub struct SignalCatcher {
     old: [(libc::c_int, libc::sigaction); 2],
 }
 
 impl SignalCatcher {
-    fn new() -> Self {
+    /// Installs the handlers and clears an earlier interruption.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
         INTERRUPTED.store(false, Ordering::SeqCst);
         // SAFETY: zeroed sigaction structs are valid to fill and pass to sigaction.
         let mut old: [(libc::c_int, libc::sigaction); 2] = unsafe { [(libc::SIGINT, std::mem::zeroed()), (libc::SIGTERM, std::mem::zeroed())] };
@@ -1015,6 +1037,11 @@ impl Drop for Aligned {
     }
 }
 
+/// Held by the tests that change zram, swap, zswap or cgroups: a test that
+/// compares the machine's state before and after must not see another's.
+#[cfg(test)]
+pub(crate) static MACHINE_TEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1043,6 +1070,7 @@ mod tests {
 
     #[test]
     fn the_guards_restore_the_machine_when_the_workload_fails() {
+        let _machine = MACHINE_TEST.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = kernel_available() {
             println!("skipped: {e}");
             return;

@@ -10,7 +10,11 @@
 //!   restores the machine afterwards, on errors and on Ctrl-C too;
 //! - [`farmem_runs`], [`fault`]: farmem's side and `farmem bench fault`;
 //! - [`policy`]: `farmem bench policy`, a Zipf key-value workload without
-//!   farmem and under each policy mode.
+//!   farmem and under each policy mode;
+//! - [`compare`]: `farmem bench compare`, one workload (kv-zipf, kv-uniform,
+//!   redis, scan) run plain, under farmem and under the kernel's zram and
+//!   zswap with the same memory budget, each in a process of its own;
+//! - [`plot`]: the SVG line charts both draw.
 //!
 //! ```no_run
 //! let ft = farmem_bench::first_touch::measure_first_touch(10_000).unwrap();
@@ -24,11 +28,13 @@
 //! }
 //! ```
 
+pub mod compare;
 pub mod farmem_runs;
 pub mod fault;
 pub mod first_touch;
 pub mod heap;
 pub mod kernel;
+pub mod plot;
 pub mod policy;
 pub mod spill;
 pub mod stats;

@@ -17,7 +17,10 @@ use farmem_runtime::policy::PolicyConfig;
 use farmem_runtime::Runtime;
 use serde::Serialize;
 
-const VALUE: usize = 1024;
+use crate::plot;
+
+/// Bytes of one value of the store.
+pub(crate) const VALUE: usize = 1024;
 const PAGE: usize = 4096;
 
 /// What to run.
@@ -91,7 +94,7 @@ pub struct ModeRun {
 
 /// YCSB's Zipfian generator over `[0, n)` (Gray et al., "Quickly generating
 /// billion-record synthetic databases").
-struct Zipf {
+pub(crate) struct Zipf {
     n: f64,
     theta: f64,
     alpha: f64,
@@ -100,7 +103,8 @@ struct Zipf {
 }
 
 impl Zipf {
-    fn new(n: u64, theta: f64) -> Zipf {
+    /// The generator over `n` keys with exponent `theta` (0.99 in YCSB).
+    pub(crate) fn new(n: u64, theta: f64) -> Zipf {
         let zeta = |k: u64| (1..=k).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
         let zetan = zeta(n);
         let zeta2 = zeta(2);
@@ -108,7 +112,8 @@ impl Zipf {
         Zipf { n: nf, theta, alpha: 1.0 / (1.0 - theta), zetan, eta: (1.0 - (2.0 / nf).powf(1.0 - theta)) / (1.0 - zeta2 / zetan) }
     }
 
-    fn next(&self, u: f64) -> u64 {
+    /// The key for `u`, a uniform draw from [0, 1).
+    pub(crate) fn next(&self, u: f64) -> u64 {
         let uz = u * self.zetan;
         if uz < 1.0 {
             return 0;
@@ -120,24 +125,28 @@ impl Zipf {
     }
 }
 
-struct Rng(u64);
+/// xorshift64: cheap, and the same sequence in every run.
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn unit(&mut self) -> f64 {
+    /// A uniform draw from [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 /// The key-value store: `n` values of 1 KiB.
-struct Store {
+pub(crate) struct Store {
     map: Mapping,
-    n: u64,
+    /// How many keys (a power of two).
+    pub(crate) n: u64,
     versions: Vec<u32>,
 }
 
@@ -150,7 +159,8 @@ fn body_sum(b: &[u8]) -> u64 {
 }
 
 impl Store {
-    fn new(size: u64) -> Result<Store, String> {
+    /// A store of the largest power of two of values that fits in `size` bytes.
+    pub(crate) fn new(size: u64) -> Result<Store, String> {
         // A power of two, so that the key scatter is a bijection.
         let values = (size / VALUE as u64).max(1);
         let n = 1u64 << (63 - values.leading_zeros());
@@ -175,7 +185,9 @@ impl Store {
         unsafe { std::slice::from_raw_parts_mut(self.map.addr().add(s * VALUE), VALUE) }
     }
 
-    fn write(&mut self, k: u64) {
+    /// Writes a new version of key `k`'s value: a body of mixed
+    /// compressibility (cut from [`crate::heap::fill`]), its key, version and checksum.
+    pub(crate) fn write(&mut self, k: u64) {
         self.versions[k as usize] = self.versions[k as usize].wrapping_add(1);
         let v = self.versions[k as usize];
         let val = self.value_mut(k);
@@ -189,7 +201,8 @@ impl Store {
         val[16..24].copy_from_slice(&sum.to_le_bytes());
     }
 
-    fn read(&self, k: u64) -> Result<(), String> {
+    /// Reads key `k`'s value and checks its key, version and checksum.
+    pub(crate) fn read(&self, k: u64) -> Result<(), String> {
         let val = self.value(k);
         let key = u64::from_le_bytes(val[..8].try_into().unwrap());
         let ver = u64::from_le_bytes(val[8..16].try_into().unwrap());
@@ -200,7 +213,8 @@ impl Store {
         Ok(())
     }
 
-    fn resident(&self) -> u64 {
+    /// Bytes of the store's values in RAM (mincore).
+    pub(crate) fn resident(&self) -> u64 {
         let pages = self.map.len() / PAGE;
         let mut v = vec![0u8; pages];
         let _ = self.map.residency(0, &mut v);
@@ -361,28 +375,17 @@ pub fn run(cfg: &PolicyBenchConfig) -> Result<(), String> {
 
 /// Resident memory and throughput over time, one line per mode, as SVG.
 fn svg(runs: &[ModeRun]) -> String {
-    let (w, h, pad) = (900.0, 300.0, 60.0);
-    let colors = ["#444444", "#d62728", "#1f77b4"];
-    let tmax = runs.iter().flat_map(|r| r.samples.last().map(|s| s.t)).fold(1.0, f64::max);
-    let mut out = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{}' font-family='sans-serif' font-size='12'>\n", 2.0 * h + 40.0);
     type Series<'a> = (&'a str, &'a dyn Fn(&Sample) -> f64);
     let panels: [Series; 2] = [("resident MiB", &|s| (s.resident_bytes >> 20) as f64), ("ops/s", &|s| s.ops_per_s)];
-    for (p, (label, f)) in panels.iter().enumerate() {
-        let y0 = p as f64 * (h + 20.0);
-        let vmax = runs.iter().flat_map(|r| r.samples.iter().map(f)).fold(1.0, f64::max) * 1.05;
-        out += &format!("<rect x='{pad}' y='{}' width='{}' height='{}' fill='none' stroke='#999'/>\n", y0 + 20.0, w - 2.0 * pad, h - 60.0);
-        out += &format!("<text x='{pad}' y='{}'>{label} (max {:.0}) over {:.0} s</text>\n", y0 + 14.0, vmax, tmax);
-        for (k, r) in runs.iter().enumerate() {
-            let pts: Vec<String> = r
-                .samples
-                .iter()
-                .map(|s| format!("{:.1},{:.1}", pad + s.t / tmax * (w - 2.0 * pad), y0 + 20.0 + (h - 60.0) * (1.0 - f(s) / vmax)))
-                .collect();
-            out += &format!("<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>\n", colors[k % 3], pts.join(" "));
-            out += &format!("<text x='{}' y='{}' fill='{}'>{}</text>\n", w - pad + 5.0, y0 + 40.0 + 16.0 * k as f64, colors[k % 3], r.mode);
-        }
-    }
-    out + "</svg>\n"
+    let panels: Vec<plot::Panel> = panels
+        .iter()
+        .map(|(title, f)| plot::Panel {
+            title: title.to_string(),
+            x_unit: "s".into(),
+            series: runs.iter().map(|r| plot::Series { label: r.mode.clone(), points: r.samples.iter().map(|s| (s.t, f(s))).collect() }).collect(),
+        })
+        .collect();
+    plot::svg(&panels)
 }
 
 #[cfg(test)]
