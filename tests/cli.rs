@@ -125,8 +125,35 @@ fn bench_fault_measures_an_mmap_tier_beside_t1() {
 }
 
 #[test]
+fn bench_fault_measures_the_file_tier_beside_bare_reads_of_its_file() {
+    let dir = std::env::temp_dir().join(format!("farmem-cli-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("fault.json");
+    let out = farmem()
+        .args(["bench", "fault", "--size", "32M", "--accesses", "2000", "--no-kernel", "--tier"])
+        .arg(format!("file:{}", dir.display()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = &v["file_tiers"][0];
+    for key in ["over_bare_p50", "demote_mb_per_s"] {
+        assert!(f[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive in {f}");
+    }
+    assert!(f["bare_pread"]["p50_us"].as_f64().is_some_and(|x| x > 0.0), "{f}");
+    // T1 holds all but the incompressible pages (those went to the file at once).
+    assert!(f["demoted_pages"].as_u64().is_some_and(|n| n > 8192 / 2), "{f}");
+    // The spill files were unlinked as soon as they were made.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "fault.json").collect();
+    assert!(left.is_empty(), "spill files left behind: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_fault_refuses_a_tier_it_cannot_measure() {
-    for (spec, says) in [("file:/var/tmp", "not built yet"), ("mmap:relative/path", "must be absolute"), ("tape:/dev/st0", "expected mmap:PATH")] {
+    for (spec, says) in [("file:relative/dir", "must be absolute"), ("mmap:relative/path", "must be absolute"), ("tape:/dev/st0", "expected mmap:PATH")] {
         let out = farmem().args(["bench", "fault", "--no-kernel", "--tier", spec]).output().unwrap();
         assert!(!out.status.success(), "--tier {spec} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
