@@ -3,7 +3,6 @@
 mod demo;
 mod run;
 mod stat;
-mod size;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +23,7 @@ enum Command {
     /// from two threads in random order, and check every byte.
     Demo {
         /// Heap size (e.g. 512M, 2G).
-        #[arg(long, default_value = "2G", value_parser = size::parse)]
+        #[arg(long, default_value = "2G", value_parser = farmem_runtime::policy::parse_size)]
         size: u64,
         /// Threads reading the heap back.
         #[arg(long, default_value_t = 2)]
@@ -52,7 +51,7 @@ enum Bench {
     /// first-touch fault and the kernel's zram swap-in, in one run.
     Fault {
         /// Heap size for the fault walks and the kernel run.
-        #[arg(long, default_value = "1G", value_parser = size::parse)]
+        #[arg(long, default_value = "1G", value_parser = farmem_runtime::policy::parse_size)]
         size: u64,
         /// Faults to time per run.
         #[arg(long, default_value_t = 200_000)]
@@ -78,7 +77,7 @@ enum Bench {
     /// stall and sampling cost, with a plot.
     Policy {
         /// Bytes of values.
-        #[arg(long, default_value = "4G", value_parser = size::parse)]
+        #[arg(long, default_value = "4G", value_parser = farmem_runtime::policy::parse_size)]
         size: u64,
         /// How long each mode runs (seconds, or e.g. 60s, 2m).
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -87,7 +86,7 @@ enum Bench {
         #[arg(long, default_value_t = 0.99)]
         theta: f64,
         /// The limit mode's limit (default: half of --size).
-        #[arg(long, value_parser = size::parse)]
+        #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         limit: Option<u64>,
         /// The stall mode's target (e.g. 0.1%).
         #[arg(long, default_value = "0.1%", value_parser = farmem_runtime::policy::parse_stall)]
@@ -121,7 +120,7 @@ enum Bench {
         #[arg(long)]
         quick: bool,
         /// Bytes of data (default 4G; redis 1G).
-        #[arg(long, value_parser = size::parse)]
+        #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         size: Option<u64>,
         /// Run only these variants beside plain: farmem-limit, farmem-stall,
         /// kernel-zram, kernel-zswap. May be given more than once.
@@ -134,7 +133,7 @@ enum Bench {
         /// The workload.
         kind: farmem_bench::compare::Workload,
         /// Bytes of data.
-        #[arg(long, value_parser = size::parse)]
+        #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         size: u64,
         /// How long the timed part runs.
         #[arg(long, value_parser = parse_duration)]

@@ -317,13 +317,8 @@ impl Runtime {
     /// memory, mapped and writable, page-aligned, and not overlap a region.
     pub fn register(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
         let _scope = RuntimeScope::enter();
-        self.check_process()?;
-        let (a, l) = (addr as u64, len as u64);
-        check_aligned(a, l)?;
-        let region = Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
-        if !self.shared.regions.insert(Arc::clone(&region)) {
-            return Err(RuntimeError::Overlap { addr: a, len: l });
-        }
+        let region = self.track(addr, len)?;
+        let (a, l) = (region.start(), region.len());
         if let Err(source) = self.shared.uffd.register(a, l, mode::MISSING) {
             self.shared.regions.remove(&region);
             return Err(RuntimeError::Register { addr: a, len: l, source });
@@ -344,14 +339,19 @@ impl Runtime {
     /// refused keep this promise.
     pub fn register_lazy(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
         let _scope = RuntimeScope::enter();
+        self.track(addr, len).map(drop)
+    }
+
+    /// Adds a region for `[addr, addr+len)` to the table, not yet armed.
+    fn track(&self, addr: *mut u8, len: usize) -> Result<Arc<Region>, RuntimeError> {
         self.check_process()?;
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
         let region = Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
-        if !self.shared.regions.insert(region) {
+        if !self.shared.regions.insert(Arc::clone(&region)) {
             return Err(RuntimeError::Overlap { addr: a, len: l });
         }
-        Ok(())
+        Ok(region)
     }
 
     /// Brings every evicted page of the region that starts at `addr` back into
