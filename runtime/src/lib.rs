@@ -40,12 +40,12 @@ mod error;
 mod evict;
 mod fault;
 mod fork;
+pub mod pagemap;
 mod pagestate;
 pub mod policy;
 mod region;
 mod scope;
 mod stats;
-pub mod pagemap;
 pub mod uffd;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -56,8 +56,8 @@ use std::time::Duration;
 use farmem_tiers::{CompressedConfig, CompressedTier, RawTier, Tier};
 
 pub use error::RuntimeError;
-pub use farmem_tiers::mem;
 pub use evict::{DemoteReport, EvictReport};
+pub use farmem_tiers::mem;
 pub use scope::{in_runtime, RuntimeScope};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
@@ -155,12 +155,15 @@ impl RuntimeBuilder {
         let uffd = Userfaultfd::open(required, required)?;
         let staging_uffd = Userfaultfd::open(feature::MOVE, feature::MOVE)?;
         let staging = Staging::new(config.batch_pages).map_err(|source| RuntimeError::Os { op: "mapping the staging area", source })?;
-        staging_uffd
-            .register(staging.base(), staging.len(), mode::WP)
-            .map_err(|source| RuntimeError::Register { addr: staging.base(), len: staging.len(), source })?;
+        staging_uffd.register(staging.base(), staging.len(), mode::WP).map_err(|source| RuntimeError::Register {
+            addr: staging.base(),
+            len: staging.len(),
+            source,
+        })?;
         // The sampler's raw tier, after the configured ones. Address space only:
         // the policy keeps what it holds to a share of the registered memory.
-        let sample = RawTier::named("sampled", SAMPLE_TIER_SPACE).map_err(|e| RuntimeError::Os { op: "mapping the sampler's tier", source: std::io::Error::other(e.to_string()) })?;
+        let sample = RawTier::named("sampled", SAMPLE_TIER_SPACE)
+            .map_err(|e| RuntimeError::Os { op: "mapping the sampler's tier", source: std::io::Error::other(e.to_string()) })?;
         let sample_tier = tiers.len() as u8;
         let mut all_tiers = tiers;
         all_tiers.push(Arc::new(sample));
@@ -174,6 +177,7 @@ impl RuntimeBuilder {
             tick: AtomicU32::new(0),
             limit_pages: AtomicU64::new(0),
             resident_est: std::sync::atomic::AtomicI64::new(0),
+            policy_bell: policy::Bell::default(),
             counters: Counters::default(),
             requests: Requests::new().map_err(|source| RuntimeError::Os { op: "eventfd", source })?,
             stopping: AtomicBool::new(false),
@@ -249,6 +253,8 @@ pub(crate) struct Shared {
     /// fault thread installed and less those reclaimed since: the throttle's
     /// view, kept current even when the policy thread gets no CPU.
     resident_est: std::sync::atomic::AtomicI64,
+    /// Wakes the policy thread (to reclaim at once when the limit is crossed).
+    policy_bell: policy::Bell,
     counters: Counters,
     requests: Requests,
     stopping: AtomicBool,
@@ -347,7 +353,8 @@ impl Runtime {
         self.check_process()?;
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
-        let region = Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
+        let region =
+            Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
         if !self.shared.regions.insert(Arc::clone(&region)) {
             return Err(RuntimeError::Overlap { addr: a, len: l });
         }
@@ -436,7 +443,9 @@ impl Runtime {
         let mut slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         // The old policy stops (and joins) before the new one starts.
         drop(slot.take());
-        *slot = Some(policy::PolicyHandle::start(Arc::clone(&self.shared), config).map_err(|source| RuntimeError::Os { op: "starting the policy thread", source })?);
+        *slot = Some(
+            policy::PolicyHandle::start(Arc::clone(&self.shared), config).map_err(|source| RuntimeError::Os { op: "starting the policy thread", source })?,
+        );
         Ok(())
     }
 
@@ -458,7 +467,8 @@ impl Runtime {
         }
         let mut report = DemoteReport::default();
         for region in self.shared.regions.all() {
-            let held: Vec<usize> = (0..region.pages()).filter(|&i| matches!(region.states.get(i), pagestate::State::Evicted { tier: t, .. } if t as usize == tier)).collect();
+            let held: Vec<usize> =
+                (0..region.pages()).filter(|&i| matches!(region.states.get(i), pagestate::State::Evicted { tier: t, .. } if t as usize == tier)).collect();
             for chunk in held.chunks(4096) {
                 report.add(&evict::demote(&self.shared, &region, chunk, tier as u8));
                 if report.full {

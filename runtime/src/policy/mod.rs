@@ -37,6 +37,7 @@ mod controller;
 mod sampler;
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -70,6 +71,8 @@ const DEMOTE_PER_TICK: usize = 65536;
 const STALL_WINDOW: Duration = Duration::from_secs(1);
 /// The share of the stall target the sampler's own faults may use.
 const SAMPLE_STALL_SHARE: f64 = 0.25;
+/// The shortest gap between two limit checks asked for by the fault thread.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(2);
 /// How often the limit is checked while the program is throttled.
 const THROTTLED_STEP: Duration = Duration::from_millis(10);
 
@@ -118,39 +121,90 @@ pub struct PolicyStats {
 
 /// The running policy thread.
 pub(crate) struct PolicyHandle {
-    stop: Arc<Stop>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<PolicyStats>>,
 }
 
+/// Wakes the policy thread between its checks: to stop, or to reclaim at once
+/// because the fault thread saw the program's resident set cross its limit.
+/// Reclaiming when the limit is crossed, rather than at the next timed check,
+/// is what keeps the program from being throttled.
 #[derive(Default)]
-struct Stop {
-    flag: Mutex<bool>,
+pub(crate) struct Bell {
+    state: Mutex<BellState>,
     cv: Condvar,
+    /// A reclaim was asked and the policy thread has not answered yet: the
+    /// fault thread rings once, not on every fault.
+    asked: AtomicBool,
 }
 
-impl Stop {
-    /// Waits up to `d`; true once stop was asked.
-    fn wait(&self, d: Duration) -> bool {
-        let g = self.flag.lock().unwrap_or_else(|e| e.into_inner());
-        let (g, _) = self.cv.wait_timeout_while(g, d, |stop| !*stop).unwrap_or_else(|e| e.into_inner());
-        *g
+#[derive(Default)]
+struct BellState {
+    stop: bool,
+    reclaim: bool,
+}
+
+/// Why the policy thread woke.
+#[derive(Debug, PartialEq)]
+enum Wake {
+    Stop,
+    Reclaim,
+    Timeout,
+}
+
+impl Bell {
+    /// Asks the policy thread to check the limit now (the fault thread calls it).
+    pub(crate) fn ask_reclaim(&self) {
+        if !self.asked.swap(true, Relaxed) {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).reclaim = true;
+            self.cv.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.cv.notify_all();
+    }
+
+    /// Ready for a new policy thread.
+    fn reset(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = BellState::default();
+        self.asked.store(false, Relaxed);
+    }
+
+    /// Waits up to `d` for a stop or a reclaim request.
+    fn wait(&self, d: Duration) -> Wake {
+        let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self.cv.wait_timeout_while(g, d, |s| !s.stop && !s.reclaim).unwrap_or_else(|e| e.into_inner());
+        if g.stop {
+            Wake::Stop
+        } else if std::mem::take(&mut g.reclaim) {
+            Wake::Reclaim
+        } else {
+            Wake::Timeout
+        }
+    }
+
+    /// The reclaim asked for is done (or was not needed): the fault thread may ask again.
+    fn answered(&self) {
+        self.asked.store(false, Relaxed);
     }
 }
 
 impl PolicyHandle {
     /// Starts the policy thread.
     pub fn start(shared: Arc<Shared>, config: PolicyConfig) -> std::io::Result<Self> {
-        let stop = Arc::new(Stop::default());
+        shared.policy_bell.reset();
         let stats = Arc::new(Mutex::new(PolicyStats { mode: describe(&config), ..PolicyStats::default() }));
-        let (s, o) = (Arc::clone(&stop), Arc::clone(&stats));
+        let (sh, o) = (Arc::clone(&shared), Arc::clone(&stats));
         // Unnamed for std, as the fault thread: see `RuntimeBuilder::build`.
         let thread = std::thread::Builder::new().spawn(move || {
             let _scope = RuntimeScope::enter();
             crate::set_thread_name(c"farmem-policy");
-            Policy::new(shared, config, o).run(&s);
+            Policy::new(sh, config, o).run();
         })?;
-        Ok(PolicyHandle { stop, thread: Some(thread), stats })
+        Ok(PolicyHandle { shared, thread: Some(thread), stats })
     }
 
     /// A copy of the policy's statistics.
@@ -161,8 +215,7 @@ impl PolicyHandle {
 
 impl Drop for PolicyHandle {
     fn drop(&mut self) {
-        *self.stop.flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.stop.cv.notify_all();
+        self.shared.policy_bell.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -233,7 +286,7 @@ struct Policy {
     scan: Scan,
     /// Pages the sampler took out: when, and where.
     outstanding: Vec<(u32, Arc<Region>, usize)>,
-    /// The program was over its limit by 5% or more at the last look.
+    /// The program was over its limit by 5% or more (the fault thread throttles it) at the last look.
     throttled: bool,
     /// Pages reclaimed in each of the last ticks.
     recent_cuts: VecDeque<u64>,
@@ -283,16 +336,25 @@ impl Policy {
         }
     }
 
-    fn run(mut self, stop: &Stop) {
+    fn run(mut self) {
         let tick = self.config.tick.max(Duration::from_millis(10));
         let step = if self.config.limit.is_some() { (tick / 10).max(Duration::from_millis(10)) } else { tick };
         let mut next_tick = Instant::now() + tick;
+        let mut last_check = Instant::now();
         loop {
             // While the program is throttled, look again soon: the sooner the
             // reclaim catches up, the sooner the program runs at full speed.
             let wait = if self.throttled { THROTTLED_STEP } else { step };
-            if stop.wait(wait) || self.shared.stopping.load(Relaxed) {
+            let wake = self.shared.policy_bell.wait(wait);
+            if wake == Wake::Stop || self.shared.stopping.load(Relaxed) {
                 break;
+            }
+            if wake == Wake::Reclaim {
+                // A reclaim that found nothing to take is not retried at once.
+                let since = last_check.elapsed();
+                if since < MIN_CHECK_GAP {
+                    std::thread::sleep(MIN_CHECK_GAP - since);
+                }
             }
             if Instant::now() >= next_tick {
                 self.tick();
@@ -300,19 +362,29 @@ impl Policy {
             } else if self.config.limit.is_some() {
                 self.check_limit();
             }
+            last_check = Instant::now();
+            self.shared.policy_bell.answered();
         }
         self.shared.limit_pages.store(0, Relaxed);
     }
 
-    /// Tells the fault thread the resident pages just measured (less what was
-    /// reclaimed since): its throttle counts on from there. Whether the
-    /// program is over its limit by 5% or more is remembered, to look again soon.
-    fn set_throttle(&mut self, resident: u64) {
-        let pages = resident / PAGE_SIZE as u64;
-        self.shared.resident_est.store(pages as i64, Relaxed);
+    /// Corrects the fault thread's resident estimate to `measured` bytes,
+    /// given what the estimate was when the measure began. The correction is
+    /// added rather than stored, so that pages faulted in or reclaimed while
+    /// the policy measured and reclaimed (a long tick, on a busy machine)
+    /// stay counted: the throttle must never think the program smaller than it is.
+    fn resync(&self, measured: u64, est_before: i64) {
+        let pages = (measured / PAGE_SIZE as u64) as i64;
+        self.shared.resident_est.fetch_add(pages - est_before, Relaxed);
+    }
+
+    /// Publishes the limit to the fault thread, and remembers whether the
+    /// program is over it by 5% or more, to look again soon.
+    fn set_throttle(&mut self) {
         let limit = self.config.limit.map_or(0, |l| l / PAGE_SIZE as u64);
         self.shared.limit_pages.store(limit, Relaxed);
-        self.throttled = limit > 0 && pages > limit + limit / 20;
+        let est = self.shared.resident_est.load(Relaxed).max(0) as u64;
+        self.throttled = limit > 0 && est > limit + limit / 20;
     }
 
     fn sample_tier_bytes(&self) -> u64 {
@@ -329,6 +401,7 @@ impl Policy {
         // The first tick reads every page (and finds pages an earlier policy
         // left sampled); later ones an eighth each.
         let parts = if self.stats.ticks == 0 { 1 } else { SCAN_PARTS };
+        let est_before = shared.resident_est.load(Relaxed);
         self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts);
         if parts == 1 {
             self.outstanding = self.scan.sampled.iter().map(|x| (now.wrapping_sub(x.out_age), Arc::clone(&x.region), x.page)).collect();
@@ -338,6 +411,7 @@ impl Policy {
         self.outstanding.retain(|(_, r, i)| matches!(r.states.get(*i), State::Evicted { tier, .. } if tier == sample));
         self.scan.sampled = self.outstanding.iter().map(|(at, r, i)| Sampled { out_age: now.wrapping_sub(*at), region: Arc::clone(r), page: *i }).collect();
         let resident = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
+        self.resync(resident, est_before);
 
         let c = &shared.counters;
         let stall_ns = c.reclaim_stall_ns.load(Relaxed);
@@ -390,7 +464,7 @@ impl Policy {
         if self.recent_cuts.len() > RECENT_TICKS {
             self.recent_cuts.pop_front();
         }
-        self.set_throttle(resident.saturating_sub(reclaimed * PAGE_SIZE as u64));
+        self.set_throttle();
         let cpu_reclaim = thread_cpu() - cpu1;
 
         let cpu_demote0 = thread_cpu();
@@ -414,7 +488,9 @@ impl Policy {
                         }
                     }
                 }
-                Err(e) => tracing::warn!("sampling pages of region {:#x} failed: {e}", region.start()),
+                Err(e) => {
+                    tracing::warn!("sampling pages of region {:#x} failed: {e}", region.start())
+                }
             }
         }
         let cpu_sampling = cpu_aging + (thread_cpu() - cpu2);
@@ -450,6 +526,8 @@ impl Policy {
             sample_rate = self.rate.per_tick,
             hot_window = self.rate.hot_window,
             sampling_cpu_pct = cpu_sampling / wall * 100.0,
+            tick_ms = self.last_wall.elapsed().as_secs_f64() * 1e3,
+            reclaim_cpu_ms = cpu_reclaim * 1e3,
             "policy tick"
         );
         self.publish();
@@ -457,15 +535,16 @@ impl Policy {
 
     /// Between ticks: holds the limit.
     fn check_limit(&mut self) {
+        let est_before = self.shared.resident_est.load(Relaxed);
         let present: u64 = self.shared.regions.all().iter().map(|r| crate::resident_pages(r.start(), r.len())).sum();
         let resident = present * PAGE_SIZE as u64 + self.sample_tier_bytes();
+        self.resync(resident, est_before);
         let target = self.ctl.check_limit(resident);
-        let mut after = resident;
         if target < resident {
             let now = self.shared.tick.load(Relaxed);
-            after = after.saturating_sub(self.reclaim(resident, target, now) * PAGE_SIZE as u64);
+            self.reclaim(resident, target, now);
         }
-        self.set_throttle(after);
+        self.set_throttle();
         self.stats.resident_bytes = resident;
         self.stats.peak_resident_bytes = self.stats.peak_resident_bytes.max(resident);
         self.publish();
@@ -501,24 +580,35 @@ impl Policy {
         if let Some(cap) = self.unknown_cut_cap {
             need = need.min(cap);
         }
-        // Then resident pages, from the oldest generation down.
-        if need > 0 {
-            let mut threshold = 0;
-            let mut have = 0;
-            for g in (0..GENERATIONS.len()).rev() {
-                have += self.scan.generations[g];
-                threshold = GENERATIONS[g];
-                if have >= need {
-                    break;
-                }
+        // Then resident pages, from the oldest generation down. The counts are
+        // from the last aging pass, so they may name pages reclaimed since:
+        // when a generation runs dry, the next younger one is searched.
+        let mut from = 0;
+        let mut have = 0;
+        for g in (0..GENERATIONS.len()).rev() {
+            have += self.scan.generations[g];
+            from = g;
+            if have >= need {
+                break;
             }
-            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, threshold) {
+        }
+        let mut g = from;
+        while need > 0 {
+            let mut got = 0;
+            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, GENERATIONS[g]) {
                 let _pass = shared.fork_gate.enter();
                 match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
-                    Ok(r) => done += r.evicted,
+                    Ok(r) => got += r.evicted,
                     Err(e) => tracing::warn!("reclaiming pages of region {:#x} failed: {e}", region.start()),
                 }
             }
+            take_oldest(&mut self.scan.generations, got);
+            done += got;
+            need = need.saturating_sub(got);
+            if g == 0 {
+                break;
+            }
+            g -= 1;
         }
         self.stats.reclaimed_pages += done;
         shared.counters.pages_reclaimed.fetch_add(done, Relaxed);
@@ -560,6 +650,15 @@ impl Policy {
             }
         }
         self.scan.sampled.retain(|s| s.out_age < SAMPLE_WINDOW);
+    }
+}
+
+/// Takes `n` reclaimed pages off the generation counts, oldest first.
+fn take_oldest(generations: &mut [u64], mut n: u64) {
+    for count in generations.iter_mut().rev() {
+        let t = n.min(*count);
+        *count -= t;
+        n -= t;
     }
 }
 
