@@ -56,6 +56,8 @@ use sampler::{pick_resident, Hand, Picked, Rate};
 
 /// Ticks a sampled page stays out unused before it goes back to RAM.
 const SAMPLE_WINDOW: u32 = 4;
+/// The sampler looks at most this many pages per page it wants to take out.
+const SAMPLE_EXAMINE: usize = 16;
 /// The sampler never has more than this share of registered pages out at once.
 const SAMPLE_CAP_SHARE: u64 = 16;
 /// The refault share assumed at least, so that a run of cold cuts does not
@@ -477,7 +479,7 @@ impl Policy {
         let out_now = self.scan.sampled.len() as u64;
         let want = (self.rate.per_tick as u64).min(cap.saturating_sub(out_now)) as usize;
         let mut sampled = 0;
-        for Picked { region, idx } in pick_resident(&shared, &mut self.sample_hand, want, now, self.rate.hot_window) {
+        for Picked { region, idx } in pick_resident(&shared, &mut self.sample_hand, want, now, self.rate.hot_window, want.saturating_mul(SAMPLE_EXAMINE)) {
             let _pass = shared.fork_gate.enter();
             match evict::evict_pages(&shared, &region, &idx, Target::Sample) {
                 Ok(r) => {
@@ -526,6 +528,7 @@ impl Policy {
             sample_rate = self.rate.per_tick,
             hot_window = self.rate.hot_window,
             sampling_cpu_pct = cpu_sampling / wall * 100.0,
+            aging_cpu_ms = cpu_aging * 1e3,
             tick_ms = self.last_wall.elapsed().as_secs_f64() * 1e3,
             reclaim_cpu_ms = cpu_reclaim * 1e3,
             "policy tick"
@@ -595,7 +598,7 @@ impl Policy {
         let mut g = from;
         while need > 0 {
             let mut got = 0;
-            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, GENERATIONS[g]) {
+            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, GENERATIONS[g], usize::MAX) {
                 let _pass = shared.fork_gate.enter();
                 match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
                     Ok(r) => got += r.evicted,

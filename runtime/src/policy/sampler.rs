@@ -39,10 +39,12 @@ pub(crate) struct Picked {
     pub idx: Vec<usize>,
 }
 
-/// Walks the hand over every region (at most one lap), taking pages that are
-/// in RAM, in state `Resident`, and last seen at least `min_seen_age` ticks
-/// ago, until `want` are found.
-pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: u32, min_seen_age: u32) -> Vec<Picked> {
+/// Walks the hand over every region (at most one lap, and at most `examine`
+/// pages), taking pages that are in RAM, in state `Resident`, and last seen at
+/// least `min_seen_age` ticks ago, until `want` are found. The sampler bounds
+/// `examine`: when nearly every page is hot, a full lap each tick would cost
+/// more than the samples are worth; the hand goes on from there next tick.
+pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: u32, min_seen_age: u32, examine: usize) -> Vec<Picked> {
     let mut out = Vec::new();
     if want == 0 {
         return out;
@@ -62,13 +64,15 @@ pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: 
         lap.push((first, 0, at));
     }
     let mut found = 0;
+    let mut examined = 0;
     let mut residency = vec![0u8; WINDOW];
     for (r, from, to) in lap {
         let region = &regions[r];
         let mut idx = Vec::new();
         let mut w = from;
-        while w < to && found < want {
+        while w < to && found < want && examined < examine {
             let n = WINDOW.min(to - w);
+            examined += n;
             // SAFETY: mincore reads the page tables of `n` pages of the region
             // and writes one byte per page into `residency[..n]`.
             let ok = unsafe { libc::mincore(region.page_addr(w) as *mut libc::c_void, n * PAGE_SIZE, residency.as_mut_ptr()) } == 0;
@@ -90,7 +94,7 @@ pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: 
         if !idx.is_empty() {
             out.push(Picked { region: Arc::clone(region), idx });
         }
-        if found == want {
+        if found == want || examined >= examine {
             break;
         }
     }
@@ -129,8 +133,11 @@ impl Rate {
         let over = (cost / budget_s.max(1e-9)).max(stall_s / stall_allowance_s.max(1e-12));
         if over > 1.0 {
             self.per_tick = ((self.per_tick as f64 / over.min(4.0)) as usize).max(MIN_PER_TICK);
-        } else if over < 0.5 && sampled as usize >= self.per_tick / 2 {
-            self.per_tick = (self.per_tick * 5 / 4).min(MAX_PER_TICK);
+        } else if over < 0.5 {
+            // Grown even when the hand found fewer pages than asked: the
+            // rate must recover after a costly stretch (a fill, a first full
+            // aging pass), and looking costs little, bounded per wanted page.
+            self.per_tick = (self.per_tick * 3 / 2).min(MAX_PER_TICK);
         }
         // Many sampled pages came back: the hand is finding hot pages, so look
         // at pages seen longer ago; few came back: look at younger ones too.
@@ -159,6 +166,19 @@ mod tests {
         let low = r.per_tick;
         r.adjust(low as u64, 0, 0.001, 0.0, 0.01, f64::INFINITY);
         assert!(r.per_tick > low);
+    }
+
+    #[test]
+    fn the_rate_recovers_after_a_costly_stretch_even_when_the_hand_found_nothing() {
+        let mut r = Rate::new();
+        for _ in 0..8 {
+            r.adjust(0, 0, 0.05, 0.0, 0.01, f64::INFINITY);
+        }
+        assert_eq!(r.per_tick, MIN_PER_TICK);
+        for _ in 0..4 {
+            r.adjust(0, 0, 0.001, 0.0, 0.01, f64::INFINITY);
+        }
+        assert!(r.per_tick > MIN_PER_TICK * 4, "{}", r.per_tick);
     }
 
     #[test]
