@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::file::FileTier;
-use crate::{CompressedConfig, CompressedTier, FirstTier, MmapForm, MmapTier, RawTier, SpillTier, Tier, TierError, TierSpec};
+use crate::{CompressedConfig, CompressedTier, FirstTier, MmapTier, RawTier, SpillTier, Tier, TierError, TierSpec};
 
 /// A tier of the spec could not be made; names the tier as the spec wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +35,7 @@ impl TierSpec {
         });
         for s in &self.spill {
             tiers.push(match s {
-                SpillTier::Mmap { path, size_bytes, form: MmapForm::Raw } => Arc::new(MmapTier::open(path, *size_bytes).map_err(err(s.to_string()))?),
-                SpillTier::Mmap { form: MmapForm::Lz4, .. } => {
-                    return Err(BuildError {
-                        tier: s.to_string(),
-                        source: TierError::Unsupported { what: "lz4 pages in an mmap tier (use mmap:PATH:SIZE, raw)" },
-                    })
-                }
+                SpillTier::Mmap { .. } => Arc::new(MmapTier::from_spill(s).map_err(err(s.to_string()))?),
                 SpillTier::File { .. } => Arc::new(FileTier::from_spill(s).map_err(err(s.to_string()))?),
             });
         }

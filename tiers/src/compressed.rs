@@ -63,6 +63,7 @@ mod tests;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
+use std::time::Instant;
 
 pub use codec::{Codec, CodecParseError};
 
@@ -72,6 +73,7 @@ use counters::{Counters, ReaderGate};
 use handles::{Entry, HandleTable};
 use slab::{Relocation, SlabArena};
 
+use crate::latency::{CompactionWork, OpLatency};
 use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
 
 /// What to do with a page that compresses to more than the threshold.
@@ -225,6 +227,8 @@ pub struct CompressedTier {
     counters: Counters,
     readers: ReaderGate,
     compaction: Mutex<()>,
+    latency: OpLatency,
+    work: CompactionWork,
 }
 
 /// The word every 8 bytes of `page` repeat, if there is one.
@@ -239,10 +243,9 @@ impl CompressedTier {
     /// is used until pages are stored); fails if the config is invalid or
     /// the kernel refuses the reservation.
     pub fn new(config: CompressedConfig) -> Result<Self, TierError> {
-        config.validate().map_err(|reason| TierError::Os {
-            op: "configuring the compressed tier",
-            source: io::Error::new(io::ErrorKind::InvalidInput, reason),
-        })?;
+        config
+            .validate()
+            .map_err(|reason| TierError::Os { op: "configuring the compressed tier", source: io::Error::new(io::ErrorKind::InvalidInput, reason) })?;
         let limit = config.limit_bytes;
         let strides = (limit.saturating_mul(4).min(MAX_SLAB_RESERVATION) / slab::STRIDE as u64).max(1);
         let entries = (limit / 16).clamp(1, MAX_HANDLES);
@@ -263,6 +266,8 @@ impl CompressedTier {
             counters: Counters::default(),
             readers: ReaderGate::default(),
             compaction: Mutex::new(()),
+            latency: OpLatency::default(),
+            work: CompactionWork::default(),
         })
     }
 
@@ -284,7 +289,9 @@ impl CompressedTier {
     /// waits for loads in flight before giving slabs back.
     pub fn compact(&self) -> CompactReport {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
         let mut report = CompactReport::default();
+        let mut bytes_moved = 0u64;
         let to_move: u64 = (0..slab::CLASSES).map(|class| self.slabs.begin_evacuation(class)).sum();
         if to_move > 0 {
             self.handles.scan(|index, w0| {
@@ -293,7 +300,10 @@ impl CompressedTier {
                     return;
                 }
                 match self.slabs.relocate(offset, len, &self.budget, |to| self.handles.relocate(index, w0, to)) {
-                    Relocation::Moved => report.objects_moved += 1,
+                    Relocation::Moved => {
+                        report.objects_moved += 1;
+                        bytes_moved += len as u64;
+                    }
                     Relocation::Stayed => {}
                     Relocation::Raced(empty) => self.slabs.release(empty, &self.budget),
                     Relocation::NoRoom => report.objects_left += 1,
@@ -307,6 +317,7 @@ impl CompressedTier {
             report.slabs_freed += slabs;
             report.bytes_freed += bytes;
         }
+        self.work.add(start, bytes_moved, report.bytes_freed);
         report
     }
 
@@ -331,6 +342,51 @@ impl Tier for CompressedTier {
     }
 
     fn store(&self, page: &Page, class: PageClass) -> Result<Handle, TierError> {
+        let start = Instant::now();
+        let r = self.store_page(page, class);
+        self.latency.store.record_since(start);
+        r
+    }
+
+    fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
+        let start = Instant::now();
+        let r = self.load_page(handle, out);
+        self.latency.load.record_since(start);
+        r
+    }
+
+    /// Frees the page's space. A handle naming no stored page (already
+    /// removed, or never given out) is ignored.
+    fn remove(&self, handle: Handle) {
+        self.remove_page(handle)
+    }
+
+    fn capacity(&self) -> Capacity {
+        Capacity { limit_bytes: self.budget.limit(), used_bytes: self.budget.used() }
+    }
+
+    fn stats(&self) -> TierStats {
+        let c = &self.counters;
+        let pages = c.pages.load(Relaxed);
+        let stats = TierStats {
+            pages,
+            zero_pages: c.zero_pages.load(Relaxed),
+            same_filled_pages: c.same_filled_pages.load(Relaxed),
+            rejected_incompressible: c.rejected_incompressible.load(Relaxed),
+            bytes_in: pages * PAGE_SIZE as u64,
+            bytes_compressed: c.bytes_compressed.load(Relaxed),
+            bytes_used: self.budget.used(),
+            stores: c.stores.load(Relaxed),
+            load_errors: c.load_errors.load(Relaxed),
+            loads: self.readers.exits().saturating_sub(c.load_errors.load(Relaxed)),
+            ..TierStats::default()
+        };
+        self.work.fill(stats.with_latency(&self.latency))
+    }
+}
+
+impl CompressedTier {
+    fn store_page(&self, page: &Page, class: PageClass) -> Result<Handle, TierError> {
         if let Some(word) = fill_word(page) {
             return self.store_fill(word);
         }
@@ -370,7 +426,7 @@ impl Tier for CompressedTier {
         Ok(handle)
     }
 
-    fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
+    fn load_page(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
         let _reading = self.readers.enter();
         match self.handles.get(handle) {
             Some(Entry::Fill(word)) => {
@@ -397,9 +453,7 @@ impl Tier for CompressedTier {
         Ok(())
     }
 
-    /// Frees the page's space. A handle naming no stored page (already
-    /// removed, or never given out) is ignored.
-    fn remove(&self, handle: Handle) {
+    fn remove_page(&self, handle: Handle) {
         let c = &self.counters;
         match self.handles.take(handle) {
             None => return,
@@ -414,26 +468,5 @@ impl Tier for CompressedTier {
             }
         }
         c.pages.fetch_sub(1, Relaxed);
-    }
-
-    fn capacity(&self) -> Capacity {
-        Capacity { limit_bytes: self.budget.limit(), used_bytes: self.budget.used() }
-    }
-
-    fn stats(&self) -> TierStats {
-        let c = &self.counters;
-        let pages = c.pages.load(Relaxed);
-        TierStats {
-            pages,
-            zero_pages: c.zero_pages.load(Relaxed),
-            same_filled_pages: c.same_filled_pages.load(Relaxed),
-            rejected_incompressible: c.rejected_incompressible.load(Relaxed),
-            bytes_in: pages * PAGE_SIZE as u64,
-            bytes_compressed: c.bytes_compressed.load(Relaxed),
-            bytes_used: self.budget.used(),
-            stores: c.stores.load(Relaxed),
-            load_errors: c.load_errors.load(Relaxed),
-            loads: self.readers.exits().saturating_sub(c.load_errors.load(Relaxed)),
-        }
     }
 }

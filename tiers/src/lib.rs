@@ -8,11 +8,15 @@
 //! [`CompressedTier`] is T1: pages compressed with lz4 or zstd, zero-filled and
 //! same-filled pages kept as one word, compressed objects packed in size classes
 //! of slabs the tier maps itself, compacted on request. [`RawTier`] keeps pages
-//! as they are. [`MmapTier`] keeps them raw in a shared mapping of CXL or DAX
-//! memory (or a file, or a memfd). [`FileTier`] is T2's spill file: pages
-//! compressed into a log of segments in an unlinked file, read and written
-//! through io_uring, each checked by a crc (optionally encrypted). [`TierSpec`] is the one-string tier
-//! configuration a user writes (`lz4,mmap:/dev/dax0.0:64G,file:/var/tmp:100G`).
+//! as they are. [`MmapTier`] keeps them raw or compressed in a shared mapping
+//! of CXL or DAX memory (or a file, or a memfd), optionally bound to a NUMA
+//! node. [`FileTier`] is T2's spill file: pages compressed into a log of
+//! segments in an unlinked file, read and written through io_uring, each
+//! checked by a crc (optionally encrypted), compacted by a thread of its own.
+//! [`TierSpec`] is the one-string tier configuration a user writes
+//! (`lz4,mmap:/dev/dax0.0:64G:lz4,file:/var/tmp:100G`). Every tier times its
+//! loads and stores ([`LatencyHistogram`]) and reports the percentiles, and
+//! its compaction work, in [`TierStats`].
 //!
 //! ```
 //! use farmem_tiers::{CompressedTier, CompressedConfig, Tier, PageClass, PAGE_SIZE};
@@ -31,18 +35,22 @@ mod build;
 pub mod compressed;
 mod error;
 pub mod file;
+pub mod latency;
 pub mod mem;
 pub mod mmap;
 pub mod raw;
 pub mod spec;
+mod threads;
 
 pub use build::BuildError;
 pub use compressed::{Codec, CodecParseError, CompactReport, CompressedConfig, CompressedMemory, CompressedTier, Incompressible};
 pub use error::TierError;
 pub use file::{FileCompaction, FileConfig, FileStats, FileTier};
-pub use mmap::MmapTier;
+pub use latency::{LatencyHistogram, OpLatency};
+pub use mmap::{MmapConfig, MmapTier};
 pub use raw::RawTier;
 pub use spec::{FirstTier, MmapForm, SpecError, SpecProblem, SpillTier, TierSpec};
+pub use threads::set_thread_hook;
 
 /// The size of a page as farmem stores it.
 pub const PAGE_SIZE: usize = 4096;
@@ -120,6 +128,23 @@ pub struct TierStats {
     pub loads: u64,
     /// Loads that failed (corruption, I/O).
     pub load_errors: u64,
+    /// Median time of a load, in nanoseconds (within 12.5%, see
+    /// [`LatencyHistogram`]); 0 before the first load.
+    pub load_p50_ns: u64,
+    /// 99th percentile of the time of a load, in nanoseconds.
+    pub load_p99_ns: u64,
+    /// Median time of a store, in nanoseconds (refused stores included).
+    pub store_p50_ns: u64,
+    /// 99th percentile of the time of a store, in nanoseconds.
+    pub store_p99_ns: u64,
+    /// Compaction runs since the tier was made, explicit and background.
+    pub compactions: u64,
+    /// Bytes of stored pages compaction copied to pack them together.
+    pub compaction_bytes_moved: u64,
+    /// Bytes of storage compaction gave back (file segments, slabs).
+    pub compaction_bytes_freed: u64,
+    /// Time spent compacting, in nanoseconds.
+    pub compaction_ns: u64,
 }
 
 impl TierStats {
@@ -128,6 +153,17 @@ impl TierStats {
     pub fn uncompressed(pages: u64, stores: u64, loads: u64, load_errors: u64) -> Self {
         let bytes = pages * PAGE_SIZE as u64;
         TierStats { pages, bytes_in: bytes, bytes_compressed: bytes, bytes_used: bytes, stores, loads, load_errors, ..TierStats::default() }
+    }
+
+    /// These statistics with the load and store percentiles of `latency`.
+    pub fn with_latency(self, latency: &OpLatency) -> Self {
+        TierStats {
+            load_p50_ns: latency.load.quantile(0.5),
+            load_p99_ns: latency.load.quantile(0.99),
+            store_p50_ns: latency.store.quantile(0.5),
+            store_p99_ns: latency.store.quantile(0.99),
+            ..self
+        }
     }
 
     /// Uncompressed bytes per byte of real memory used (higher is better).
@@ -167,6 +203,21 @@ pub trait Tier: Send + Sync {
     /// An error means the bytes cannot be given back; the runtime then poisons
     /// the page rather than return anything else.
     fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError>;
+
+    /// Loads `handles[i]` into `out[i]` for every `i` and calls
+    /// `done(i, result)` for each page, in no fixed order; a failed page's
+    /// `out[i]` holds nothing meaningful. A tier that can read several pages
+    /// at once (the file tier: one io_uring submission) overrides it; the
+    /// default loads them one at a time.
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    fn load_many(&self, handles: &[Handle], out: &mut [Page], done: &mut dyn FnMut(usize, Result<(), TierError>)) {
+        assert_eq!(handles.len(), out.len(), "load_many: {} handles for {} pages", handles.len(), out.len());
+        for (i, (handle, page)) in handles.iter().zip(out.iter_mut()).enumerate() {
+            done(i, self.load(*handle, page));
+        }
+    }
 
     /// Forgets the page named by `handle` and frees its space.
     fn remove(&self, handle: Handle);

@@ -6,7 +6,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Instant;
 
+use crate::latency::OpLatency;
 use crate::mem::Mapping;
 use crate::{Capacity, Handle, Page, PageClass, Tier, TierError, TierStats, PAGE_SIZE};
 
@@ -20,6 +22,7 @@ pub struct RawTier {
     pages: AtomicU64,
     stores: AtomicU64,
     loads: AtomicU64,
+    latency: OpLatency,
 }
 
 // SAFETY: slots are handed out to one owner at a time under the free-list lock
@@ -49,6 +52,7 @@ impl RawTier {
             pages: AtomicU64::new(0),
             stores: AtomicU64::new(0),
             loads: AtomicU64::new(0),
+            latency: OpLatency::default(),
         })
     }
 
@@ -64,6 +68,40 @@ impl Tier for RawTier {
     }
 
     fn store(&self, page: &Page, _class: PageClass) -> Result<Handle, TierError> {
+        let start = Instant::now();
+        let r = self.store_page(page);
+        self.latency.store.record_since(start);
+        r
+    }
+
+    fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
+        let start = Instant::now();
+        let r = self.load_page(handle, out);
+        self.latency.load.record_since(start);
+        r
+    }
+
+    fn remove(&self, handle: Handle) {
+        let h = handle.raw();
+        if h >= self.slots {
+            return;
+        }
+        let _ = self.map.discard(h as usize * PAGE_SIZE, PAGE_SIZE);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h as u32);
+        self.pages.fetch_sub(1, Relaxed);
+    }
+
+    fn capacity(&self) -> Capacity {
+        Capacity { limit_bytes: self.slots * PAGE_SIZE as u64, used_bytes: self.pages.load(Relaxed) * PAGE_SIZE as u64 }
+    }
+
+    fn stats(&self) -> TierStats {
+        TierStats::uncompressed(self.pages.load(Relaxed), self.stores.load(Relaxed), self.loads.load(Relaxed), 0).with_latency(&self.latency)
+    }
+}
+
+impl RawTier {
+    fn store_page(&self, page: &Page) -> Result<Handle, TierError> {
         let slot = match self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             Some(s) => s as u64,
             None => {
@@ -82,7 +120,7 @@ impl Tier for RawTier {
         Ok(Handle::new(slot))
     }
 
-    fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
+    fn load_page(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
         if handle.raw() >= self.slots {
             return Err(TierError::UnknownHandle(handle));
         }
@@ -90,24 +128,6 @@ impl Tier for RawTier {
         unsafe { std::ptr::copy_nonoverlapping(self.slot(handle.raw()), out.as_mut_ptr(), PAGE_SIZE) };
         self.loads.fetch_add(1, Relaxed);
         Ok(())
-    }
-
-    fn remove(&self, handle: Handle) {
-        let h = handle.raw();
-        if h >= self.slots {
-            return;
-        }
-        let _ = self.map.discard(h as usize * PAGE_SIZE, PAGE_SIZE);
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h as u32);
-        self.pages.fetch_sub(1, Relaxed);
-    }
-
-    fn capacity(&self) -> Capacity {
-        Capacity { limit_bytes: self.slots * PAGE_SIZE as u64, used_bytes: self.pages.load(Relaxed) * PAGE_SIZE as u64 }
-    }
-
-    fn stats(&self) -> TierStats {
-        TierStats::uncompressed(self.pages.load(Relaxed), self.stores.load(Relaxed), self.loads.load(Relaxed), 0)
     }
 }
 
@@ -132,6 +152,10 @@ mod tests {
         assert_eq!(out, [9; PAGE_SIZE]);
         t.load(h3, &mut out).unwrap();
         assert_eq!(out, [5; PAGE_SIZE]);
-        assert_eq!(t.stats().pages, 2);
+        let s = t.stats();
+        assert_eq!(s.pages, 2);
+        // Every load and store is timed, the refused store too.
+        assert!(s.load_p50_ns > 0 && s.load_p99_ns >= s.load_p50_ns, "{s:?}");
+        assert!(s.store_p50_ns > 0 && s.store_p99_ns >= s.store_p50_ns, "{s:?}");
     }
 }

@@ -8,19 +8,25 @@
 //!   At most one, and only as the first part; without one T1 uses lz4.
 //! - `file:DIR[:SIZE]`: a spill file in the directory DIR, SIZE bytes at most
 //!   (4G when not given: a spill tier is never unlimited).
-//! - `mmap:PATH:SIZE[:raw|:lz4]`: CXL or DAX memory mapped from PATH (a
-//!   `/dev/dax` device or a file), SIZE required; pages stored raw (the default)
-//!   or lz4-compressed.
+//! - `mmap:PATH:SIZE[:FORM][:numa=N]`: CXL or DAX memory mapped from PATH (a
+//!   `/dev/dax` device, a file, or a file on tmpfs such as `/dev/shm/farmem`),
+//!   SIZE required. FORM is how pages are stored there: `raw` (the default),
+//!   `lz4`, `zstd` (level 3) or `zstd:LEVEL` (1 to 19), compressed with T1's
+//!   codec. `numa=N` binds the mapping to NUMA node N (`mbind`, MPOL_BIND)
+//!   before first touch, for CXL memory that shows up as a CPU-less node.
+//!   FORM and `numa=N` may come in either order, each at most once.
 //!
 //! SIZE is a whole number with an optional unit K, M, G or T (powers of 1024),
 //! and must come to a positive multiple of 4096 bytes. Paths must be absolute,
 //! and cannot contain `:` or `,` (the separators). Spaces around a part are
-//! ignored. For example `lz4,file:/var/tmp/farmem:16G` or
-//! `zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G`.
+//! ignored. For example `lz4,file:/var/tmp/farmem:16G`,
+//! `zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G` or
+//! `lz4,mmap:/dev/shm/farmem:64G:lz4:numa=1`.
 //!
 //! This only parses: the runtime builds the tiers. [`TierSpec`]'s `Display`
 //! prints the canonical form (codec always first, file sizes always given,
-//! sizes in the largest exact unit, mmap's `:raw` left out), which parses back
+//! sizes in the largest exact unit, mmap's `:raw` left out, zstd's level
+//! always given, `numa=N` last), which parses back
 //! to the same value. A [`SpecError`] is one line naming the part that is wrong
 //! and what is accepted there.
 
@@ -36,8 +42,14 @@ pub const DEFAULT_FILE_BYTES: u64 = 4 << 30;
 /// The zstd levels a spec accepts.
 const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 
+/// NUMA nodes a spec can name (a node mask's width).
+const MAX_NUMA_NODES: u32 = 1024;
+
 /// Every kind of part, for error messages.
-const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, raw, file:DIR[:SIZE], mmap:PATH:SIZE[:raw|:lz4]";
+const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, raw, file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N]";
+
+/// The mmap part's grammar, for error messages.
+const MMAP_FORM: &str = "mmap:PATH:SIZE[:FORM][:numa=N], FORM raw, lz4, zstd or zstd:LEVEL, e.g. mmap:/dev/dax0.0:64G:lz4";
 
 /// How the in-memory first tier keeps pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +81,23 @@ pub enum MmapForm {
     /// 4096 bytes a page; fault-back is a memcpy.
     #[default]
     Raw,
-    /// lz4-compressed.
+    /// lz4-compressed; fault-back is a decode from memory.
     Lz4,
+    /// zstd-compressed at a level (1 to 19 in a spec): denser, slower to decode.
+    Zstd {
+        /// The compression level.
+        level: i32,
+    },
+}
+
+impl fmt::Display for MmapForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmapForm::Raw => f.write_str("raw"),
+            MmapForm::Lz4 => f.write_str("lz4"),
+            MmapForm::Zstd { level } => write!(f, "zstd:{level}"),
+        }
+    }
 }
 
 /// A tier after T1, in the order the spec lists them.
@@ -91,6 +118,8 @@ pub enum SpillTier {
         size_bytes: u64,
         /// How pages are stored there.
         form: MmapForm,
+        /// The NUMA node the mapping is bound to, if any.
+        numa: Option<u32>,
     },
 }
 
@@ -98,11 +127,14 @@ impl fmt::Display for SpillTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpillTier::File { dir, size_bytes } => write!(f, "file:{}:{}", dir.display(), Size(*size_bytes)),
-            SpillTier::Mmap { path, size_bytes, form } => {
+            SpillTier::Mmap { path, size_bytes, form, numa } => {
                 write!(f, "mmap:{}:{}", path.display(), Size(*size_bytes))?;
-                match form {
-                    MmapForm::Raw => Ok(()),
-                    MmapForm::Lz4 => f.write_str(":lz4"),
+                if *form != MmapForm::Raw {
+                    write!(f, ":{form}")?;
+                }
+                match numa {
+                    Some(node) => write!(f, ":numa={node}"),
+                    None => Ok(()),
                 }
             }
         }
@@ -176,7 +208,7 @@ pub enum SpecProblem {
     #[error("the {0} must be an absolute path")]
     RelativePath(&'static str),
     /// mmap without a size.
-    #[error("mmap needs a size: mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G")]
+    #[error("mmap needs a size: {MMAP_FORM}")]
     MissingSize,
     /// The size does not parse (or overflows 64 bits).
     #[error("size `{0}` is not understood: accepted is a whole number with an optional unit K, M, G or T (powers of 1024), e.g. 16G, 512M, 4096")]
@@ -189,9 +221,20 @@ pub enum SpecProblem {
         /// What it came to.
         bytes: u64,
     },
-    /// mmap's storage form is neither raw nor lz4.
-    #[error("`{0}` is not a way to store pages in mmap: accepted are raw and lz4")]
+    /// A field after mmap's size that is neither a storage form nor `numa=N`.
+    #[error(
+        "`{0}` is not a way to store pages in mmap nor an mmap option: accepted are raw, lz4, zstd, zstd:LEVEL (LEVEL 1 to 19) and numa=N, as in {MMAP_FORM}"
+    )]
     BadMmapForm(String),
+    /// A zstd level for mmap that is not a number from 1 to 19.
+    #[error("zstd level `{0}` is not accepted: give zstd:LEVEL with LEVEL 1 to 19, or zstd alone for level 3")]
+    BadMmapLevel(String),
+    /// `numa=` with something other than a node number.
+    #[error("`numa={0}` does not name a NUMA node: give numa=N with N a node number from 0 to 1023, as listed in /sys/devices/system/node/online")]
+    BadNumaNode(String),
+    /// The storage form or the NUMA node given twice.
+    #[error("the {0} is given twice: give it at most once, as in {MMAP_FORM}")]
+    Repeated(&'static str),
     /// More `:` fields than the kind has.
     #[error("too many `:` fields: accepted is {0} (paths cannot contain `:` or `,`)")]
     TooManyFields(&'static str),
@@ -253,18 +296,42 @@ fn parse_file(rest: &str) -> Result<SpillTier, SpecProblem> {
 }
 
 fn parse_mmap(rest: &str) -> Result<SpillTier, SpecProblem> {
-    let mut fields = rest.split(':');
-    let path = parse_path(fields.next().unwrap_or(""), "path", "mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G")?;
+    let mut fields = rest.split(':').peekable();
+    let path = parse_path(fields.next().unwrap_or(""), "path", "mmap:PATH:SIZE[:FORM][:numa=N], e.g. mmap:/dev/dax0.0:64G")?;
     let size_bytes = parse_size(fields.next().ok_or(SpecProblem::MissingSize)?)?;
-    let form = match fields.next() {
-        None | Some("raw") => MmapForm::Raw,
-        Some("lz4") => MmapForm::Lz4,
-        Some(other) => return Err(SpecProblem::BadMmapForm(other.to_owned())),
-    };
-    if fields.next().is_some() {
-        return Err(SpecProblem::TooManyFields("mmap:PATH:SIZE[:raw|:lz4]"));
+    let (mut form, mut numa) = (None, None);
+    while let Some(field) = fields.next() {
+        if let Some(node) = field.strip_prefix("numa=") {
+            if numa.is_some() {
+                return Err(SpecProblem::Repeated("NUMA node (numa=N)"));
+            }
+            // Digits only: u32::from_str would take a `+`.
+            let n = node.parse::<u32>().ok().filter(|n| node.bytes().all(|b| b.is_ascii_digit()) && *n < MAX_NUMA_NODES);
+            numa = Some(n.ok_or_else(|| SpecProblem::BadNumaNode(node.to_owned()))?);
+            continue;
+        }
+        let f = match field {
+            "raw" => MmapForm::Raw,
+            "lz4" => MmapForm::Lz4,
+            "zstd" => {
+                // `zstd:LEVEL` as for T1: a field after zstd that looks like a number is its level.
+                let level = match fields.next_if(|l| l.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')) {
+                    Some(l) => l
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|v| ZSTD_LEVELS.contains(v) && !l.starts_with('+'))
+                        .ok_or_else(|| SpecProblem::BadMmapLevel(l.to_owned()))?,
+                    None => 3,
+                };
+                MmapForm::Zstd { level }
+            }
+            other => return Err(SpecProblem::BadMmapForm(other.to_owned())),
+        };
+        if form.replace(f).is_some() {
+            return Err(SpecProblem::Repeated("storage form (raw, lz4, zstd)"));
+        }
     }
-    Ok(SpillTier::Mmap { path, size_bytes, form })
+    Ok(SpillTier::Mmap { path, size_bytes, form: form.unwrap_or_default(), numa })
 }
 
 fn parse_path(p: &str, what: &'static str, form: &'static str) -> Result<PathBuf, SpecProblem> {
@@ -331,7 +398,7 @@ mod tests {
             parse("lz4,mmap:/dev/dax0.0:64G"),
             TierSpec {
                 first: FirstTier::default(),
-                spill: vec![SpillTier::Mmap { path: "/dev/dax0.0".into(), size_bytes: 64 * G, form: MmapForm::Raw }]
+                spill: vec![SpillTier::Mmap { path: "/dev/dax0.0".into(), size_bytes: 64 * G, form: MmapForm::Raw, numa: None }]
             }
         );
         assert_eq!(
@@ -339,7 +406,7 @@ mod tests {
             TierSpec {
                 first: FirstTier::Compressed(Codec::Zstd { level: 1 }),
                 spill: vec![
-                    SpillTier::Mmap { path: "/mnt/pmem/f".into(), size_bytes: 8 * G, form: MmapForm::Raw },
+                    SpillTier::Mmap { path: "/mnt/pmem/f".into(), size_bytes: 8 * G, form: MmapForm::Raw, numa: None },
                     SpillTier::File { dir: "/var/tmp".into(), size_bytes: 100 * G },
                 ]
             }
@@ -347,9 +414,31 @@ mod tests {
     }
 
     #[test]
+    fn mmap_forms_and_numa() {
+        let mmap = |s: &str| match parse(s).spill.pop() {
+            Some(SpillTier::Mmap { form, numa, .. }) => (form, numa),
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(mmap("lz4,mmap:/dev/dax0.0:64G:lz4"), (MmapForm::Lz4, None));
+        assert_eq!(mmap("mmap:/d:1G:zstd"), (MmapForm::Zstd { level: 3 }, None));
+        assert_eq!(mmap("mmap:/d:1G:zstd:19"), (MmapForm::Zstd { level: 19 }, None));
+        assert_eq!(mmap("mmap:/d:1G:numa=0"), (MmapForm::Raw, Some(0)));
+        assert_eq!(mmap("mmap:/dev/shm/f:64G:lz4:numa=1"), (MmapForm::Lz4, Some(1)));
+        assert_eq!(mmap("mmap:/d:1G:numa=1023:zstd:1"), (MmapForm::Zstd { level: 1 }, Some(1023)));
+        assert_eq!(mmap("mmap:/d:1G:raw:numa=2"), (MmapForm::Raw, Some(2)));
+        // Canonical: the form (zstd with its level), then numa; raw left out.
+        assert_eq!(parse("mmap:/d:1G:numa=1:zstd").to_string(), "lz4,mmap:/d:1G:zstd:3:numa=1");
+        assert_eq!(parse("zstd:1,mmap:/d:1G:raw:numa=0").to_string(), "zstd:1,mmap:/d:1G:numa=0");
+        assert_eq!(parse("mmap:/d:1G:lz4,file:/a").to_string(), "lz4,mmap:/d:1G:lz4,file:/a:4G");
+    }
+
+    #[test]
     fn defaults_units_and_canonical_form() {
         // No codec: T1 is lz4, and the spill tiers may come first.
-        assert_eq!(parse("file:/var/tmp"), TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp".into(), size_bytes: 4 * G }] });
+        assert_eq!(
+            parse("file:/var/tmp"),
+            TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp".into(), size_bytes: 4 * G }] }
+        );
         assert_eq!(parse("file:/var/tmp").to_string(), "lz4,file:/var/tmp:4G");
         assert_eq!(parse("mmap:/dev/dax0.0:1T:lz4").to_string(), "lz4,mmap:/dev/dax0.0:1T:lz4");
         assert_eq!(parse("zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G").to_string(), "zstd:1,mmap:/mnt/pmem/f:8G,file:/var/tmp:100G");
@@ -396,7 +485,7 @@ mod tests {
             ("file", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "file:DIR[:SIZE]"),
             ("file:", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "missing"),
             ("file::4G", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "missing"),
-            ("mmap", 1, MissingPath("path", "mmap:PATH:SIZE[:raw|:lz4], e.g. mmap:/dev/dax0.0:64G"), "mmap:PATH:SIZE"),
+            ("mmap", 1, MissingPath("path", "mmap:PATH:SIZE[:FORM][:numa=N], e.g. mmap:/dev/dax0.0:64G"), "mmap:PATH:SIZE"),
             ("file:var/tmp", 1, RelativePath("directory"), "absolute"),
             ("mmap:dev/dax0.0:1G", 1, RelativePath("path"), "absolute"),
             ("mmap:~/f:1G", 1, RelativePath("path"), "absolute"),
@@ -412,10 +501,25 @@ mod tests {
             ("file:/a:0G", 1, SizeNotPages { given: "0G".into(), bytes: 0 }, "positive multiple of 4096"),
             ("file:/a:1000", 1, SizeNotPages { given: "1000".into(), bytes: 1000 }, "1000 bytes"),
             ("mmap:/d:1K", 1, SizeNotPages { given: "1K".into(), bytes: 1024 }, "multiple of 4096"),
-            ("mmap:/d:1G:zstd", 1, BadMmapForm("zstd".into()), "accepted are raw and lz4"),
-            ("mmap:/d:1G:", 1, BadMmapForm("".into()), "raw and lz4"),
+            ("mmap:/d:1G:gzip", 1, BadMmapForm("gzip".into()), "accepted are raw, lz4, zstd, zstd:LEVEL (LEVEL 1 to 19) and numa=N"),
+            ("mmap:/d:1G:", 1, BadMmapForm("".into()), "raw, lz4, zstd"),
+            ("mmap:/d:1G:raw:x", 1, BadMmapForm("x".into()), "mmap:PATH:SIZE[:FORM][:numa=N]"),
+            ("mmap:/d:1G:zstd:3:4", 1, BadMmapForm("4".into()), "numa=N"),
+            ("mmap:/d:1G:nodes=1", 1, BadMmapForm("nodes=1".into()), "numa=N"),
+            ("mmap:/d:1G:zstd:0", 1, BadMmapLevel("0".into()), "LEVEL 1 to 19"),
+            ("mmap:/d:1G:zstd:20", 1, BadMmapLevel("20".into()), "1 to 19"),
+            ("mmap:/d:1G:zstd:-1", 1, BadMmapLevel("-1".into()), "1 to 19"),
+            ("mmap:/d:1G:zstd:+3", 1, BadMmapLevel("+3".into()), "zstd alone for level 3"),
+            ("mmap:/d:1G:zstd:3x", 1, BadMmapLevel("3x".into()), "1 to 19"),
+            ("mmap:/d:1G:raw:lz4", 1, Repeated("storage form (raw, lz4, zstd)"), "given twice"),
+            ("mmap:/d:1G:zstd:lz4", 1, Repeated("storage form (raw, lz4, zstd)"), "storage form"),
+            ("mmap:/d:1G:numa=0:lz4:numa=1", 1, Repeated("NUMA node (numa=N)"), "NUMA node (numa=N) is given twice"),
+            ("mmap:/d:1G:numa=x", 1, BadNumaNode("x".into()), "0 to 1023"),
+            ("mmap:/d:1G:numa=", 1, BadNumaNode("".into()), "`numa=` does not name a NUMA node"),
+            ("mmap:/d:1G:numa=1024", 1, BadNumaNode("1024".into()), "/sys/devices/system/node/online"),
+            ("mmap:/d:1G:numa=+1", 1, BadNumaNode("+1".into()), "node number"),
+            ("mmap:/d:1G:lz4:numa=-1", 1, BadNumaNode("-1".into()), "node number"),
             ("file:/a:1G:x", 1, TooManyFields("file:DIR[:SIZE]"), "cannot contain `:`"),
-            ("mmap:/d:1G:raw:x", 1, TooManyFields("mmap:PATH:SIZE[:raw|:lz4]"), "too many"),
         ];
         for (spec, part, want, fragment) in cases {
             let (got_part, got, msg) = problem(spec);
@@ -440,8 +544,13 @@ mod tests {
     fn spill_tier() -> impl Strategy<Value = SpillTier> {
         prop_oneof![
             (path(), size()).prop_map(|(dir, size_bytes)| SpillTier::File { dir, size_bytes }),
-            (path(), size(), prop_oneof![Just(MmapForm::Raw), Just(MmapForm::Lz4)])
-                .prop_map(|(path, size_bytes, form)| SpillTier::Mmap { path, size_bytes, form }),
+            (
+                path(),
+                size(),
+                prop_oneof![Just(MmapForm::Raw), Just(MmapForm::Lz4), (1..=19i32).prop_map(|level| MmapForm::Zstd { level })],
+                proptest::option::of(0..1024u32)
+            )
+                .prop_map(|(path, size_bytes, form, numa)| SpillTier::Mmap { path, size_bytes, form, numa }),
         ]
     }
 

@@ -2,6 +2,11 @@
 //! `compact_below` have their live records rewritten into the open segment,
 //! and are freed (their file range punched out) once no load reads them.
 //!
+//! The share is of the segment's size for an explicit compaction (so that
+//! segments a flush sealed part-filled are packed together too), and of its
+//! filled bytes for the background thread (which so compacts only what
+//! removes emptied, never the same part-filled segment over and over).
+//!
 //! One batch at a time: victims are chosen, in segment order, while their
 //! live bytes fit the room left (free segments and the open segment's tail),
 //! so a batch never stops half way for want of room; each victim is read
@@ -14,10 +19,11 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::*;
+use std::time::Instant;
 
 use super::ring::{Op, COMPACT_SLOT};
-use super::segment::{FREE, SEALED};
-use super::{record, FileTier, BLOCK};
+use super::segment::{Meta, FREE, SEALED};
+use super::{record, Shared, BLOCK};
 use crate::mem::Mapping;
 
 /// Victims read per batch.
@@ -41,18 +47,23 @@ pub struct FileCompaction {
     pub records_corrupt: u64,
 }
 
-impl FileTier {
-    /// Rewrites the live records of sealed segments under `compact_below`
-    /// live into the open segment and frees those segments. Runs beside
-    /// stores, loads and removes, one compaction at a time; a load waits for
-    /// it only to take the writer mutex of a record it finds in the open
-    /// segment. Moved records are in RAM until the open segment is written
-    /// (when full, or on [`FileTier::flush`]).
-    pub fn compact(&self) -> FileCompaction {
+/// Which sealed segments a compaction takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Victims {
+    /// Live bytes under `compact_below` of the segment's size.
+    BySize,
+    /// Live bytes under `compact_below` of the bytes it was sealed with.
+    ByFill,
+}
+
+impl Shared {
+    /// See [`super::FileTier::compact`]; `which` says which segments to
+    /// take, `background` whether the compaction thread asks.
+    pub(super) fn compact(&self, which: Victims, background: bool) -> FileCompaction {
         let _one_at_a_time = self.compaction.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
         let mut report = FileCompaction::default();
         let seg = self.segment_bytes;
-        let below = (self.config.compact_below * seg as f64) as u32;
         let buffer = match Mapping::anonymous(VICTIMS * seg) {
             Ok(b) => b,
             Err(e) => {
@@ -74,7 +85,7 @@ impl FileTier {
             while cursor < self.segments.count() && n < VICTIMS {
                 let meta = self.segments.get(cursor);
                 let live = meta.live.load(Relaxed);
-                if meta.state.load(Acquire) == SEALED && live < below {
+                if meta.state.load(Acquire) == SEALED && self.is_victim(meta, which) {
                     if need + live as u64 > room {
                         break;
                     }
@@ -106,18 +117,41 @@ impl FileTier {
             }
         }
         let c = &self.counters;
-        c.compactions.fetch_add(1, Relaxed);
+        if background {
+            c.background_compactions.fetch_add(1, Relaxed);
+        }
         c.records_moved.fetch_add(report.records_moved, Relaxed);
         c.segments_freed.fetch_add(report.segments_freed, Relaxed);
+        self.work.add(start, report.bytes_moved, report.segments_freed * seg as u64);
         report
     }
 
-    /// Whether some sealed segment is under the compaction threshold.
+    fn is_victim(&self, meta: &Meta, victims: Victims) -> bool {
+        match victims {
+            Victims::BySize => (meta.live.load(Relaxed) as f64) < self.config.compact_below * self.segment_bytes as f64,
+            Victims::ByFill => self.under_threshold(meta),
+        }
+    }
+
+    /// Whether a sealed segment has less than `compact_below` of its filled bytes live.
+    pub(super) fn under_threshold(&self, meta: &Meta) -> bool {
+        let fill = meta.fill.load(Relaxed);
+        fill > 0 && (meta.live.load(Relaxed) as f64) < self.config.compact_below * fill as f64
+    }
+
+    /// Whether some sealed segment is under the compaction threshold by size.
     pub(super) fn compaction_would_help(&self) -> bool {
-        let below = (self.config.compact_below * self.segment_bytes as f64) as u32;
         (0..self.segments.count()).any(|s| {
             let m = self.segments.get(s);
-            m.state.load(Acquire) == SEALED && m.live.load(Relaxed) < below
+            m.state.load(Acquire) == SEALED && self.is_victim(m, Victims::BySize)
+        })
+    }
+
+    /// Whether some sealed segment is under the threshold by filled bytes.
+    pub(super) fn sparse_segments(&self) -> bool {
+        (0..self.segments.count()).any(|s| {
+            let m = self.segments.get(s);
+            m.state.load(Acquire) == SEALED && self.under_threshold(m)
         })
     }
 
@@ -136,7 +170,10 @@ impl FileTier {
                 true
             }
             other => {
-                tracing::error!("file tier: compaction cannot read segment {segment} ({len} bytes at offset {offset} of {}): {other:?}; leaving it", self.path.display());
+                tracing::error!(
+                    "file tier: compaction cannot read segment {segment} ({len} bytes at offset {offset} of {}): {other:?}; leaving it",
+                    self.path.display()
+                );
                 false
             }
         }

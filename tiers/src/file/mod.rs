@@ -10,9 +10,11 @@
 //!   default). Pages are compressed (lz4 by default) into records of a
 //!   24-byte header and the payload, packed 8-byte aligned into the *open*
 //!   segment, a buffer in RAM; when it is full, or on [`FileTier::flush`],
-//!   it is written with one io_uring write and *sealed*. A load of a page
-//!   still in the open segment is copied from RAM. Any other load submits one
-//!   read of the 4 KiB blocks its record spans and waits for it;
+//!   it is handed to a second buffer and written from there with one
+//!   io_uring write (stores go on into the next segment meanwhile), then
+//!   *sealed*. A load of a page still in RAM (the open segment, or the one
+//!   being written) is copied from there. Any other load submits one read of
+//!   the 4 KiB blocks its record spans and waits for it;
 //!   [`FileTier::load_many`] submits the reads of many pages at once.
 //! - **Never wrong bytes.** Each record carries a crc32c of its header and
 //!   payload, and its header names the handle's slot and generation; both are
@@ -30,24 +32,38 @@
 //! - **Space.** `limit_bytes` bounds the file. A store that finds no free
 //!   segment (one is kept back for compaction) first compacts, then fails
 //!   with [`TierError::Full`]; nothing is ever dropped. A removed page leaves
-//!   a dead record; [`FileTier::compact`] rewrites the live records of sealed
-//!   segments that are less than `compact_below` live into the open segment,
-//!   and frees those segments (their file range is punched out).
-//!   [`FileTier::flush`] runs it when the dead share of sealed segments passes
-//!   `compact_below`.
+//!   a dead record; compaction rewrites the live records of sealed segments
+//!   whose live share fell under `compact_below` into the open segment, and
+//!   frees those segments (their file range is punched out).
+//! - **Background compaction.** Each tier runs a thread of its own, named
+//!   `farmem-compact`, started by [`FileTier::open`] and stopped and joined
+//!   when the tier is dropped ([`FileConfig::compact_interval`]; `None` runs
+//!   none). Every interval it looks whether a remove left a sealed segment
+//!   with less than `compact_below` of its filled bytes live, and if so
+//!   compacts those segments. [`FileTier::compact`] is the explicit path: it
+//!   also packs segments that were sealed part-filled (by a flush), taking
+//!   every sealed segment less than `compact_below` live by segment size. A
+//!   store that finds the tier full runs it, and [`FileTier::flush`] runs it
+//!   when the dead share of sealed segments passes `compact_below`. Work is
+//!   counted in [`FileStats`] and in [`TierStats`]'s `compaction_*` fields.
 //! - **Threads.** Every method takes `&self`. `load` takes no lock for a
 //!   sealed segment: it counts itself into the segment's readers (a segment
 //!   is freed only when its readers are gone), takes a read buffer from a
 //!   pool of 64, and shares the ring: submissions under a mutex, completions
-//!   reaped by one waiter at a time for all (see `ring`). Stores and
-//!   compaction append under the writer mutex, which is also held during the
-//!   write of a full segment (a few ms), so a store, or a load of a page in
-//!   the open segment, may wait that long. Compaction runs one at a time and
-//!   holds no lock across its reads.
+//!   reaped by one waiter at a time for all (see `ring`). A load of a page in
+//!   RAM takes the writer mutex for the copy of its record. Stores and
+//!   compaction append under the writer mutex, one record at a time, and
+//!   never hold it across I/O: a segment is written after its buffer is
+//!   handed over, the mutex released. Compaction runs one at a time, holds
+//!   no lock across its reads, and takes the slot lock once per record it
+//!   moves; so a load never waits on compaction for longer than one record
+//!   move. Segment writes and compaction reads wait for their completions
+//!   without holding the ring's completion mutex (`Ring::wait_politely`).
 //! - **Memory.** Buffers, the slot table and segment counters are mappings
 //!   of the tier's own (design rule 2). What allocates: lz4_flex's hash
 //!   table per store, zstd's context per call when zstd is chosen, and the
-//!   message of an error.
+//!   message of an error. The compaction thread first calls the hook of
+//!   [`crate::set_thread_hook`], where the runtime marks it as its own.
 //!
 //! ```
 //! use farmem_tiers::{FileConfig, FileTier, PageClass, Tier, PAGE_SIZE};
@@ -78,17 +94,22 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::*};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 pub use compact::FileCompaction;
+
+use compact::Victims;
 
 use crypt::Sealer;
 use record::{MAX_RECORD, RECORD_BUF};
 use ring::{Op, Ring, POOL, READ_BUF, WRITE_SLOT};
-use segment::{Meta, Segments, Writer, NONE, OPEN, SEALED};
+use segment::{Meta, Segments, Writer, NONE, OPEN, SEALED, SEALING};
 use slots::{Loc, SlotTable};
 
+use crate::latency::{CompactionWork, OpLatency};
 use crate::{Capacity, Codec, Handle, Page, PageClass, SpillTier, Tier, TierError, TierStats, PAGE_SIZE};
 
 const NAME: &str = "file";
@@ -121,6 +142,10 @@ pub struct FileConfig {
     pub direct_io: bool,
     /// Try O_TMPFILE. Default on; off goes straight to create-and-unlink.
     pub tmpfile: bool,
+    /// How often the background compaction thread looks for segments to
+    /// compact. Default 100 ms; `None` starts no thread (compaction then
+    /// runs only when called, or when a store finds the tier full).
+    pub compact_interval: Option<Duration>,
 }
 
 impl FileConfig {
@@ -135,6 +160,7 @@ impl FileConfig {
             compact_below: 0.5,
             direct_io: true,
             tmpfile: true,
+            compact_interval: Some(Duration::from_millis(100)),
         }
     }
 
@@ -181,12 +207,18 @@ pub struct FileStats {
     pub load_errors: u64,
     /// Of those, records that failed their crc, header or tag check.
     pub checksum_errors: u64,
-    /// Compactions run.
+    /// Compactions run (explicit, on a full store, and in the background).
     pub compactions: u64,
+    /// Of those, run by the background thread.
+    pub background_compactions: u64,
     /// Records moved by them.
     pub records_moved: u64,
+    /// Their bytes.
+    pub bytes_moved: u64,
     /// Segments they freed.
     pub segments_freed: u64,
+    /// Time they took, in nanoseconds.
+    pub compaction_ns: u64,
     /// Memory of the slot table (the pages of slots ever used).
     pub table_bytes: u64,
     /// Whether the file is read and written with O_DIRECT.
@@ -208,13 +240,37 @@ struct Counters {
     bytes_read: AtomicU64,
     writes: AtomicU64,
     bytes_written: AtomicU64,
-    compactions: AtomicU64,
+    background_compactions: AtomicU64,
     records_moved: AtomicU64,
     segments_freed: AtomicU64,
 }
 
 /// The file spill tier (T2).
 pub struct FileTier {
+    shared: Arc<Shared>,
+    compactor: Option<Compactor>,
+}
+
+/// The background compaction thread, stopped and joined on drop.
+struct Compactor {
+    thread: Option<JoinHandle<()>>,
+    /// The process that started it: a forked child has no such thread to join.
+    pid: u32,
+}
+
+/// What the compaction thread sleeps on.
+#[derive(Default)]
+struct Wake {
+    stop: Mutex<bool>,
+    cv: Condvar,
+    /// Set when a remove leaves a sealed segment under the threshold.
+    wanted: AtomicBool,
+    /// The thread's id (gettid), once it runs.
+    tid: AtomicU64,
+}
+
+/// The tier's state, shared with its compaction thread.
+struct Shared {
     config: FileConfig,
     file: File,
     path: PathBuf,
@@ -223,11 +279,16 @@ pub struct FileTier {
     segments: Segments,
     slots: SlotTable,
     writer: Mutex<Writer>,
+    /// Signalled when the segment being written is sealed (or its write failed).
+    sealed: Condvar,
     ring: Ring,
     sealer: Option<Sealer>,
     compaction: Mutex<()>,
     seq: AtomicU64,
     counters: Counters,
+    latency: OpLatency,
+    work: CompactionWork,
+    wake: Wake,
     /// Test hook: this many next page reads fail with EIO.
     #[cfg(test)]
     fail_reads: std::sync::atomic::AtomicU32,
@@ -284,16 +345,20 @@ impl FileTier {
         let sealer = if config.encrypt { Some(Sealer::random().map_err(os("drawing the file tier's key"))?) } else { None };
         // A zero page packs into 48 bytes; the table is only reserved, not used.
         let slots = (limit / 32).clamp(1, MAX_SLOTS) as u32;
-        let tier = FileTier {
+        let tier = Shared {
             segment_bytes: segment_bytes as usize,
             segments: Segments::new(count).map_err(os("mapping the file tier's segment table"))?,
             slots: SlotTable::new(slots).map_err(os("mapping the file tier's slot table"))?,
-            writer: Mutex::new(Writer::new(count, segment_bytes as usize).map_err(os("mapping the file tier's segment buffer"))?),
+            writer: Mutex::new(Writer::new(count, segment_bytes as usize).map_err(os("mapping the file tier's segment buffers"))?),
+            sealed: Condvar::new(),
             ring: Ring::new().map_err(os("setting up the file tier's io_uring"))?,
             sealer,
             compaction: Mutex::new(()),
             seq: AtomicU64::new(0),
             counters: Counters::default(),
+            latency: OpLatency::default(),
+            work: CompactionWork::default(),
+            wake: Wake::default(),
             #[cfg(test)]
             fail_reads: Default::default(),
             file: made.file,
@@ -309,7 +374,21 @@ impl FileTier {
             if tier.direct { "O_DIRECT" } else { "buffered" },
             if tier.sealer.is_some() { "encrypted" } else { "not encrypted" }
         );
-        Ok(tier)
+        let shared = Arc::new(tier);
+        let compactor = match shared.config.compact_interval {
+            Some(every) => {
+                let s = Arc::clone(&shared);
+                let thread = crate::threads::spawn(c"farmem-compact", move || {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.compact_in_background(every))).is_err() {
+                        tracing::error!("file tier: the compaction thread panicked; compaction now runs only when a store finds the tier full");
+                    }
+                })
+                .map_err(|source| TierError::Os { op: "starting the file tier's compaction thread", source })?;
+                Some(Compactor { thread: Some(thread), pid: std::process::id() })
+            }
+            None => None,
+        };
+        Ok(FileTier { shared, compactor })
     }
 
     /// The tier of a `file:DIR:SIZE` spec part; other kinds are refused.
@@ -322,51 +401,65 @@ impl FileTier {
 
     /// The configuration the tier was made with.
     pub fn config(&self) -> &FileConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// The spill file as messages name it: its directory, and how it was made.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Whether the file is read and written with O_DIRECT.
     pub fn direct_io(&self) -> bool {
-        self.direct
+        self.shared.direct
     }
 
     /// The spill file's descriptor, for benchmarks that read the same file
     /// without the tier (open `/proc/self/fd/N`). Writing through it corrupts pages.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        self.shared.file.as_fd()
     }
 
-    /// Writes the open segment to the file and seals it, so every page
+    /// Writes the segments in RAM to the file and seals them, so every page
     /// stored so far is read back from the file; then compacts if the dead
     /// share of sealed segments passes `compact_below` (and writes what
     /// compaction moved too).
     pub fn flush(&self) -> Result<(), TierError> {
-        self.seal_open()?;
-        let (n, live, _) = self.segments.totals(SEALED);
-        let bytes = n * self.segment_bytes as u64;
-        if bytes > 0 && (bytes - live) as f64 > self.config.compact_below * bytes as f64 {
-            let done = self.compact();
+        let s = &self.shared;
+        s.seal_open()?;
+        let (n, live, _) = s.segments.totals(SEALED);
+        let bytes = n * s.segment_bytes as u64;
+        if bytes > 0 && (bytes - live) as f64 > s.config.compact_below * bytes as f64 {
+            let done = s.compact(Victims::BySize, false);
             tracing::debug!("file tier: compaction on flush: {done:?}");
-            self.seal_open()?;
+            s.seal_open()?;
         }
         Ok(())
     }
 
+    /// Rewrites the live records of sealed segments under `compact_below`
+    /// live (by segment size, so segments sealed part-filled are packed too)
+    /// into the open segment and frees those segments. Runs beside stores,
+    /// loads, removes and the background thread, one compaction at a time;
+    /// a load waits for it at most for one record move. Moved records are in
+    /// RAM until the open segment is written (when full, or on
+    /// [`FileTier::flush`]).
+    pub fn compact(&self) -> FileCompaction {
+        self.shared.compact(Victims::BySize, false)
+    }
+
     /// Counters beyond [`TierStats`].
     pub fn file_stats(&self) -> FileStats {
-        let c = &self.counters;
-        let free = self.lock_writer().free_segments() as u64;
+        let s = &self.shared;
+        let c = &s.counters;
+        let free = s.lock_writer().free_segments() as u64;
+        let work = s.work.fill(TierStats::default());
         FileStats {
             pages: c.pages.load(Relaxed),
             record_bytes: c.record_bytes.load(Relaxed),
-            segments: self.segments.count() as u64,
-            segment_bytes: self.segment_bytes as u64,
-            sealed_segments: self.segments.totals(SEALED).0,
+            segments: s.segments.count() as u64,
+            segment_bytes: s.segment_bytes as u64,
+            sealed_segments: s.segments.totals(SEALED).0,
             free_segments: free,
             reads: c.reads.load(Relaxed),
             ram_loads: c.ram_loads.load(Relaxed),
@@ -375,26 +468,62 @@ impl FileTier {
             bytes_written: c.bytes_written.load(Relaxed),
             load_errors: c.load_errors.load(Relaxed),
             checksum_errors: c.checksum_errors.load(Relaxed),
-            compactions: c.compactions.load(Relaxed),
+            compactions: work.compactions,
+            background_compactions: c.background_compactions.load(Relaxed),
             records_moved: c.records_moved.load(Relaxed),
+            bytes_moved: work.compaction_bytes_moved,
             segments_freed: c.segments_freed.load(Relaxed),
-            table_bytes: self.slots.bytes(),
-            direct_io: self.direct,
-            encrypted: self.sealer.is_some(),
+            compaction_ns: work.compaction_ns,
+            table_bytes: s.slots.bytes(),
+            direct_io: s.direct,
+            encrypted: s.sealer.is_some(),
         }
     }
 
     /// Loads `handles[i]` into `out[i]` for every `i`, with the reads of up
     /// to 32 pages in flight at once (for prefetch), and calls
     /// `done(i, result)` for each page as it is checked, in no fixed order. A
-    /// failed page's `out[i]` holds nothing meaningful.
+    /// failed page's `out[i]` holds nothing meaningful. Each page's time, from
+    /// the start of its batch, goes to the load latency histogram.
     ///
     /// # Panics
     /// If the slices differ in length.
-    pub fn load_many(&self, handles: &[Handle], out: &mut [Page], mut done: impl FnMut(usize, Result<(), TierError>)) {
+    pub fn load_many(&self, handles: &[Handle], out: &mut [Page], done: impl FnMut(usize, Result<(), TierError>)) {
+        self.shared.load_many(handles, out, done)
+    }
+}
+
+impl Drop for FileTier {
+    fn drop(&mut self) {
+        let Some(mut c) = self.compactor.take() else { return };
+        let thread = c.thread.take().expect("the compaction thread is joined once");
+        if c.pid != std::process::id() {
+            // A forked child: the thread is not here (and may have held the
+            // stop mutex at the fork). Neither join nor detach it, touch nothing.
+            std::mem::forget(thread);
+            return;
+        }
+        let wake = &self.shared.wake;
+        *wake.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.cv.notify_all();
+        // A compaction in progress finishes first: at most a batch of reads.
+        if thread.join().is_err() {
+            tracing::error!("file tier: the compaction thread panicked");
+        }
+    }
+}
+
+impl Shared {
+    /// See [`FileTier::load_many`].
+    fn load_many(&self, handles: &[Handle], out: &mut [Page], mut done: impl FnMut(usize, Result<(), TierError>)) {
         assert_eq!(handles.len(), out.len(), "load_many: {} handles for {} pages", handles.len(), out.len());
         let mut next = 0;
+        let mut done = |i, r: Result<(), TierError>, start: Instant| {
+            self.latency.load.record_since(start);
+            done(i, r)
+        };
         while next < handles.len() {
+            let start = Instant::now();
             let mut buffers = self.ring.take_buffers((handles.len() - next).min(BATCH));
             let mut pending: [Option<Pending<'_>>; BATCH] = [const { None }; BATCH];
             let mut ops = [const { None::<Op> }; BATCH];
@@ -403,14 +532,14 @@ impl FileTier {
                 let (index, handle) = (next, handles[next]);
                 next += 1;
                 let Some(pin) = self.pin(handle) else {
-                    done(index, Err(self.unknown(handle)));
+                    done(index, Err(self.unknown(handle)), start);
                     continue;
                 };
                 let mut rec = [0u8; RECORD_BUF];
                 if self.copy_open(pin.loc, &mut rec) {
                     self.counters.ram_loads.fetch_add(1, Relaxed);
                     let r = self.decode(handle, pin.loc, &mut rec[..pin.loc.len()], &mut out[index]);
-                    done(index, self.count_load(r));
+                    done(index, self.count_load(r), start);
                     continue;
                 }
                 let buffer = buffers.trailing_zeros() as usize;
@@ -441,7 +570,7 @@ impl FileTier {
                 let p = p.take().expect("pending read");
                 used |= 1 << p.buffer;
                 let r = self.finish_read(&p, &mut out[p.index]);
-                done(p.index, self.count_load(r));
+                done(p.index, self.count_load(r), start);
             }
             self.ring.give_buffers(used | buffers);
         }
@@ -520,16 +649,23 @@ impl FileTier {
         }
     }
 
-    /// Copies the record at `loc` into `rec` if its segment is still the open one.
+    /// Copies the record at `loc` into `rec` if its segment is still in RAM:
+    /// open, or being written.
     fn copy_open(&self, loc: Loc, rec: &mut [u8; RECORD_BUF]) -> bool {
-        if self.segments.get(loc.segment()).state.load(Acquire) != OPEN {
+        let state = self.segments.get(loc.segment()).state.load(Acquire);
+        if state != OPEN && state != SEALING {
             return false;
         }
         let mut w = self.lock_writer();
-        if w.open != loc.segment() {
-            return false;
-        }
-        rec[..loc.len()].copy_from_slice(w.bytes(loc.offset(), loc.len()));
+        let bytes: &[u8] = if w.open == loc.segment() {
+            w.bytes(loc.offset(), loc.len())
+        } else if w.sealing == loc.segment() {
+            // Read while the kernel reads the same bytes for the write: both only read.
+            w.sealing_bytes(loc.offset(), loc.len())
+        } else {
+            return false; // sealed since: the file has it
+        };
+        rec[..loc.len()].copy_from_slice(bytes);
         true
     }
 
@@ -551,12 +687,14 @@ impl FileTier {
     fn append(&self, rec: &[u8], keep: u32) -> Result<Loc, TierError> {
         debug_assert!(rec.len() <= MAX_RECORD);
         let mut w = self.lock_writer();
-        if w.open == NONE || w.fill + rec.len() > self.segment_bytes {
+        while w.open == NONE || w.fill + rec.len() > self.segment_bytes {
+            if w.open != NONE {
+                let full = w.open;
+                w = self.seal(w, full)?;
+                continue; // the lock was let go: look again
+            }
             if w.free_segments() <= keep {
                 return Err(self.full());
-            }
-            if w.open != NONE {
-                self.seal(&mut w)?;
             }
             let segment = w.take(keep).ok_or_else(|| self.full())?;
             let meta = self.segments.get(segment);
@@ -573,25 +711,62 @@ impl FileTier {
         Ok(Loc::new(w.open, offset, rec.len()))
     }
 
+    /// Seals the open segment, if it has anything, and waits until the file
+    /// holds it and every segment sealed before.
     fn seal_open(&self) -> Result<(), TierError> {
         let mut w = self.lock_writer();
         if w.open != NONE && w.fill > 0 {
-            self.seal(&mut w)?;
+            let open = w.open;
+            w = self.seal(w, open)?;
+        }
+        while w.sealing != NONE {
+            w = if w.writing { self.sealed.wait(w).unwrap_or_else(|e| e.into_inner()) } else { self.write_sealing(w)? };
         }
         Ok(())
     }
 
-    /// Writes the open segment's filled blocks with one io_uring write and
-    /// seals it. On failure it stays open, in RAM, and the error is returned.
-    fn seal(&self, w: &mut Writer) -> Result<(), TierError> {
-        let segment = w.open;
-        let len = (w.fill as u64).next_multiple_of(BLOCK) as usize;
+    /// Hands the open segment, if it is still `segment`, to the sealing
+    /// buffer and writes it to the file with the writer mutex released;
+    /// returns the mutex taken again. One segment is written at a time: a
+    /// second seal first waits for the write before (or, if that write
+    /// failed, retries it). On failure the segment stays in RAM, loads are
+    /// still served from there, and the error is returned.
+    fn seal<'a>(&'a self, mut w: MutexGuard<'a, Writer>, segment: u32) -> Result<MutexGuard<'a, Writer>, TierError> {
+        while w.sealing != NONE {
+            w = if w.writing { self.sealed.wait(w).unwrap_or_else(|e| e.into_inner()) } else { self.write_sealing(w)? };
+        }
+        if w.open != segment || w.fill == 0 {
+            return Ok(w); // sealed by another thread while this one waited
+        }
+        let fill = w.fill;
+        w.hand_over();
+        let meta = self.segments.get(segment);
+        meta.fill.store(fill as u32, Relaxed);
+        // Loads that see SEALING copy the record from the sealing buffer.
+        meta.state.store(SEALING, Release);
+        self.write_sealing(w)
+    }
+
+    /// Writes the sealing segment's filled blocks with one io_uring write,
+    /// the writer mutex released meanwhile, and marks it sealed.
+    fn write_sealing<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> Result<MutexGuard<'a, Writer>, TierError> {
+        debug_assert!(w.sealing != NONE && !w.writing);
+        let segment = w.sealing;
+        let len = (w.sealing_fill as u64).next_multiple_of(BLOCK) as usize;
+        let buf = w.sealing_buffer.addr();
+        // `writing` makes this thread the owner of the sealing buffer (nobody
+        // swaps it) and of the write slot until it is cleared below.
+        w.writing = true;
+        drop(w);
         let offset = segment as u64 * self.segment_bytes as u64;
-        let op = Op { slot: WRITE_SLOT, write: true, fd: self.file.as_raw_fd(), buf: w.buffer.addr(), len, offset };
-        let written = self.io(op);
+        let written = self.io(Op { slot: WRITE_SLOT, write: true, fd: self.file.as_raw_fd(), buf, len, offset });
+        let mut w = self.lock_writer();
+        w.writing = false;
         match written {
             Ok(n) if n == len => {}
             other => {
+                // Wakes a waiter, which retries the write itself.
+                self.sealed.notify_all();
                 let source = other.map_or_else(|e| e, |n| io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} bytes of {len}")));
                 let e = TierError::SpillIo { op: "writing a segment", path: self.path.clone(), offset, len, handle: None, source };
                 tracing::error!("file tier: {e}");
@@ -601,23 +776,28 @@ impl FileTier {
         self.counters.writes.fetch_add(1, Relaxed);
         self.counters.bytes_written.fetch_add(len as u64, Relaxed);
         let meta = self.segments.get(segment);
-        meta.fill.store(w.fill as u32, Relaxed);
         // Release: a load that sees SEALED finds the bytes in the file.
         meta.state.store(SEALED, Release);
-        w.open = NONE;
-        w.fill = 0;
-        Ok(())
+        w.sealing = NONE;
+        self.sealed.notify_all();
+        if self.under_threshold(meta) {
+            // Removes while it was in RAM already left it sparse.
+            self.wake.wanted.store(true, Relaxed);
+        }
+        Ok(w)
     }
 
-    /// Runs one operation on a slot the caller owns (the writer's or the
-    /// compactor's) and waits for it.
+    /// Runs one operation on a slot the caller owns (the segment writer's or
+    /// the compactor's) and waits for it, politely (see `Ring::wait_politely`).
     fn io(&self, op: Op) -> io::Result<usize> {
-        // SAFETY: the callers own op.slot (writer mutex or compaction mutex)
-        // and its buffer, which outlives this call; the op is waited for here.
+        // SAFETY: the callers own op.slot (the writing flag, or the compaction
+        // mutex) and its buffer, which outlives this call; the op is waited for here.
         if let Err(e) = unsafe { self.ring.submit(&[op]) } {
+            // Still queued: only a wait that enters the kernel submits it again.
             tracing::warn!("file tier: io_uring submit: {e}; waiting anyway");
+            return self.ring.wait(op.slot);
         }
-        self.ring.wait(op.slot)
+        self.ring.wait_politely(op.slot)
     }
 
     fn store_once(&self, page: &Page) -> Result<Handle, TierError> {
@@ -639,6 +819,62 @@ impl FileTier {
         c.stores.fetch_add(1, Relaxed);
         Ok(slots::handle(slot, generation))
     }
+
+    fn store(&self, page: &Page) -> Result<Handle, TierError> {
+        match self.store_once(page) {
+            Err(TierError::Full { .. }) if self.compaction_would_help() => {
+                let done = self.compact(Victims::BySize, false);
+                tracing::debug!("file tier: full, compacted: {done:?}");
+                self.store_once(page)
+            }
+            r => r,
+        }
+    }
+
+    fn remove(&self, handle: Handle) {
+        let mut locked = self.slots.lock();
+        let Some(loc) = self.slots.remove(handle, &mut locked) else { return };
+        // Under the slot lock, as compaction moves counts with it.
+        let meta = self.segments.get(loc.segment());
+        meta.live.fetch_sub(loc.len() as u32, Relaxed);
+        drop(locked);
+        if meta.state.load(Relaxed) == SEALED && self.under_threshold(meta) && !self.wake.wanted.load(Relaxed) {
+            self.wake.wanted.store(true, Relaxed);
+        }
+        self.counters.pages.fetch_sub(1, Relaxed);
+        self.counters.record_bytes.fetch_sub(loc.len() as u64, Relaxed);
+    }
+
+    /// The background compaction thread's loop: every `every`, compacts the
+    /// segments that removes left under the threshold, until the tier drops.
+    fn compact_in_background(&self, every: Duration) {
+        // SAFETY: gettid has no arguments and cannot fail.
+        self.wake.tid.store(unsafe { libc::gettid() } as u64, Relaxed);
+        // A periodic look over every segment, in case a signal was missed.
+        const LOOK_EVERY: u32 = 16;
+        let mut ticks = 0u32;
+        let mut stop = self.wake.stop.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if *stop {
+                return;
+            }
+            stop = self.wake.cv.wait_timeout(stop, every).unwrap_or_else(|e| e.into_inner()).0;
+            if *stop {
+                return;
+            }
+            ticks += 1;
+            let wanted = self.wake.wanted.swap(false, Relaxed);
+            if !wanted && !ticks.is_multiple_of(LOOK_EVERY) {
+                continue;
+            }
+            drop(stop);
+            if self.sparse_segments() {
+                let done = self.compact(Victims::ByFill, true);
+                tracing::debug!("file tier: background compaction: {done:?}");
+            }
+            stop = self.wake.stop.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl Tier for FileTier {
@@ -648,66 +884,69 @@ impl Tier for FileTier {
 
     /// Stores the page in the open segment (PageClass is not used: one codec).
     fn store(&self, page: &Page, _class: PageClass) -> Result<Handle, TierError> {
-        match self.store_once(page) {
-            Err(TierError::Full { .. }) if self.compaction_would_help() => {
-                let done = self.compact();
-                tracing::debug!("file tier: full, compacted: {done:?}");
-                self.store_once(page)
-            }
-            r => r,
-        }
+        let start = Instant::now();
+        let r = self.shared.store(page);
+        self.shared.latency.store.record_since(start);
+        r
     }
 
     fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
         let mut result = Err(TierError::UnknownHandle(handle));
-        self.load_many(&[handle], std::slice::from_mut(out), |_, r| result = r);
+        self.shared.load_many(&[handle], std::slice::from_mut(out), |_, r| result = r);
         result
+    }
+
+    /// The reads of up to 32 pages in flight at once (see [`FileTier::load_many`]).
+    fn load_many(&self, handles: &[Handle], out: &mut [Page], done: &mut dyn FnMut(usize, Result<(), TierError>)) {
+        self.shared.load_many(handles, out, done)
     }
 
     /// Frees the page's record (its space comes back when its segment is
     /// compacted). A handle naming no stored page is ignored.
     fn remove(&self, handle: Handle) {
-        let mut locked = self.slots.lock();
-        let Some(loc) = self.slots.remove(handle, &mut locked) else { return };
-        // Under the slot lock, as compaction moves counts with it.
-        self.segments.get(loc.segment()).live.fetch_sub(loc.len() as u32, Relaxed);
-        drop(locked);
-        self.counters.pages.fetch_sub(1, Relaxed);
-        self.counters.record_bytes.fetch_sub(loc.len() as u64, Relaxed);
+        self.shared.remove(handle)
     }
 
     fn capacity(&self) -> Capacity {
-        let free = self.lock_writer().free_segments() as u64;
-        let count = self.segments.count() as u64;
-        Capacity { limit_bytes: count * self.segment_bytes as u64, used_bytes: (count - free) * self.segment_bytes as u64 }
+        let s = &self.shared;
+        let free = s.lock_writer().free_segments() as u64;
+        let count = s.segments.count() as u64;
+        Capacity { limit_bytes: count * s.segment_bytes as u64, used_bytes: (count - free) * s.segment_bytes as u64 }
     }
 
     fn stats(&self) -> TierStats {
-        let c = &self.counters;
+        let s = &self.shared;
+        let c = &s.counters;
         let pages = c.pages.load(Relaxed);
-        let (sealed, _, _) = self.segments.totals(SEALED);
-        let open_fill = self.lock_writer().fill as u64;
-        TierStats {
+        let (sealed, _, _) = s.segments.totals(SEALED);
+        let in_ram = {
+            let w = s.lock_writer();
+            w.fill as u64 + if w.sealing != NONE { w.sealing_fill as u64 } else { 0 }
+        };
+        let stats = TierStats {
             pages,
             bytes_in: pages * PAGE_SIZE as u64,
             bytes_compressed: c.record_bytes.load(Relaxed),
-            bytes_used: sealed * self.segment_bytes as u64 + open_fill,
+            bytes_used: sealed * s.segment_bytes as u64 + in_ram,
             stores: c.stores.load(Relaxed),
             loads: c.loads.load(Relaxed),
             load_errors: c.load_errors.load(Relaxed),
             ..TierStats::default()
-        }
+        };
+        s.work.fill(stats.with_latency(&s.latency))
     }
 }
 
 impl std::fmt::Debug for FileTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.shared;
         f.debug_struct("FileTier")
-            .field("path", &self.path)
-            .field("direct", &self.direct)
-            .field("segment_bytes", &self.segment_bytes)
-            .field("segments", &self.segments.count())
-            .field("encrypted", &self.sealer.is_some())
+            .field("path", &s.path)
+            .field("direct", &s.direct)
+            .field("segment_bytes", &s.segment_bytes)
+            .field("segments", &s.segments.count())
+            .field("encrypted", &s.sealer.is_some())
+            .field("background_compaction", &self.compactor.is_some())
             .finish()
     }
 }

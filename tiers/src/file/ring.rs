@@ -3,7 +3,7 @@
 //!
 //! Each operation is named by a *slot*: `0..POOL` are the read buffers (a
 //! thread owns a slot while it owns the buffer), [`WRITE_SLOT`] is the
-//! segment writer's (used under the writer's lock) and [`COMPACT_SLOT`] the
+//! segment writer's (used by the one thread writing the sealing segment) and [`COMPACT_SLOT`] the
 //! compactor's (used under the compaction lock). So at most `SLOTS` operations
 //! are in flight, fewer than the ring's entries: a push never finds it full.
 //!
@@ -13,6 +13,9 @@
 //! `io_uring_enter` for the next completion *while holding the mutex*; the
 //! others wait on the mutex, and find their result in their cell when they get
 //! it. Nobody sleeps on a completion that another thread has already reaped.
+//! Background operations (segment writes, compaction reads) wait instead
+//! with [`Ring::wait_politely`], which takes the cq mutex only to reap, never
+//! to sleep, so a fault's read never waits behind them.
 //!
 //! The buffers are an anonymous mapping of the tier's own (page-aligned, as
 //! O_DIRECT needs), never the program's heap (design rule 2).
@@ -30,7 +33,7 @@ use crate::mem::Mapping;
 pub(super) const POOL: usize = 64;
 /// Bytes of one read buffer: the 4 KiB blocks any record can span.
 pub(super) const READ_BUF: usize = 3 * 4096;
-/// The slot of segment writes.
+/// The slot of segment writes (owned by whoever set the writer's `writing`).
 pub(super) const WRITE_SLOT: usize = POOL;
 /// The slot of compaction reads.
 pub(super) const COMPACT_SLOT: usize = POOL + 1;
@@ -196,6 +199,36 @@ impl Ring {
                 }
             }
             self.reap(slot);
+        }
+    }
+
+    /// Waits for the operation of `slot` without ever holding the cq mutex
+    /// while waiting: it takes the mutex only to reap (`try_lock`), and
+    /// otherwise sleeps a little and looks at its cell again. For background
+    /// I/O (compaction reads, segment writes): a load waiting for its own
+    /// read, which may take the mutex and sleep in the kernel, is so never
+    /// held up behind this wait, only at most one reap long.
+    pub(super) fn wait_politely(&self, slot: usize) -> io::Result<usize> {
+        let mut pause = std::time::Duration::from_micros(10);
+        loop {
+            let r = self.results[slot].load(Acquire);
+            if r != PENDING {
+                return if r < 0 { Err(io::Error::from_raw_os_error(-r as i32)) } else { Ok(r as usize) };
+            }
+            self.check()?;
+            let reaped = match self.cq.try_lock() {
+                Ok(_cq) => self.reap(slot),
+                Err(std::sync::TryLockError::Poisoned(e)) => {
+                    let _cq = e.into_inner();
+                    self.reap(slot)
+                }
+                // The holder reaps for everyone, this cell included.
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            };
+            if !reaped {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_micros(200));
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! The log: the spill file cut into segments of `segment_bytes`, each Free,
-//! Open (being filled in the RAM buffer, at most one at a time) or Sealed
-//! (written to the file, read-only until compaction frees it).
+//! Open (being filled in the RAM buffer, at most one at a time), Sealing
+//! (handed to the second buffer and being written from there, at most one at
+//! a time) or Sealed (written to the file, read-only until compaction frees
+//! it).
 //!
 //! Per segment the tier keeps, in a mapping of its own: the bytes of live
 //! records (compaction picks segments where it is low), the loads reading it
@@ -21,6 +23,8 @@ pub(super) const FREE: u32 = 0;
 pub(super) const OPEN: u32 = 1;
 /// In the file.
 pub(super) const SEALED: u32 = 2;
+/// Full, being written from the writer's sealing buffer; loads copy from RAM.
+pub(super) const SEALING: u32 = 3;
 
 /// The counters of every segment.
 pub(super) struct Segments {
@@ -35,7 +39,7 @@ pub(super) struct Meta {
     pub(super) live: AtomicU32,
     /// Loads reading the segment now.
     pub(super) readers: AtomicU32,
-    /// FREE, OPEN or SEALED.
+    /// FREE, OPEN, SEALING or SEALED.
     pub(super) state: AtomicU32,
     /// Bytes filled when sealed.
     pub(super) fill: AtomicU32,
@@ -72,7 +76,8 @@ impl Segments {
     }
 }
 
-/// The open segment and the free ones; guarded by the tier's writer mutex.
+/// The open segment, the one being written, and the free ones; guarded by
+/// the tier's writer mutex.
 pub(super) struct Writer {
     /// The segment being filled, or [`NONE`].
     pub(super) open: u32,
@@ -80,6 +85,16 @@ pub(super) struct Writer {
     pub(super) fill: usize,
     /// Its bytes (page-aligned, for O_DIRECT).
     pub(super) buffer: Mapping,
+    /// The segment being written to the file (SEALING), or [`NONE`].
+    pub(super) sealing: u32,
+    /// Bytes of it filled.
+    pub(super) sealing_fill: usize,
+    /// Its bytes. Swapped with `buffer` only when `sealing` is NONE, so never
+    /// while a write reads it.
+    pub(super) sealing_buffer: Mapping,
+    /// Whether a thread is writing `sealing` now; false with `sealing` set
+    /// means its write failed and the next seal retries it.
+    pub(super) writing: bool,
     /// Segments below this have been used at least once.
     next_unused: u32,
     /// Freed segment numbers, a stack of `free_len`.
@@ -94,6 +109,10 @@ impl Writer {
             open: NONE,
             fill: 0,
             buffer: Mapping::anonymous(segment_bytes)?,
+            sealing: NONE,
+            sealing_fill: 0,
+            sealing_buffer: Mapping::anonymous(segment_bytes)?,
+            writing: false,
             next_unused: 0,
             free_stack: Mapping::anonymous(count as usize * 4)?,
             free_len: 0,
@@ -126,6 +145,25 @@ impl Writer {
         // SAFETY: free_len < count, inside free_stack; &mut self.
         unsafe { *self.free_stack.addr().cast::<u32>().add(self.free_len as usize) = segment };
         self.free_len += 1;
+    }
+
+    /// Makes the open segment the sealing one, its buffer the sealing
+    /// buffer, and leaves no segment open.
+    pub(super) fn hand_over(&mut self) {
+        assert!(self.sealing == NONE && self.open != NONE, "a seal while segment {} is being written", self.sealing);
+        std::mem::swap(&mut self.buffer, &mut self.sealing_buffer);
+        self.sealing = self.open;
+        self.sealing_fill = self.fill;
+        self.open = NONE;
+        self.fill = 0;
+    }
+
+    /// The bytes `[offset, offset+len)` of the sealing buffer, to read.
+    pub(super) fn sealing_bytes(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(offset + len <= self.sealing_fill);
+        // SAFETY: inside the buffer; it is written by nobody while `sealing`
+        // is set (appends go to `buffer`), and the kernel only reads it.
+        unsafe { std::slice::from_raw_parts(self.sealing_buffer.addr().add(offset), len) }
     }
 
     /// The bytes `[offset, offset+len)` of the buffer.

@@ -132,6 +132,14 @@ fn round_trips_random_and_compressible_pages_under_4_threads() {
                     for (o, c) in out.iter().zip(chunk) {
                         assert!(*o == page(c.1));
                     }
+                    // The same through the trait, as the runtime calls it.
+                    let mut out = vec![[0u8; PAGE_SIZE]; chunk.len()];
+                    let mut ok = vec![false; chunk.len()];
+                    (&*tier as &dyn Tier).load_many(&handles, &mut out, &mut |i, r| ok[i] = r.is_ok());
+                    assert!(ok.iter().all(|&k| k));
+                    for (o, c) in out.iter().zip(chunk) {
+                        assert!(*o == page(c.1));
+                    }
                 }
                 held.len() as u64
             })
@@ -148,7 +156,8 @@ fn round_trips_random_and_compressible_pages_under_4_threads() {
 #[test]
 fn loads_stay_right_while_compaction_runs() {
     let dir = TempDir::new("compact");
-    let tier = Arc::new(FileTier::open(config(&dir, 32 << 20, 128 << 10)).unwrap());
+    // The explicit path alone: the counts below are its own.
+    let tier = Arc::new(FileTier::open(FileConfig { compact_interval: None, ..config(&dir, 32 << 20, 128 << 10) }).unwrap());
     let mut held: Vec<_> = (0..3000).map(|seed| (tier.store(&page(seed), PageClass::DEFAULT).unwrap(), seed)).collect();
     tier.flush().unwrap();
     let blocks_before = reopen(&tier).metadata().unwrap().blocks();
@@ -193,6 +202,84 @@ fn loads_stay_right_while_compaction_runs() {
 }
 
 #[test]
+fn background_compaction_keeps_every_page_right_under_4_threads() {
+    let dir = TempDir::new("background");
+    let every = Duration::from_millis(2);
+    let tier = Arc::new(FileTier::open(FileConfig { compact_interval: Some(every), ..config(&dir, 64 << 20, 64 << 10) }).unwrap());
+    let start = Instant::now();
+    let tid = loop {
+        match tier.shared.wake.tid.load(Relaxed) {
+            0 if start.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(1)),
+            0 => panic!("the compaction thread did not start"),
+            tid => break tid,
+        }
+    };
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "farmem-compact");
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let tier = tier.clone();
+            std::thread::spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(100 + t);
+                let mut held: Vec<(Handle, u64)> = Vec::new();
+                let begun = Instant::now();
+                let mut i = 0u64;
+                // Until the background thread has compacted a few times while
+                // this thread works (or a generous time has passed).
+                while i < 2000 || (tier.file_stats().background_compactions < 4 && begun.elapsed() < Duration::from_secs(20)) {
+                    let seed = t << 32 | i;
+                    held.push((tier.store(&page(seed), PageClass::DEFAULT).unwrap(), seed));
+                    let (h, s) = held[rng.gen_range(0..held.len())];
+                    check(&tier, h, s);
+                    // Three removes for every five stores: segments go sparse.
+                    if rng.gen_ratio(3, 5) {
+                        let (h, _) = held.swap_remove(rng.gen_range(0..held.len()));
+                        tier.remove(h);
+                    }
+                    i += 1;
+                }
+                for &(h, s) in &held {
+                    check(&tier, h, s);
+                }
+                held
+            })
+        })
+        .collect();
+    let held: Vec<_> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let (s, f) = (tier.stats(), tier.file_stats());
+    assert!(f.background_compactions >= 4 && f.segments_freed > 0 && f.records_moved > 0, "{f:?}");
+    assert!(s.compactions >= f.background_compactions && s.compaction_bytes_moved == f.bytes_moved && s.compaction_bytes_moved > 0, "{s:?}");
+    assert_eq!(s.compaction_bytes_freed, f.segments_freed * f.segment_bytes);
+    assert!(s.compaction_ns > 0 && s.load_p50_ns > 0 && s.store_p50_ns > 0, "{s:?}");
+    assert_eq!((s.pages, s.load_errors, f.checksum_errors), (held.len() as u64, 0, 0));
+    // Once more from the file, after the moved records are written.
+    tier.flush().unwrap();
+    for &(h, seed) in &held {
+        check(&tier, h, seed);
+    }
+    let tier = Arc::into_inner(tier).expect("the workers are gone");
+    drop(tier);
+    assert!(!Path::new(&format!("/proc/self/task/{tid}")).exists(), "the compaction thread outlived its tier");
+}
+
+#[test]
+fn no_compaction_thread_when_asked_for_none() {
+    let dir = TempDir::new("nothread");
+    let tier = FileTier::open(FileConfig { compact_interval: None, ..config(&dir, 16 << 20, 64 << 10) }).unwrap();
+    let held: Vec<_> = (0..200).map(|seed| (tier.store(&page(seed), PageClass::DEFAULT).unwrap(), seed)).collect();
+    tier.flush().unwrap();
+    for &(h, _) in held.iter().skip(1).step_by(2) {
+        tier.remove(h);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((tier.file_stats().compactions, tier.shared.wake.tid.load(Relaxed)), (0, 0));
+    assert!(tier.shared.wake.wanted.load(Relaxed), "the removes left sparse segments");
+    for &(h, seed) in held.iter().step_by(2) {
+        check(&tier, h, seed);
+    }
+}
+
+#[test]
 fn a_full_tier_refuses_stores_and_keeps_every_page() {
     let dir = TempDir::new("full");
     // Four segments of 64 KiB, one kept back: room for ~45 raw pages.
@@ -231,15 +318,15 @@ fn a_flipped_bit_fails_the_load_and_is_counted() {
     let (tier, held) = flushed(config(&dir, 16 << 20, 1 << 20), 20);
     let file = reopen(&tier);
     for (k, &(h, _)) in [held[3], held[10]].iter().enumerate() {
-        let loc = tier.slots.get(h).unwrap();
+        let loc = tier.shared.slots.get(h).unwrap();
         // A payload bit of one, a header bit (the slot number) of the other.
-        let at = tier.file_offset(loc) + if k == 0 { loc.len() as u64 - 1 } else { 5 };
+        let at = tier.shared.file_offset(loc) + if k == 0 { loc.len() as u64 - 1 } else { 5 };
         flip(&file, at);
         let mut out = [7u8; PAGE_SIZE];
         let err = tier.load(h, &mut out).unwrap_err();
         match &err {
             TierError::SpillCorrupt { handle, offset, path, reason } => {
-                assert_eq!((*handle, *offset), (h, tier.file_offset(loc)));
+                assert_eq!((*handle, *offset), (h, tier.shared.file_offset(loc)));
                 assert!(path.starts_with(&dir.0) && reason.contains("crc32c"), "{err}");
             }
             other => panic!("{other}"),
@@ -257,7 +344,7 @@ fn a_flipped_bit_fails_the_load_and_is_counted() {
 fn an_io_error_fails_the_load() {
     let dir = TempDir::new("eio");
     let (tier, held) = flushed(config(&dir, 16 << 20, 1 << 20), 10);
-    tier.fail_reads.store(1, Relaxed);
+    tier.shared.fail_reads.store(1, Relaxed);
     let mut out = [0u8; PAGE_SIZE];
     let err = tier.load(held[4].0, &mut out).unwrap_err();
     assert!(matches!(&err, TierError::SpillIo { handle: Some(h), source, .. } if *h == held[4].0 && source.raw_os_error() == Some(libc::EIO)), "{err}");
@@ -326,14 +413,14 @@ fn encrypted_pages_round_trip_and_a_tampered_ciphertext_fails() {
     }
     // A raw-stored (random) page's bytes appear nowhere in the file.
     let file = reopen(&tier);
-    let mut image = vec![0u8; tier.segment_bytes];
+    let mut image = vec![0u8; tier.shared.segment_bytes];
     let n = file.read_at(&mut image, 0).unwrap();
     let needle = &page(1)[..64];
     assert!(!image[..n].windows(64).any(|w| w == needle), "plaintext in the spill file");
     // Change one ciphertext byte and fix the crc: only the tag can tell.
     let (h, _) = held[5];
-    let loc = tier.slots.get(h).unwrap();
-    let at = tier.file_offset(loc);
+    let loc = tier.shared.slots.get(h).unwrap();
+    let at = tier.shared.file_offset(loc);
     let mut rec = vec![0u8; loc.len()];
     file.read_exact_at(&mut rec, at).unwrap();
     rec[record::HEADER + 3] ^= 0x40;
