@@ -24,9 +24,12 @@ pub struct RunArgs {
     /// Never reclaim below this resident size.
     #[arg(long, value_parser = checked(parse_size))]
     min: Option<String>,
-    /// The tiers, nearest first: lz4, zstd[:LEVEL], raw, mmap:PATH:SIZE, comma-separated.
+    /// The tiers, nearest first: lz4, zstd[:LEVEL], raw, then spill tiers file:DIR[:SIZE] or mmap:PATH:SIZE[:FORM][:numa=N], comma-separated.
     #[arg(long, value_parser = checked(|s: &str| TierSpec::from_str(s).map_err(|e| e.to_string())))]
     tiers: Option<String>,
+    /// Pages (0 to 64) brought back beside each fault from a spill tier, if they were demoted with it.
+    #[arg(long, value_parser = checked(farmem_runtime::parse_prefetch))]
+    prefetch: Option<String>,
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -114,7 +117,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env("LD_PRELOAD", preload);
-    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers)] {
+    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch)] {
         if let Some(v) = value {
             cmd.env(var, v);
         }

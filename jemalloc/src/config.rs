@@ -30,6 +30,8 @@ pub struct Config {
     pub tiers: TierSpec,
     /// How many farmem arenas; `None` is one per CPU, up to 8.
     pub arenas: Option<usize>,
+    /// Pages brought back beside each fault from a spill tier (0: none).
+    pub prefetch: usize,
 }
 
 /// A key or value `Config::from_str` cannot use, with what it accepts.
@@ -62,7 +64,8 @@ impl FromStr for Config {
                     Ok(n) if (1..=MAX_ARENAS).contains(&n) => c.arenas = Some(n),
                     _ => return Err(err(format!("write a number of arenas from 1 to {MAX_ARENAS}"))),
                 },
-                _ => return Err(err("unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC or arenas=N, separated by spaces".into())),
+                "prefetch" => c.prefetch = farmem_runtime::parse_prefetch(value).map_err(err)?,
+                _ => return Err(err("unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N or prefetch=PAGES, separated by spaces".into())),
             }
         }
         Ok(c)
@@ -75,7 +78,8 @@ mod tests {
 
     #[test]
     fn good_strings() {
-        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2".parse().unwrap();
+        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8".parse().unwrap();
+        assert_eq!(c.prefetch, 8);
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
         assert_eq!(c.policy.min, 8 << 20);
@@ -87,7 +91,7 @@ mod tests {
 
     #[test]
     fn bad_strings_name_the_key_on_one_line() {
-        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("colour=blue", "colour"), ("limit", "limit")] {
+        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("colour=blue", "colour"), ("limit", "limit")] {
             let e = s.parse::<Config>().unwrap_err();
             assert_eq!(e.key, key);
             let line = e.to_string();

@@ -9,6 +9,7 @@
 //! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
 //! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit (by this process only: the shim takes the variable out of the environment, so programs it execs do not overwrite the file) |
 //! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
+//! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
 //!
 //! An empty variable counts as unset. A bad value is a [`ConfigError`]: the
@@ -36,6 +37,8 @@ pub struct ShimConfig {
     pub mmap_min: usize,
     /// Testing aid: evict every registered page this often.
     pub evict_every: Option<Duration>,
+    /// Pages brought back beside each fault from a spill tier.
+    pub prefetch: usize,
 }
 
 /// A variable the shim cannot use, with what it accepts.
@@ -84,6 +87,9 @@ impl ShimConfig {
         if let Some(m) = parse("FARMEM_MMAP_MIN", &parse_size)? {
             c.mmap_min = m.min(usize::MAX as u64) as usize;
         }
+        if let Some(v) = var("FARMEM_PREFETCH")? {
+            c.prefetch = farmem_runtime::parse_prefetch(&v).map_err(|reason| ConfigError { var: "FARMEM_PREFETCH", value: v, reason })?;
+        }
         if let Some(v) = var("FARMEM_EVICT_EVERY")? {
             c.evict_every = Some(parse_duration(&v).map_err(|reason| ConfigError { var: "FARMEM_EVICT_EVERY", value: v, reason })?);
         }
@@ -124,19 +130,20 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", "")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
         assert_eq!(c.policy.min, 0);
         assert_eq!(c.mmap_min, 2 << 20);
         assert_eq!(c.evict_every, Some(Duration::from_millis(250)));
+        assert_eq!(c.prefetch, 16);
         assert_eq!(c.tiers.to_string(), "zstd:3");
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -111,7 +111,7 @@ fn start() -> Result<(), StartError> {
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
-    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy).map_err(|e| match e {
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
     })?;

@@ -142,6 +142,8 @@ pub(crate) struct FaultThread {
     /// The fault just served brought a page back from a tier or staging: its
     /// wait is stall caused by reclaim (not a first touch).
     reclaim_fault: bool,
+    /// Buffers for prefetched pages, made on the first prefetch.
+    prefetch_bufs: Vec<AlignedPage>,
 }
 
 /// Tier copies freed at once when the fault thread is busy for a long time.
@@ -156,6 +158,7 @@ impl FaultThread {
             buf: Box::new(AlignedPage([0; PAGE_SIZE])),
             drops: 0,
             reclaim_fault: false,
+            prefetch_bufs: Vec::new(),
         }
     }
 
@@ -442,10 +445,67 @@ impl FaultThread {
                 c.refaults_by_generation[crate::policy::ages::generation(out_age)].fetch_add(1, Ordering::Relaxed);
             }
             self.reclaim_fault = true;
+            if tier != 0 && tier != shared.sample_tier && shared.config.prefetch > 0 {
+                self.prefetch_after(region, i, tier);
+            }
         } else {
             shared.counters.pages_put_back.fetch_add(1, Ordering::Relaxed);
         }
         Served::Done
+    }
+
+    /// After a fault served from spill tier `tier`: brings back the run of
+    /// pages after page `i` that sit in that tier too, up to the configured
+    /// number, with all their reads in flight at once. A page that cannot be
+    /// read or installed stays where it is, in the tier: a later fault on it
+    /// gets its own read (and its own SIGBUS if the tier really lost it).
+    fn prefetch_after(&mut self, region: &Region, i: usize, tier: u8) {
+        let shared = Arc::clone(&self.shared);
+        let end = (i + 1 + shared.config.prefetch).min(region.pages());
+        let mut idx = Vec::with_capacity(end - i);
+        let mut handles = Vec::with_capacity(end - i);
+        for j in i + 1..end {
+            match region.states.get(j) {
+                s @ State::Evicted { tier: t, handle } if t == tier => {
+                    if !region.states.transition(j, s, State::Faulting { tier, handle }) {
+                        break;
+                    }
+                    idx.push(j);
+                    handles.push(Handle::new(handle));
+                }
+                _ => break,
+            }
+        }
+        if idx.is_empty() {
+            return;
+        }
+        if self.prefetch_bufs.len() < idx.len() {
+            self.prefetch_bufs.resize_with(shared.config.prefetch, || AlignedPage([0; PAGE_SIZE]));
+        }
+        let mut ok = vec![false; idx.len()];
+        // SAFETY: `AlignedPage` is one `Page` with a larger alignment, so
+        // `idx.len()` of them in a row (fewer than the vector holds) are that
+        // many `Page`s; the vector is not touched while the slice lives.
+        let pages = unsafe { std::slice::from_raw_parts_mut(self.prefetch_bufs.as_mut_ptr().cast::<Page>(), idx.len()) };
+        shared.tiers[tier as usize].load_many(&handles, pages, &mut |k, r| ok[k] = r.is_ok());
+        for (k, &j) in idx.iter().enumerate() {
+            let handle = handles[k].raw();
+            let faulting = State::Faulting { tier, handle };
+            let installed = ok[k] && {
+                // SAFETY: the buffer is a page-aligned page owned by this thread,
+                // not written during the call.
+                unsafe { shared.uffd.copy(region.page_addr(j), self.prefetch_bufs[k].0.as_ptr(), PAGE_SIZE as u64, true) }.is_ok()
+            };
+            if !installed {
+                region.states.transition(j, faulting, State::Evicted { tier, handle });
+                continue;
+            }
+            region.states.transition(j, faulting, State::Resident);
+            region.evicted.fetch_sub(1, Ordering::Relaxed);
+            self.remove_later(tier, handle);
+            shared.resident_est.fetch_add(1, Ordering::Relaxed);
+            shared.counters.pages_prefetched.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Serves a fault on a page farmem holds no copy of: zeros, for the page and

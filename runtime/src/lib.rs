@@ -70,6 +70,18 @@ use uffd::{feature, mode, Userfaultfd};
 /// The size of a page.
 pub const PAGE_SIZE: usize = 4096;
 
+/// The most pages a spill-tier fault brings back beside its own ([`Config::prefetch`]).
+pub const MAX_PREFETCH: usize = 64;
+
+/// Parses a prefetch depth as the command line and the environment write it:
+/// a number of pages from 0 to [`MAX_PREFETCH`].
+pub fn parse_prefetch(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_PREFETCH => Ok(n),
+        _ => Err(format!("write a number of pages from 0 to {MAX_PREFETCH} (pages after a spill-tier fault brought back with it)")),
+    }
+}
+
 /// How the runtime is set up. Build it with [`Runtime::builder`].
 #[derive(Clone)]
 pub struct Config {
@@ -85,6 +97,11 @@ pub struct Config {
     /// on a machine with few cores the spinning thread would take the core the
     /// evictor needs.
     pub spin: Duration,
+    /// Pages after a faulting page brought back with it when it comes from a
+    /// spill tier (not T1 or the sampler's), as long as they sit in the same
+    /// tier: pages demoted together lie together in the spill file, and all
+    /// their reads are in flight at once. 0 (the default) turns it off.
+    pub prefetch: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -94,6 +111,7 @@ impl std::fmt::Debug for Config {
             .field("batch_pages", &self.batch_pages)
             .field("zero_fill_batch", &self.zero_fill_batch)
             .field("spin", &self.spin)
+            .field("prefetch", &self.prefetch)
             .finish()
     }
 }
@@ -105,6 +123,7 @@ pub struct RuntimeBuilder {
     batch_pages: Option<usize>,
     zero_fill_batch: Option<usize>,
     spin: Option<Duration>,
+    prefetch: usize,
 }
 
 impl RuntimeBuilder {
@@ -133,6 +152,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Pages after a page faulted back from a spill tier to bring back with it
+    /// (default 0, at most 64): see [`Config::prefetch`].
+    pub fn prefetch(mut self, pages: usize) -> Self {
+        self.prefetch = pages.min(MAX_PREFETCH);
+        self
+    }
+
     /// Opens the userfaultfd, checks the kernel's features, and starts the fault thread.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         let _scope = RuntimeScope::enter();
@@ -150,6 +176,7 @@ impl RuntimeBuilder {
             batch_pages: self.batch_pages.unwrap_or(256),
             zero_fill_batch: self.zero_fill_batch.unwrap_or(8),
             spin: self.spin.unwrap_or(fault::DEFAULT_SPIN),
+            prefetch: self.prefetch,
         };
         let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
         let uffd = Userfaultfd::open(required, required)?;
@@ -503,6 +530,7 @@ impl Runtime {
             sample_faults: c.sample_faults.load(Ordering::Relaxed),
             refaults_by_generation: std::array::from_fn(|g| c.refaults_by_generation[g].load(Ordering::Relaxed)),
             pages_put_back: c.pages_put_back.load(Ordering::Relaxed),
+            pages_prefetched: c.pages_prefetched.load(Ordering::Relaxed),
             reclaim_stall: Duration::from_nanos(c.reclaim_stall_ns.load(Ordering::Relaxed)),
             faults_from_staging: c.faults_from_staging.load(Ordering::Relaxed),
             faults_zero_filled: c.faults_zero_filled.load(Ordering::Relaxed),

@@ -97,6 +97,7 @@ pub(crate) struct Counters {
     pub throttled_faults: AtomicU64,
     pub refaults_by_generation: [AtomicU64; GENERATIONS.len()],
     pub pages_put_back: AtomicU64,
+    pub pages_prefetched: AtomicU64,
 }
 
 /// One registered region's pages.
@@ -140,6 +141,8 @@ pub struct Stats {
     pub refaults_by_generation: [u64; GENERATIONS.len()],
     /// Pages the sampler put back into RAM unused, without a fault.
     pub pages_put_back: u64,
+    /// Pages brought back from a spill tier beside a faulting page (prefetch).
+    pub pages_prefetched: u64,
     /// Faults served from staging, on pages caught mid-eviction.
     pub faults_from_staging: u64,
     /// Faults on never-evicted pages, served with zeros.

@@ -77,6 +77,29 @@ fn pages_demoted_to_the_file_tier_come_back_byte_for_byte() {
 }
 
 #[test]
+fn a_fault_on_the_file_tier_brings_the_pages_demoted_with_it_back_too() {
+    let dir = spill_dir("prefetch");
+    let file = Arc::new(FileTier::open(FileConfig::new(&dir, 64 << 20)).unwrap());
+    let rt = Runtime::builder().tier(t1()).tier(file.clone()).prefetch(8).build().unwrap();
+    const PAGES: usize = 2048;
+    let (heap, sums) = filled(PAGES);
+    rt.register(heap.ptr, heap.len).unwrap();
+    let ev = rt.evict(heap.ptr, heap.len).unwrap();
+    rt.demote_tier(0).unwrap();
+    file.flush().unwrap();
+    assert_eq!(rt.stats().tiers[1].1.pages, ev.evicted, "every evicted page is in the file tier");
+    // A sequential read: each fault brings the next eight pages with it.
+    verify(&heap, &sums);
+    let s = common::settled(&rt, |s| s.faults_from_tier + s.pages_prefetched == ev.evicted && s.tiers[1].1.pages == 0);
+    eprintln!("{} pages evicted: {} faults from the file tier, {} pages prefetched", ev.evicted, s.faults_from_tier, s.pages_prefetched);
+    assert_eq!(s.faults_from_tier + s.pages_prefetched, ev.evicted, "each page came back once, by a fault or beside one");
+    assert!(s.pages_prefetched * 4 >= ev.evicted * 3, "a sequential read of {} pages took {} faults", ev.evicted, s.faults_from_tier);
+    assert_eq!(s.tiers[1].1.pages, 0, "the file tier still holds pages");
+    drop(rt);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn the_policy_demotes_by_age_and_stops_when_the_spill_tier_is_full() {
     let dir = spill_dir("policy");
     // Room for the incompressible quarter (16 MiB, stored there at once) and
