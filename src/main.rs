@@ -103,23 +103,23 @@ enum Bench {
     /// another: throughput, latency, resident memory, tiers, swap, CPU; a
     /// JSON file a run, a Markdown table and SVG plots.
     Compare {
-        /// kv-zipf, kv-uniform, redis or scan.
+        /// kv-zipf, kv-uniform, redis, memcached or scan.
         #[arg(long)]
         workload: farmem_bench::compare::Workload,
         /// Memory budget: a share of the plain run's peak resident set (50%)
         /// or a size (512M). May be given more than once.
         #[arg(long = "budget", required = true)]
         budgets: Vec<farmem_bench::compare::Budget>,
-        /// How long the timed part of kv-* and scan runs (default 60s; 4s with --quick).
+        /// How long the timed part of kv-*, memcached and scan runs (default 60s; 4s with --quick).
         #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
         /// Output directory (default ./compare-YYYYMMDD-HHMMSS).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Small data and short runs (256 MiB; redis 64 MiB): under a minute.
+        /// Small data and short runs (256 MiB; redis and memcached 64 MiB): under a minute.
         #[arg(long)]
         quick: bool,
-        /// Bytes of data (default 4G; redis 1G).
+        /// Bytes of data (default 4G; redis and memcached 1G).
         #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         size: Option<u64>,
         /// Run only these variants beside plain: farmem-limit, farmem-stall,

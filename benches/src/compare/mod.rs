@@ -11,12 +11,14 @@
 //!   `kernel-zswap` (the same limit with zswap over a swap file, [`zswap`]).
 //!
 //! Each workload is a process of its own ([`workload`] behind the hidden
-//! `farmem bench workload`, or redis-server for [`redis`]), sampled from
-//! outside ([`probe`]). Kernel variants that cannot run here are skipped
-//! with one sentence, and the others still run. SIGINT and SIGTERM end the
-//! measured process and restore zram, swap, zswap and the cgroup before the
-//! harness returns. Results go to `--out DIR` ([`report`]).
+//! `farmem bench workload`, redis-server for [`redis`], memcached for
+//! [`memcached`]), sampled from outside ([`probe`]). Kernel variants that
+//! cannot run here are skipped with one sentence, and the others still run.
+//! SIGINT and SIGTERM end the measured process and restore zram, swap, zswap
+//! and the cgroup before the harness returns. Results go to `--out DIR`
+//! ([`report`]).
 
+pub mod memcached;
 pub mod probe;
 pub mod redis;
 pub mod report;
@@ -68,6 +70,9 @@ pub enum CompareError {
     /// redis answered something unexpected.
     #[error("redis: {0}")]
     Redis(String),
+    /// memcached answered something unexpected, or refused a request.
+    #[error("memcached: {0}")]
+    Memcached(String),
     /// A file or system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -102,6 +107,8 @@ pub enum Workload {
     Redis,
     /// Sequential scans over a large array.
     Scan,
+    /// memcached driven by the harness's own loopback client: Zipf gets and sets.
+    Memcached,
 }
 
 impl Workload {
@@ -112,14 +119,15 @@ impl Workload {
             Workload::KvUniform => "kv-uniform",
             Workload::Redis => "redis",
             Workload::Scan => "scan",
+            Workload::Memcached => "memcached",
         }
     }
 
     /// Bytes of data by default, and with --quick.
     fn default_size(self, quick: bool) -> u64 {
         match (self, quick) {
-            (Workload::Redis, false) => 1 << 30,
-            (Workload::Redis, true) => 64 << 20,
+            (Workload::Redis | Workload::Memcached, false) => 1 << 30,
+            (Workload::Redis | Workload::Memcached, true) => 64 << 20,
             (_, false) => 4 << 30,
             (_, true) => 256 << 20,
         }
@@ -129,10 +137,10 @@ impl Workload {
 impl FromStr for Workload {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Workload::KvZipf, Workload::KvUniform, Workload::Redis, Workload::Scan]
+        [Workload::KvZipf, Workload::KvUniform, Workload::Redis, Workload::Memcached, Workload::Scan]
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis or scan (memcached is not implemented)"))
+            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis, memcached or scan"))
     }
 }
 
@@ -232,13 +240,13 @@ pub struct CompareConfig {
     pub workload: Workload,
     /// The budgets (at least one).
     pub budgets: Vec<Budget>,
-    /// How long the timed part of kv-* and scan runs.
+    /// How long the timed part of kv-*, memcached and scan runs.
     pub duration: Duration,
     /// Where the outputs go (default `compare-YYYYMMDD-HHMMSS`).
     pub out: Option<PathBuf>,
     /// Small data and short runs: the whole comparison in under a minute.
     pub quick: bool,
-    /// Bytes of data (default per workload: 4 GiB, 1 GiB for redis; --quick 256 MiB, 64 MiB).
+    /// Bytes of data (default per workload: 4 GiB, 1 GiB for redis and memcached; --quick 256 MiB, 64 MiB).
     pub size: Option<u64>,
     /// The variants to run besides plain (default all).
     pub variants: Vec<Variant>,
@@ -291,7 +299,8 @@ pub struct RunRecord {
     pub zram: Option<kernel::ZramCounters>,
     /// The compressor zram or zswap used.
     pub compressor: Option<String>,
-    /// The workload's own report (kv-*, scan), or redis-benchmark's figures.
+    /// The workload's own report (kv-*, scan, memcached: keys, phases, the
+    /// server's counters), or redis-benchmark's figures.
     pub workload_report: Option<Value>,
     /// The samples, every 250 ms.
     pub samples: Vec<Sample>,
@@ -531,6 +540,7 @@ impl Plan<'_> {
         };
         match self.cfg.workload {
             Workload::Redis => self.run_redis(&setup, &mut rec)?,
+            Workload::Memcached => self.run_memcached(&setup, &mut rec)?,
             _ => self.run_workload_process(&setup, &mut rec)?,
         }
         if matches!(setup, KernelSetup::Zram(..)) {
@@ -546,6 +556,17 @@ impl Plan<'_> {
 
     fn size(&self) -> u64 {
         self.cfg.size.unwrap_or(self.cfg.workload.default_size(self.cfg.quick))
+    }
+
+    /// How long a run of a timed workload may take, fill and checks included.
+    fn time_limit(&self) -> Duration {
+        // Thrashing under a tight budget can take the kernel variants
+        // forever; --quick must end in a minute or so.
+        if self.cfg.quick {
+            self.cfg.duration * 3 + Duration::from_secs(20)
+        } else {
+            self.cfg.duration * 20 + Duration::from_secs(600)
+        }
     }
 
     /// kv-* and scan: `farmem bench workload KIND`, its JSON line read at exit.
@@ -564,9 +585,7 @@ impl Plan<'_> {
         let t0 = Instant::now();
         let mut started = self.start(cmd)?;
         let sampler = Sampler::start(started.measured, t0, self.sources(setup), self.label.clone());
-        // Thrashing under a tight budget can take the kernel variants
-        // forever; --quick must end in a minute or so.
-        let limit = if self.cfg.quick { self.cfg.duration * 3 + Duration::from_secs(20) } else { self.cfg.duration * 20 + Duration::from_secs(600) };
+        let limit = self.time_limit();
         let waited = started.wait(limit);
         if setup.cgroup().is_some() && matches!(waited, Err(CompareError::Child(_))) {
             started.kill();
@@ -610,7 +629,7 @@ impl Plan<'_> {
         program.extend(redis::server_args(port, &rdir).into_iter().map(OsString::from));
         let cmd = self.command(&program, setup)?;
         let t0 = Instant::now();
-        let mut started = self.start(cmd)?;
+        let started = self.start(cmd)?;
         let sampler = Sampler::start(started.measured, t0, self.sources(setup), self.label.clone());
         let body = (|| -> Result<(), CompareError> {
             let mut c = redis::Conn::connect(port, Duration::from_secs(20))?;
@@ -633,13 +652,82 @@ impl Plan<'_> {
             c.shutdown();
             Ok(())
         })();
+        let ended = self.end_server("redis-server", started, sampler, body, setup, t0, rec);
+        if ended.is_ok() {
+            let _ = std::fs::remove_dir_all(&rdir);
+        }
+        ended
+    }
+
+    /// memcached: the server is the measured process; the harness's own
+    /// client loads it, runs Zipf gets and sets from several connections
+    /// checking every value, reads every key back and shuts it down.
+    fn run_memcached(&self, setup: &KernelSetup, rec: &mut RunRecord) -> Result<(), CompareError> {
+        use memcached::{CONNECTIONS, THETA, VALUE_BYTES};
+        let keys = (self.size() / (VALUE_BYTES as u64 + 100)).max(1000);
+        let mib = memcached::memory_mib(keys, VALUE_BYTES);
+        let port = redis::free_port()?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut program: Vec<OsString> = vec!["memcached".into()];
+        program.extend(memcached::server_args(port, mib, root).into_iter().map(OsString::from));
+        let cmd = self.command(&program, setup)?;
+        let limit = self.time_limit();
+        let t0 = Instant::now();
+        let started = self.start(cmd)?;
+        let sampler = Sampler::start(started.measured, t0, self.sources(setup), self.label.clone());
+        let body = (|| -> Result<(), CompareError> {
+            let o = memcached::drive(port, keys, self.cfg.duration, t0 + limit, limit)?;
+            let stat = |name: &str| o.stats.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.parse::<u64>().ok());
+            if stat("evictions") != Some(0) {
+                return Err(CompareError::Memcached(format!("evicted {:?} items with -m {mib}: the check needs every key kept", stat("evictions"))));
+            }
+            rec.throughput = o.ops as f64 / o.seconds.max(1e-9);
+            (rec.p50_us, rec.p99_us, rec.p999_us) = (o.latency.p50_us, o.latency.p99_us, o.latency.p999_us);
+            rec.checked = o.checked;
+            rec.unit = "op".into();
+            let counters: serde_json::Map<String, Value> =
+                ["curr_items", "bytes", "limit_maxbytes", "evictions", "store_no_memory", "get_hits", "get_misses", "cmd_get", "cmd_set", "hash_bytes"]
+                    .iter()
+                    .filter_map(|n| Some((n.to_string(), Value::from(stat(n)?))))
+                    .collect();
+            rec.workload_report = Some(serde_json::json!({
+                "keys": keys, "value_bytes": VALUE_BYTES, "memory_mib": mib, "connections": CONNECTIONS, "get_share": 0.9, "zipf_theta": THETA,
+                "fill_seconds": o.fill_seconds, "seconds": o.seconds, "ops": o.ops, "gets": o.gets, "sets": o.sets,
+                "verify_seconds": o.verify_seconds, "max_us": o.latency.max_us, "server": counters,
+            }));
+            Ok(())
+        })();
+        self.end_server("memcached", started, sampler, body, setup, t0, rec)
+    }
+
+    /// The end of a server run: waits for the server (`name`) to exit (only
+    /// briefly after a failed `body`: dropping `started` kills it), keeps
+    /// the samples, and tells the OOM killer, a kernel variant thrashing past
+    /// the time limit and a failed exit apart.
+    #[allow(clippy::too_many_arguments)]
+    fn end_server(
+        &self,
+        name: &str,
+        mut started: Started,
+        sampler: Sampler,
+        body: Result<(), CompareError>,
+        setup: &KernelSetup,
+        t0: Instant,
+        rec: &mut RunRecord,
+    ) -> Result<(), CompareError> {
         let waited = started.wait(if body.is_ok() { Duration::from_secs(60) } else { Duration::from_millis(300) });
         rec.samples = sampler.finish();
         let oom = |st: libc::c_int| setup.cgroup().is_some() && libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL;
         if let Err(e) = body {
-            return Err(match waited {
-                Ok((st, _)) if oom(st) => CompareError::OomKilled(format!("{} MiB was not enough with {} ({e})", self.budget.map_or(0, |(_, b)| b >> 20), self.variant.name())),
-                _ => e,
+            return Err(match (waited, e) {
+                (Ok((st, _)), e) if oom(st) => {
+                    CompareError::OomKilled(format!("{} MiB was not enough with {} ({e})", self.budget.map_or(0, |(_, b)| b >> 20), self.variant.name()))
+                }
+                // Too slow is the kernel's own result at a tight budget, but
+                // a failure of farmem or of the server on its own.
+                (_, CompareError::TooSlow(m)) if setup.cgroup().is_none() => CompareError::Child(format!("{name} was too slow: {m}")),
+                (_, e) => e,
             });
         }
         let (st, ru) = waited?;
@@ -648,9 +736,8 @@ impl Plan<'_> {
         }
         rec.wall_s = t0.elapsed().as_secs_f64();
         (rec.cpu_user_s, rec.cpu_sys_s) = cpu(&ru);
-        let _ = std::fs::remove_dir_all(&rdir);
         if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
-            return Err(CompareError::Child(format!("redis-server {}", describe(st))));
+            return Err(CompareError::Child(format!("{name} {}", describe(st))));
         }
         Ok(())
     }
@@ -681,9 +768,15 @@ fn refusal(variant: Variant, workload: Workload) -> Option<String> {
         _ => None,
     };
     r.or_else(|| {
-        let tools = ["redis-server", "redis-benchmark"];
-        let missing = workload == Workload::Redis && !tools.iter().all(|t| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(t).is_file()));
-        missing.then(|| "redis-server or redis-benchmark is not installed (apt-get install redis-server redis-tools)".into())
+        let (tools, why): (&[&str], &str) = match workload {
+            Workload::Redis => {
+                (&["redis-server", "redis-benchmark"], "redis-server or redis-benchmark is not installed (apt-get install redis-server redis-tools)")
+            }
+            Workload::Memcached => (&["memcached"], "memcached is not installed (apt-get install memcached)"),
+            _ => (&[], ""),
+        };
+        let missing = !tools.iter().all(|t| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(t).is_file()));
+        missing.then(|| why.into())
     })
 }
 
@@ -776,7 +869,9 @@ pub fn run_workload(kind: Workload, size: u64, duration: Duration) -> Result<(),
         Workload::KvZipf => workload::kv(size, duration, Some(0.99))?,
         Workload::KvUniform => workload::kv(size, duration, None)?,
         Workload::Scan => workload::scan(size, duration)?,
-        Workload::Redis => return Err(CompareError::Invalid { what: "workload", value: "redis runs redis-server, not a workload process".into() }),
+        Workload::Redis | Workload::Memcached => {
+            return Err(CompareError::Invalid { what: "workload", value: format!("{} runs a server, not a workload process", kind.name()) })
+        }
     };
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
     Ok(())
@@ -799,10 +894,12 @@ mod tests {
         assert_eq!(Budget::Share(0.5).label(), "50%");
         assert_eq!(Budget::Share(0.333).label(), "33.3%");
         assert_eq!(Budget::Bytes(512 << 20).label(), "512M");
-        for w in ["kv-zipf", "kv-uniform", "redis", "scan"] {
+        for w in ["kv-zipf", "kv-uniform", "redis", "memcached", "scan"] {
             assert_eq!(w.parse::<Workload>().unwrap().name(), w);
         }
-        assert!("memcached".parse::<Workload>().unwrap_err().contains("not implemented"));
+        assert!("memcache".parse::<Workload>().unwrap_err().contains("memcached"));
+        assert_eq!(Workload::Memcached.default_size(false), 1 << 30);
+        assert_eq!(Workload::Memcached.default_size(true), 64 << 20);
         for v in VARIANTS {
             assert_eq!(v.name().parse::<Variant>().unwrap(), v);
         }
