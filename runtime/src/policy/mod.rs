@@ -75,7 +75,8 @@ const STALL_WINDOW: Duration = Duration::from_secs(1);
 const SAMPLE_STALL_SHARE: f64 = 0.25;
 /// The shortest gap between two limit checks asked for by the fault thread.
 const MIN_CHECK_GAP: Duration = Duration::from_millis(2);
-/// How often the limit is checked while the program is throttled.
+/// How often the limit is checked while the program is throttled, or while
+/// its resident set grows fast.
 const THROTTLED_STEP: Duration = Duration::from_millis(10);
 
 /// The policy's state, as the statistics show it.
@@ -290,6 +291,12 @@ struct Policy {
     outstanding: Vec<(u32, Arc<Region>, usize)>,
     /// The program was over its limit by 5% or more (the fault thread throttles it) at the last look.
     throttled: bool,
+    /// Resident bytes at the last limit check, and whether they grew by more
+    /// than a fiftieth of the limit since the one before: memory the program
+    /// touches for the first time in a region farmem has not armed yet
+    /// reaches no fault thread, so only a check sees it.
+    last_resident: u64,
+    growing: bool,
     /// Pages reclaimed in each of the last ticks.
     recent_cuts: VecDeque<u64>,
     /// Early refaults (out for less than 8 ticks) in each of the last ticks.
@@ -325,6 +332,8 @@ impl Policy {
             scan: Scan::default(),
             outstanding: Vec::new(),
             throttled: false,
+            last_resident: 0,
+            growing: false,
             recent_cuts: VecDeque::new(),
             recent_early: VecDeque::new(),
             last_early_refaults: early_refaults(&shared),
@@ -343,10 +352,13 @@ impl Policy {
         let step = if self.config.limit.is_some() { (tick / 10).max(Duration::from_millis(10)) } else { tick };
         let mut next_tick = Instant::now() + tick;
         let mut last_check = Instant::now();
+        // The fault thread holds the limit from the start, not from the first check.
+        self.set_throttle();
         loop {
             // While the program is throttled, look again soon: the sooner the
             // reclaim catches up, the sooner the program runs at full speed.
-            let wait = if self.throttled { THROTTLED_STEP } else { step };
+            // While it grows fast, too: a fill must not run far past the limit.
+            let wait = if self.throttled || self.growing { THROTTLED_STEP } else { step };
             let wake = self.shared.policy_bell.wait(wait);
             if wake == Wake::Stop || self.shared.stopping.load(Relaxed) {
                 break;
@@ -542,6 +554,9 @@ impl Policy {
         let present: u64 = self.shared.regions.all().iter().map(|r| crate::resident_pages(r.start(), r.len())).sum();
         let resident = present * PAGE_SIZE as u64 + self.sample_tier_bytes();
         self.resync(resident, est_before);
+        let limit = self.config.limit.unwrap_or(u64::MAX);
+        self.growing = resident > self.last_resident.saturating_add(limit / 50);
+        self.last_resident = resident;
         let target = self.ctl.check_limit(resident);
         if target < resident {
             let now = self.shared.tick.load(Relaxed);
