@@ -450,6 +450,14 @@ impl MemCgroup {
         self.root.v2
     }
 
+    /// How many times the OOM killer killed a process of the group, when the
+    /// kernel says (`oom_kill` of v2 `memory.events`, v1 `memory.oom_control`).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let file = if self.root.v2 { "memory.events" } else { "memory.oom_control" };
+        let text = fs::read_to_string(self.dir.join(file)).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    }
+
     /// Moves process `pid` into the group.
     pub fn add(&self, pid: i32) -> Result<(), BaselineError> {
         write(self.dir.join("cgroup.procs"), &pid.to_string())

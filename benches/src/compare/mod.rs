@@ -322,6 +322,15 @@ impl KernelSetup {
     }
 }
 
+/// Whether a process that ended with wait status `st` inside the variant's
+/// memory cgroup was the OOM killer's: killed by SIGKILL, and the group counts
+/// a kill (a SIGKILL from someone else, e.g. an operator ending a thrashing
+/// run, is not an OOM kill). A kernel that keeps no count is taken at its word.
+fn oom_killed(setup: &KernelSetup, st: libc::c_int) -> bool {
+    let Some(cg) = setup.cgroup() else { return false };
+    libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL && cg.oom_kills().map_or(true, |n| n > 0)
+}
+
 /// A started measured process: the process started (maybe `farmem run`)
 /// and the one to sample (the program itself). Killed and reaped on drop.
 struct Started {
@@ -600,7 +609,7 @@ impl Plan<'_> {
         if let Some(mut o) = started.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut o, &mut out);
         }
-        if setup.cgroup().is_some() && libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL {
+        if oom_killed(setup, st) {
             return Err(CompareError::OomKilled(format!("{} MiB was not enough with {}", self.budget.map_or(0, |(_, b)| b >> 20), self.variant.name())));
         }
         if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
@@ -718,7 +727,7 @@ impl Plan<'_> {
     ) -> Result<(), CompareError> {
         let waited = started.wait(if body.is_ok() { Duration::from_secs(60) } else { Duration::from_millis(300) });
         rec.samples = sampler.finish();
-        let oom = |st: libc::c_int| setup.cgroup().is_some() && libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL;
+        let oom = |st: libc::c_int| oom_killed(setup, st);
         if let Err(e) = body {
             return Err(match (waited, e) {
                 (Ok((st, _)), e) if oom(st) => {
