@@ -416,7 +416,11 @@ impl Policy {
         // left sampled); later ones an eighth each.
         let parts = if self.stats.ticks == 0 { 1 } else { SCAN_PARTS };
         let est_before = shared.resident_est.load(Relaxed);
-        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts);
+        // With a limit, the checks between ticks measure resident memory ten
+        // times a tick and correct the fault thread's estimate each time: the
+        // tick takes that estimate rather than walk every page table again.
+        let measure = self.config.limit.is_none() || self.stats.ticks == 0;
+        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure);
         if parts == 1 {
             self.outstanding = self.scan.sampled.iter().map(|x| (now.wrapping_sub(x.out_age), Arc::clone(&x.region), x.page)).collect();
         }
@@ -424,8 +428,13 @@ impl Policy {
         let sample = shared.sample_tier;
         self.outstanding.retain(|(_, r, i)| matches!(r.states.get(*i), State::Evicted { tier, .. } if tier == sample));
         self.scan.sampled = self.outstanding.iter().map(|(at, r, i)| Sampled { out_age: now.wrapping_sub(*at), region: Arc::clone(r), page: *i }).collect();
-        let resident = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
-        self.resync(resident, est_before);
+        let resident = if measure {
+            let r = self.scan.present * PAGE_SIZE as u64 + self.sample_tier_bytes();
+            self.resync(r, est_before);
+            r
+        } else {
+            shared.resident_est.load(Relaxed).max(0) as u64 * PAGE_SIZE as u64
+        };
 
         let c = &shared.counters;
         let stall_ns = c.reclaim_stall_ns.load(Relaxed);
@@ -710,14 +719,16 @@ fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(
 /// state is looked at every `parts` ticks): its pages' states and stamps, the
 /// generation counts (scaled up by `parts`), and up to `DEMOTE_PER_TICK` pages
 /// out for `demote_ticks` or more in each tier that has a configured tier
-/// after it. What is in RAM is counted over all pages, every time.
-fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize) -> Scan {
+/// after it. With `measure`, what is in RAM is counted over all pages.
+fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize, measure: bool) -> Scan {
     const CHUNK: usize = 16384;
     let mut s = Scan { due: (0..shared.sample_tier.saturating_sub(1)).map(|_| Vec::new()).collect(), ..Scan::default() };
     let mut present = vec![0u8; CHUNK];
     for region in shared.regions.all() {
         s.registered += region.pages() as u64;
-        s.present += crate::resident_pages(region.start(), region.len());
+        if measure {
+            s.present += crate::resident_pages(region.start(), region.len());
+        }
         let (first, end) = (region.pages() * part / parts, region.pages() * (part + 1) / parts);
         let mut at = first;
         while at < end {
