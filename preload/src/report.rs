@@ -57,6 +57,7 @@ pub fn snapshot(rt: &Runtime, started: Instant, limit: Option<u64>, mmap_regions
         "resident_bytes": resident,
         "rss_bytes": rss,
         "peak_resident_bytes": hwm,
+        "heap_peak_resident_bytes": s.policy.as_ref().map(|p| p.peak_resident_bytes),
         "tier_bytes": s.tiers.iter().map(|(_, t)| t.bytes_used).sum::<u64>(),
         "tier_bytes_stored": s.tiers.iter().map(|(_, t)| t.bytes_in).sum::<u64>(),
         "tiers": tiers,

@@ -365,6 +365,11 @@ impl Runtime {
     /// eviction or sampling): until then the program's first touches of it are
     /// ordinary page faults, so memory that never goes cold costs nothing.
     ///
+    /// While a policy with a limit runs, the range is armed at once instead:
+    /// the first touches of a fast fill must reach the fault thread, which
+    /// counts them and asks for reclaim as the limit is crossed; a range no
+    /// fault thread sees would only be caught by the next check.
+    ///
     /// The caller promises that the range is neither unmapped nor moved
     /// (munmap, mremap) without [`Runtime::unregister`] first: until the range
     /// is armed, the kernel reports nothing the program does to it. Dropping
@@ -372,7 +377,19 @@ impl Runtime {
     /// refused keep this promise.
     pub fn register_lazy(&self, addr: *mut u8, len: usize) -> Result<(), RuntimeError> {
         let _scope = RuntimeScope::enter();
-        self.track(addr, len).map(drop)
+        let region = self.track(addr, len)?;
+        if self.shared.limit_pages.load(Ordering::Relaxed) > 0 {
+            // The evictor arms lazy regions under the same lock.
+            let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if !region.armed.load(Ordering::Acquire) {
+                match self.shared.uffd.register(region.start(), region.len(), mode::MISSING) {
+                    Ok(()) => region.armed.store(true, Ordering::Release),
+                    // It stays lazy: armed when its first page is taken out.
+                    Err(e) => tracing::debug!("arming region {:#x}+{:#x} at once failed: {e}", region.start(), region.len()),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds a region for `[addr, addr+len)` to the table, not yet armed.

@@ -49,3 +49,27 @@ fn a_lazy_region_never_armed_unregisters_cleanly() {
     assert_eq!(rt.stats().regions, 0);
     assert!(heap.bytes().iter().all(|&b| b == 3));
 }
+
+#[test]
+fn under_a_limit_a_lazy_region_is_armed_at_once_so_a_fill_reaches_the_fault_thread() {
+    const PAGES: usize = 2048;
+    let heap = Heap::new(PAGES * PAGE);
+    let rt = Runtime::builder().build().unwrap();
+    rt.start_policy(farmem_runtime::policy::PolicyConfig { limit: Some(1 << 30), ..Default::default() }).unwrap();
+    // The policy publishes its limit as it starts.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    rt.register_lazy(heap.ptr, heap.len).unwrap();
+    let sums: Vec<u64> = (0..PAGES)
+        .map(|i| {
+            fill_page(heap.page(i), i as u64 + 5);
+            checksum(heap.page(i))
+        })
+        .collect();
+    let s = rt.stats();
+    assert!(s.faults_zero_filled > 0, "first touches under a limit must be counted by the fault thread: {s:?}");
+    rt.stop_policy();
+    for (i, &sum) in sums.iter().enumerate() {
+        assert_eq!(checksum(heap.page(i)), sum, "page {i}");
+    }
+    rt.unregister(heap.ptr).unwrap();
+}
