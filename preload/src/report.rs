@@ -37,6 +37,10 @@ pub fn snapshot(rt: &Runtime, started: Instant, limit: Option<u64>, mmap_regions
                 "stores": t.stores,
                 "loads": t.loads,
                 "load_errors": t.load_errors,
+                "load_p50_ns": t.load_p50_ns,
+                "load_p99_ns": t.load_p99_ns,
+                "store_p50_ns": t.store_p50_ns,
+                "store_p99_ns": t.store_p99_ns,
             })
         })
         .collect();
