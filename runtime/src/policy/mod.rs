@@ -63,6 +63,9 @@ const SAMPLE_CAP_SHARE: u64 = 16;
 /// The refault share assumed at least, so that a run of cold cuts does not
 /// open the way to cutting a warm set all at once.
 const MIN_REFAULT_SHARE: f64 = 0.05;
+/// The share of sampled pages assumed at least to fault back, when the
+/// sampler's rate is capped by its stall allowance.
+const MIN_SAMPLE_HIT: f64 = 0.01;
 /// Ticks over which cuts and their early refaults are compared.
 const RECENT_TICKS: usize = 8;
 /// The aging pass reads one of this many parts of the pages per tick.
@@ -306,6 +309,8 @@ struct Policy {
     refault_share: f64,
     /// Stall per fault from a tier, seconds (moving average).
     fault_cost: f64,
+    /// Share of sampled pages that fault back (moving average).
+    sample_hit: f64,
     /// In stall mode, the most resident pages not known to be idle that one
     /// tick may reclaim.
     unknown_cut_cap: Option<u64>,
@@ -339,6 +344,7 @@ impl Policy {
             last_early_refaults: early_refaults(&shared),
             refault_share: 0.1,
             fault_cost: 15e-6,
+            sample_hit: 0.1,
             unknown_cut_cap: None,
             stats,
             out,
@@ -521,6 +527,17 @@ impl Policy {
         let budget = self.config.sampling_cpu * scale * wall;
         let allowance = self.config.stall.map_or(f64::INFINITY, |g| g * wall * SAMPLE_STALL_SHARE);
         self.rate.adjust(self.sampled_last_tick, d_sample, cpu_sampling, sample_stall, budget, allowance);
+        // In stall mode the sampler's faults must fit in its share of the
+        // target before they happen, not only be cut back after: at the share
+        // of samples that come back and what a fault costs, that caps the
+        // pages taken out per tick.
+        if self.sampled_last_tick > 0 {
+            let hit = (d_sample as f64 / self.sampled_last_tick as f64).min(1.0);
+            self.sample_hit = 0.7 * self.sample_hit + 0.3 * hit;
+        }
+        if allowance.is_finite() {
+            self.rate.cap((allowance / (self.sample_hit.max(MIN_SAMPLE_HIT) * self.fault_cost)) as usize);
+        }
         self.sampled_last_tick = sampled;
 
         let s = &mut self.stats;

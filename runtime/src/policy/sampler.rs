@@ -123,6 +123,11 @@ impl Rate {
         Rate { per_tick: 4096, hot_window: MIN_HOT_WINDOW }
     }
 
+    /// Takes no more than `max` pages out per tick (never fewer than the floor).
+    pub fn cap(&mut self, max: usize) {
+        self.per_tick = self.per_tick.min(max).max(MIN_PER_TICK);
+    }
+
     /// Adjusts after a tick in which `sampled` pages went out, `faults` sampled
     /// pages came back, the policy thread spent `cpu_s` seconds, and sampled
     /// faults stalled the program for `stall_s`. `budget_s` is the CPU allowed
@@ -179,6 +184,15 @@ mod tests {
             r.adjust(0, 0, 0.001, 0.0, 0.01, f64::INFINITY);
         }
         assert!(r.per_tick > MIN_PER_TICK * 4, "{}", r.per_tick);
+    }
+
+    #[test]
+    fn a_cap_lowers_the_rate_but_not_under_its_floor() {
+        let mut r = Rate::new();
+        r.cap(100);
+        assert_eq!(r.per_tick, 100);
+        r.cap(0);
+        assert_eq!(r.per_tick, MIN_PER_TICK);
     }
 
     #[test]
