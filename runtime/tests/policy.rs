@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{checksum, fill_page, Heap, PAGE};
+use common::{checksum, fill_page, verify, Heap, PAGE};
 use farmem_runtime::policy::PolicyConfig;
 use farmem_runtime::Runtime;
 
@@ -29,19 +29,7 @@ fn compressible(i: usize, version: u64) -> u64 {
 }
 
 fn filled(pages: usize) -> (Heap, Vec<u64>) {
-    let heap = Heap::new(pages * PAGE);
-    let sums = (0..pages)
-        .map(|i| {
-            fill_page(heap.page(i), compressible(i, 0));
-            checksum(heap.page(i))
-        })
-        .collect();
-    (heap, sums)
-}
-
-fn verify(heap: &Heap, sums: &[u64]) {
-    let bad: Vec<usize> = (0..sums.len()).filter(|&i| checksum(heap.page(i)) != sums[i]).collect();
-    assert!(bad.is_empty(), "{} pages came back wrong, first {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    common::filled(pages, |i| compressible(i, 0))
 }
 
 /// Reads one word of every page of the hot set, over and over, until told to

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{checksum, fill_page, Heap, PAGE};
+use common::{checksum, verify, Heap};
 use farmem_runtime::policy::PolicyConfig;
 use farmem_runtime::Runtime;
 use farmem_tiers::{CompressedConfig, CompressedTier, FileConfig, FileTier};
@@ -22,19 +22,7 @@ fn spill_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn filled(pages: usize) -> (Heap, Vec<u64>) {
-    let heap = Heap::new(pages * PAGE);
-    let sums = (0..pages)
-        .map(|i| {
-            fill_page(heap.page(i), i as u64 * 5 + 3);
-            checksum(heap.page(i))
-        })
-        .collect();
-    (heap, sums)
-}
-
-fn verify(heap: &Heap, sums: &[u64]) {
-    let bad: Vec<usize> = (0..sums.len()).filter(|&i| checksum(heap.page(i)) != sums[i]).collect();
-    assert!(bad.is_empty(), "{} pages came back wrong, first {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    common::filled(pages, |i| i as u64 * 5 + 3)
 }
 
 fn t1() -> Arc<CompressedTier> {
@@ -135,17 +123,41 @@ const CHILD: &str = "FARMEM_SPILL_CORRUPT_CHILD";
 /// then every page read. The read of a damaged page must raise SIGBUS.
 #[test]
 fn a_damaged_spill_file_gives_sigbus_never_wrong_bytes() {
+    damaged_spill_file("a_damaged_spill_file_gives_sigbus_never_wrong_bytes", false);
+}
+
+#[test]
+fn a_damaged_page_among_prefetched_neighbours_gives_sigbus_never_wrong_bytes() {
+    damaged_spill_file("a_damaged_page_among_prefetched_neighbours_gives_sigbus_never_wrong_bytes", true);
+}
+
+/// Runs test `name` again in a child process, which spills pages to a file
+/// tier, damages a block of the file, and reads every page in order: the
+/// child must die of SIGBUS. With `prefetch`, pages go through T1 into the
+/// file, and each fault brings eight neighbours with it, so the damaged
+/// records are met by prefetches first.
+fn damaged_spill_file(name: &str, prefetch: bool) {
     if let Some(dir) = std::env::var_os(CHILD) {
         let file = Arc::new(FileTier::open(FileConfig::new(dir, 64 << 20)).unwrap());
-        let rt = Runtime::builder().tier(file.clone()).build().unwrap();
+        let rt = if prefetch {
+            Runtime::builder().tier(t1()).tier(file.clone()).prefetch(8).build().unwrap()
+        } else {
+            Runtime::builder().tier(file.clone()).build().unwrap()
+        };
         let (heap, sums) = filled(1024);
         rt.register(heap.ptr, heap.len).unwrap();
-        assert_eq!(rt.evict(heap.ptr, heap.len).unwrap().evicted, 1024);
+        let evicted = rt.evict(heap.ptr, heap.len).unwrap().evicted;
+        if prefetch {
+            rt.demote_tier(0).unwrap();
+        }
         file.flush().unwrap();
-        // Damage the first block of the file through a second descriptor.
+        assert_eq!(rt.stats().tiers[usize::from(prefetch)].1.pages, evicted);
+        assert!(evicted >= 512, "{evicted} pages evicted");
+        // Damage a block of the file through a second descriptor: the first
+        // one, or one in the middle of the records when they are prefetched.
         let path = format!("/proc/self/fd/{}", file.fd().as_raw_fd());
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xA5; 4096], 0).unwrap();
+        f.write_all_at(&[0xA5; 4096], if prefetch { 64 << 10 } else { 0 }).unwrap();
         f.sync_all().unwrap();
         for (i, &sum) in sums.iter().enumerate() {
             // A page either comes back right or the access never returns.
@@ -154,9 +166,9 @@ fn a_damaged_spill_file_gives_sigbus_never_wrong_bytes() {
         // Every page came back right: the damage was not seen.
         std::process::exit(3);
     }
-    let dir = spill_dir("corrupt");
+    let dir = spill_dir(if prefetch { "corrupt-prefetch" } else { "corrupt" });
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "a_damaged_spill_file_gives_sigbus_never_wrong_bytes", "--nocapture", "--test-threads=1"])
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env(CHILD, &dir)
         .output()
         .unwrap();

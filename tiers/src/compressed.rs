@@ -342,17 +342,11 @@ impl Tier for CompressedTier {
     }
 
     fn store(&self, page: &Page, class: PageClass) -> Result<Handle, TierError> {
-        let start = Instant::now();
-        let r = self.store_page(page, class);
-        self.latency.store.record_since(start);
-        r
+        self.latency.store.time(|| self.store_page(page, class))
     }
 
     fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
-        let start = Instant::now();
-        let r = self.load_page(handle, out);
-        self.latency.load.record_since(start);
-        r
+        self.latency.load.time(|| self.load_page(handle, out))
     }
 
     /// Frees the page's space. A handle naming no stored page (already

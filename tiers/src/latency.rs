@@ -67,6 +67,15 @@ impl LatencyHistogram {
         self.record(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
     }
 
+    /// Runs `op` and counts the time it took.
+    #[inline]
+    pub fn time<T>(&self, op: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let r = op();
+        self.record_since(start);
+        r
+    }
+
     /// Operations counted.
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::Instant;
 
 use crate::latency::OpLatency;
 use crate::mem::Mapping;
@@ -68,17 +67,11 @@ impl Tier for RawTier {
     }
 
     fn store(&self, page: &Page, _class: PageClass) -> Result<Handle, TierError> {
-        let start = Instant::now();
-        let r = self.store_page(page);
-        self.latency.store.record_since(start);
-        r
+        self.latency.store.time(|| self.store_page(page))
     }
 
     fn load(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {
-        let start = Instant::now();
-        let r = self.load_page(handle, out);
-        self.latency.load.record_since(start);
-        r
+        self.latency.load.time(|| self.load_page(handle, out))
     }
 
     fn remove(&self, handle: Handle) {

@@ -78,6 +78,24 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A heap of `pages` pages, page `i` filled from `seed(i)`, and each page's checksum.
+pub fn filled(pages: usize, seed: impl Fn(usize) -> u64) -> (Heap, Vec<u64>) {
+    let heap = Heap::new(pages * PAGE);
+    let sums = (0..pages)
+        .map(|i| {
+            fill_page(heap.page(i), seed(i));
+            checksum(heap.page(i))
+        })
+        .collect();
+    (heap, sums)
+}
+
+/// Fails naming the pages whose bytes differ from their checksums.
+pub fn verify(heap: &Heap, sums: &[u64]) {
+    let bad: Vec<usize> = (0..sums.len()).filter(|&i| checksum(heap.page(i)) != sums[i]).collect();
+    assert!(bad.is_empty(), "{} pages came back wrong, first {:?}", bad.len(), &bad[..bad.len().min(8)]);
+}
+
 /// Waits (up to 5 s) for the runtime's statistics to satisfy `ok`: the fault
 /// thread updates its counters just after it wakes the faulting thread.
 pub fn settled(rt: &farmem_runtime::Runtime, ok: impl Fn(&farmem_runtime::Stats) -> bool) -> farmem_runtime::Stats {
