@@ -91,6 +91,9 @@ enum Bench {
         /// The stall mode's target (e.g. 0.1%).
         #[arg(long, default_value = "0.1%", value_parser = farmem_runtime::policy::parse_stall)]
         stall: f64,
+        /// Track written pages with PAGEMAP_SCAN and async write-protect (on or off).
+        #[arg(long, default_value = "on", value_parser = farmem_runtime::policy::parse_switch)]
+        write_tracking: bool,
         /// Write the figures as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -176,8 +179,8 @@ fn main() -> ExitCode {
                 spill: tiers,
             })
         }
-        Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, json, plot } } => {
-            farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, json, plot })
+        Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, write_tracking, json, plot } } => {
+            farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, write_tracking, json, plot })
         }
         Command::Bench { which: Bench::Compare { workload, budgets, duration, out, quick, size, variants } } => std::env::current_exe()
             .map_err(|e| format!("cannot find this executable: {e}"))

@@ -36,6 +36,8 @@ pub struct PolicyBenchConfig {
     pub limit: Option<u64>,
     /// The target of the stall mode.
     pub stall: f64,
+    /// Whether the policy tracks written pages (PAGEMAP_SCAN with async write-protect).
+    pub write_tracking: bool,
     /// Where to write the figures as JSON.
     pub json: Option<PathBuf>,
     /// Where to write the plot (SVG).
@@ -90,6 +92,8 @@ pub struct ModeRun {
     pub refaults: u64,
     /// Faults on sampled pages.
     pub sample_faults: u64,
+    /// Pages the write tracking saw written (0 when it is off).
+    pub written_pages_seen: u64,
 }
 
 /// YCSB's Zipfian generator over `[0, n)` (Gray et al., "Quickly generating
@@ -286,7 +290,7 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
     let mean = |f: &dyn Fn(&Sample) -> u64| settled.iter().map(f).sum::<u64>() / settled.len().max(1) as u64;
     let resident = mean(&|s| s.resident_bytes);
     let footprint = mean(&|s| s.resident_bytes + s.tier_bytes);
-    let (stall_pct, cpu, reclaimed, refaults, sample_faults, desc) = match end {
+    let (stall_pct, cpu, reclaimed, refaults, sample_faults, written, desc) = match end {
         Some(s) => {
             let p = s.policy.clone().unwrap_or_default();
             (
@@ -295,10 +299,11 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
                 p.reclaimed_pages,
                 s.faults_from_tier,
                 s.sample_faults,
+                p.written_pages_seen,
                 Some(p.mode),
             )
         }
-        None => (0.0, 0.0, 0, 0, 0, None),
+        None => (0.0, 0.0, 0, 0, 0, 0, None),
     };
     drop(rt);
     let gib10 = store.map.len() as f64 / (10u64 << 30) as f64;
@@ -318,6 +323,7 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
         reclaimed_pages: reclaimed,
         refaults,
         sample_faults,
+        written_pages_seen: written,
     })
 }
 
@@ -328,8 +334,8 @@ pub fn run(cfg: &PolicyBenchConfig) -> Result<(), String> {
     let limit = cfg.limit.unwrap_or(cfg.size / 2);
     let modes: Vec<(&str, Option<PolicyConfig>)> = vec![
         ("plain", None),
-        ("limit", Some(PolicyConfig { limit: Some(limit), ..PolicyConfig::default() })),
-        ("stall", Some(PolicyConfig { stall: Some(cfg.stall), ..PolicyConfig::default() })),
+        ("limit", Some(PolicyConfig { limit: Some(limit), write_tracking: cfg.write_tracking, ..PolicyConfig::default() })),
+        ("stall", Some(PolicyConfig { stall: Some(cfg.stall), write_tracking: cfg.write_tracking, ..PolicyConfig::default() })),
     ];
     let mut runs = Vec::new();
     for (mode, p) in modes {

@@ -9,6 +9,7 @@
 //! | `stall` | a percentage (`0.1%`); bare `stall` means 0.1% | `--stall`, `FARMEM_STALL` |
 //! | `min` | a size: never reclaim below it | `--min`, `FARMEM_MIN` |
 //! | `tiers` | a tier spec (`lz4`, `zstd:3`, `lz4,file:DIR:SIZE`) | `--tiers`, `FARMEM_TIERS` |
+//! | `write_tracking` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect where the kernel has both (on) | `FARMEM_WRITE_TRACKING` |
 //! | `arenas` | 1 to 8: how many farmem arenas (default: one per CPU) | |
 //!
 //! The empty string is all defaults: farmem arenas and an lz4 tier, but no
@@ -16,7 +17,7 @@
 
 use std::str::FromStr;
 
-use farmem_runtime::policy::{parse_size, parse_stall, PolicyConfig, DEFAULT_STALL};
+use farmem_runtime::policy::{parse_size, parse_stall, parse_switch, PolicyConfig, DEFAULT_STALL};
 use farmem_tiers::TierSpec;
 
 use crate::route::MAX_ARENAS;
@@ -65,7 +66,10 @@ impl FromStr for Config {
                     _ => return Err(err(format!("write a number of arenas from 1 to {MAX_ARENAS}"))),
                 },
                 "prefetch" => c.prefetch = farmem_runtime::parse_prefetch(value).map_err(err)?,
-                _ => return Err(err("unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N or prefetch=PAGES, separated by spaces".into())),
+                "write_tracking" => c.policy.write_tracking = parse_switch(value).map_err(err)?,
+                _ => return Err(err(
+                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES or write_tracking=on|off, separated by spaces".into(),
+                )),
             }
         }
         Ok(c)
@@ -78,8 +82,9 @@ mod tests {
 
     #[test]
     fn good_strings() {
-        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8".parse().unwrap();
+        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 write_tracking=off".parse().unwrap();
         assert_eq!(c.prefetch, 8);
+        assert!(!c.policy.write_tracking);
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
         assert_eq!(c.policy.min, 8 << 20);
@@ -91,7 +96,7 @@ mod tests {
 
     #[test]
     fn bad_strings_name_the_key_on_one_line() {
-        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("colour=blue", "colour"), ("limit", "limit")] {
+        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("write_tracking=maybe", "write_tracking"), ("colour=blue", "colour"), ("limit", "limit")] {
             let e = s.parse::<Config>().unwrap_err();
             assert_eq!(e.key, key);
             let line = e.to_string();

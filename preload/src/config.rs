@@ -10,6 +10,7 @@
 //! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit (by this process only: the shim takes the variable out of the environment, so programs it execs do not overwrite the file) |
 //! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
+//! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
 //!
 //! An empty variable counts as unset. A bad value is a [`ConfigError`]: the
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use farmem_runtime::policy::{parse_size, parse_stall, PolicyConfig};
+use farmem_runtime::policy::{parse_size, parse_stall, parse_switch, PolicyConfig};
 use farmem_tiers::TierSpec;
 
 /// What the environment asks of the shim.
@@ -90,6 +91,9 @@ impl ShimConfig {
         if let Some(v) = var("FARMEM_PREFETCH")? {
             c.prefetch = farmem_runtime::parse_prefetch(&v).map_err(|reason| ConfigError { var: "FARMEM_PREFETCH", value: v, reason })?;
         }
+        if let Some(v) = var("FARMEM_WRITE_TRACKING")? {
+            c.policy.write_tracking = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_WRITE_TRACKING", value: v, reason })?;
+        }
         if let Some(v) = var("FARMEM_EVICT_EVERY")? {
             c.evict_every = Some(parse_duration(&v).map_err(|reason| ConfigError { var: "FARMEM_EVICT_EVERY", value: v, reason })?);
         }
@@ -130,7 +134,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -138,12 +142,14 @@ mod tests {
         assert_eq!(c.mmap_min, 2 << 20);
         assert_eq!(c.evict_every, Some(Duration::from_millis(250)));
         assert_eq!(c.prefetch, 16);
+        assert!(!c.policy.write_tracking);
+        assert!(read(&[]).unwrap().policy.write_tracking, "on by default");
         assert_eq!(c.tiers.to_string(), "zstd:3");
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -62,6 +62,8 @@ pub fn snapshot(rt: &Runtime, started: Instant, limit: Option<u64>, mmap_regions
         "rss_bytes": rss,
         "peak_resident_bytes": hwm,
         "heap_peak_resident_bytes": s.policy.as_ref().map(|p| p.peak_resident_bytes),
+        "write_tracking": s.policy.as_ref().map(|p| p.write_tracking),
+        "written_pages_seen": s.policy.as_ref().map(|p| p.written_pages_seen),
         "tier_bytes": s.tiers.iter().map(|(_, t)| t.bytes_used).sum::<u64>(),
         "tier_bytes_stored": s.tiers.iter().map(|(_, t)| t.bytes_in).sum::<u64>(),
         "tiers": tiers,

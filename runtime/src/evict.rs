@@ -150,7 +150,7 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
         if !region.armed.load(Ordering::Acquire) {
             // A lazily registered region: from now on the kernel reports its
             // faults and what the program does to it.
-            if let Err(e) = shared.uffd.register(region.start(), region.len(), crate::uffd::mode::MISSING) {
+            if let Err(e) = shared.uffd.register(region.start(), region.len(), shared.register_mode()) {
                 tracing::warn!("cannot arm region {:#x}+{:#x} with userfaultfd: {e}; its pages stay in RAM", region.start(), region.len());
                 report.busy += idx.len() as u64;
                 return Ok(report);

@@ -179,7 +179,10 @@ impl RuntimeBuilder {
             prefetch: self.prefetch,
         };
         let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
-        let uffd = Userfaultfd::open(required, required)?;
+        // Async write-protect is wanted, not required: without it the policy
+        // sees accesses through faults alone.
+        let uffd = Userfaultfd::open(required | feature::WP_ASYNC | feature::WP_UNPOPULATED, required)?;
+        let pagemap = if uffd.has(feature::WP_ASYNC) { pagemap::PageMap::open().ok().filter(|p| p.supported().unwrap_or(false)) } else { None };
         let staging_uffd = Userfaultfd::open(feature::MOVE, feature::MOVE)?;
         let staging = Staging::new(config.batch_pages).map_err(|source| RuntimeError::Os { op: "mapping the staging area", source })?;
         staging_uffd.register(staging.base(), staging.len(), mode::WP).map_err(|source| RuntimeError::Register {
@@ -196,6 +199,7 @@ impl RuntimeBuilder {
         all_tiers.push(Arc::new(sample));
         let shared = Arc::new(Shared {
             uffd,
+            pagemap,
             staging_uffd,
             staging,
             regions: RegionTable::default(),
@@ -265,6 +269,10 @@ fn set_thread_name(name: &std::ffi::CStr) {
 /// What the fault thread and the callers share.
 pub(crate) struct Shared {
     uffd: Userfaultfd,
+    /// /proc/self/pagemap, when the kernel has PAGEMAP_SCAN and the userfaultfd
+    /// async write-protect: regions are then registered for write-protect
+    /// too, and the policy can track written pages.
+    pagemap: Option<pagemap::PageMap>,
     staging_uffd: Userfaultfd,
     staging: Staging,
     regions: RegionTable,
@@ -297,6 +305,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// How regions are registered: for missing faults, and for async
+    /// write-protect when written pages can be tracked. Write-protect costs
+    /// nothing until a scan protects a page.
+    fn register_mode(&self) -> u64 {
+        mode::MISSING | if self.pagemap.is_some() { mode::WP } else { 0 }
+    }
+
     fn now_us(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
@@ -352,7 +367,7 @@ impl Runtime {
         let _scope = RuntimeScope::enter();
         let region = self.track(addr, len)?;
         let (a, l) = (region.start(), region.len());
-        if let Err(source) = self.shared.uffd.register(a, l, mode::MISSING) {
+        if let Err(source) = self.shared.uffd.register(a, l, self.shared.register_mode()) {
             self.shared.regions.remove(&region);
             return Err(RuntimeError::Register { addr: a, len: l, source });
         }
@@ -382,7 +397,7 @@ impl Runtime {
             // The evictor arms lazy regions under the same lock.
             let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
             if !region.armed.load(Ordering::Acquire) {
-                match self.shared.uffd.register(region.start(), region.len(), mode::MISSING) {
+                match self.shared.uffd.register(region.start(), region.len(), self.shared.register_mode()) {
                     Ok(()) => region.armed.store(true, Ordering::Release),
                     // It stays lazy: armed when its first page is taken out.
                     Err(e) => tracing::debug!("arming region {:#x}+{:#x} at once failed: {e}", region.start(), region.len()),

@@ -509,6 +509,51 @@ mod tests {
         uffd.unregister(base, m.len() as u64).unwrap();
     }
 
+    /// The runtime's write tracking, on a range registered for both missing
+    /// faults and async write-protect: a scan that asks for PRESENT pages
+    /// leaves holes alone (no uffd-wp marker), so a page taken out with
+    /// UFFDIO_MOVE, a hole filled with UFFDIO_COPY, UFFDIO_ZEROPAGE or
+    /// UFFDIO_POISON all behave as on a range without write-protect. (A scan
+    /// that matched holes would leave markers there, which ZEROPAGE and POISON
+    /// refuse with EEXIST, and MOVE with EFAULT.)
+    #[test]
+    fn present_written_scan_leaves_holes_fillable_for_the_fault_engine() {
+        let wanted = feature::MOVE | feature::POISON | feature::WP_ASYNC | feature::WP_UNPOPULATED;
+        let uffd = Userfaultfd::open(wanted, wanted).unwrap();
+        let staging_uffd = Userfaultfd::open(feature::MOVE, feature::MOVE).unwrap();
+        let pm = PageMap::open().unwrap();
+        let m = mapping(16);
+        let staging = mapping(1);
+        let base = m.addr() as u64;
+        // Written before registering: a missing fault here would wait for a handler.
+        for p in 0..8 {
+            write_page(&m, p);
+        }
+        uffd.register(base, m.len() as u64, mode::MISSING | mode::WP).unwrap();
+        staging_uffd.register(staging.addr() as u64, PAGE, mode::WP).unwrap();
+        let take = ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN).write_protecting();
+        let pw = Categories::PRESENT | Categories::WRITTEN;
+        assert_eq!(scan_all(&pm, &m, &take), vec![(0, 8, pw)]);
+        // A write-protected page moves out like any other, and leaves a plain hole.
+        staging_uffd.move_pages(staging.addr() as u64, base + 3 * PAGE, PAGE, false).unwrap();
+        assert_eq!(read_page(&staging, 0), 1);
+        write_page(&m, 6);
+        assert_eq!(scan_all(&pm, &m, &take), vec![(6, 7, pw)]);
+        // No hole reads as SWAPPED (a marker): not the moved page, not the never-touched ones.
+        assert_eq!(scan_all(&pm, &m, &ScanOptions::matching(Categories::SWAPPED)), vec![]);
+        // Each way the fault engine fills a hole still works.
+        // SAFETY: the staging page is ours and readable for PAGE bytes.
+        unsafe { uffd.copy(base + 3 * PAGE, staging.addr(), PAGE, true) }.unwrap();
+        uffd.zeropage(base + 9 * PAGE, PAGE).unwrap();
+        uffd.poison(base + 10 * PAGE, PAGE).unwrap();
+        assert_eq!(read_page(&m, 3), 1);
+        assert_eq!(read_page(&m, 9), 0);
+        // A page copied in is writable without protection: the next scan sees it as written.
+        let present = scan_all(&pm, &m, &take);
+        assert!(present.contains(&(3, 4, pw)), "{present:?}");
+        uffd.unregister(base, m.len() as u64).unwrap();
+    }
+
     #[test]
     fn write_protecting_scan_refuses_a_range_without_wp_async() {
         let pm = PageMap::open().unwrap();

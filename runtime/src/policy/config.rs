@@ -23,11 +23,15 @@ pub struct PolicyConfig {
     /// Pages that stay in a tier this long move to the next configured tier
     /// (T1 to a spill tier), when there is one.
     pub demote_after: Duration,
+    /// See written pages through PAGEMAP_SCAN and async write-protect, where
+    /// the kernel has both (Linux 6.7+): a page the program writes is seen in
+    /// use without a fault (see the `written` module).
+    pub write_tracking: bool,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { limit: None, stall: None, min: 0, tick: Duration::from_secs(1), sampling_cpu: 0.02, demote_after: Duration::from_secs(60) }
+        PolicyConfig { limit: None, stall: None, min: 0, tick: Duration::from_secs(1), sampling_cpu: 0.02, demote_after: Duration::from_secs(60), write_tracking: true }
     }
 }
 
@@ -40,6 +44,15 @@ impl PolicyConfig {
     /// Whether the controller has anything to do (a limit or a stall target).
     pub fn reclaims(&self) -> bool {
         self.limit.is_some() || self.stall.is_some()
+    }
+}
+
+/// Parses a switch: `on`, `off`, `1`, `0`, `yes`, `no`, `true` or `false`.
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" | "yes" | "true" => Ok(true),
+        "off" | "0" | "no" | "false" => Ok(false),
+        _ => Err("write on or off".into()),
     }
 }
 

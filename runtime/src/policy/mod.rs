@@ -4,7 +4,9 @@
 //! One thread, `farmem-policy`, runs once per tick (a second by default):
 //! 1. it ages: reads an eighth of the pages' states and stamps (each page is
 //!    read every 8 ticks), counts resident pages per generation of age, and
-//!    lists pages due for demotion;
+//!    lists pages due for demotion. Where the kernel allows, that eighth's
+//!    written pages are stamped seen first, and write-protected again (see
+//!    the `written` module);
 //! 2. it measures resident memory (pages in RAM plus the sampler's raw copies)
 //!    and the share of wall time the program spent waiting on farmem faults;
 //! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
@@ -34,7 +36,9 @@
 pub mod ages;
 mod config;
 mod controller;
+mod probe;
 mod sampler;
+mod written;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -44,8 +48,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use ages::GENERATIONS;
-pub use config::{parse_size, parse_stall, PolicyConfig, DEFAULT_STALL};
+pub use config::{parse_size, parse_stall, parse_switch, PolicyConfig, DEFAULT_STALL};
 pub use controller::Controller;
+pub use probe::AccessSources;
 
 use crate::evict::{self, Target};
 use crate::pagestate::State;
@@ -53,6 +58,7 @@ use crate::region::Region;
 use crate::{RuntimeScope, Shared, PAGE_SIZE};
 use ages::generation;
 use sampler::{pick_resident, Hand, Picked, Rate};
+use written::WriteTracker;
 
 /// Ticks a sampled page stays out unused before it goes back to RAM.
 const SAMPLE_WINDOW: u32 = 4;
@@ -123,6 +129,12 @@ pub struct PolicyStats {
     pub demoted_pages: u64,
     /// Ticks in which demotion stopped because the tiers below were full.
     pub demotion_blocked_ticks: u64,
+    /// Whether written pages are tracked (PAGEMAP_SCAN with async write-protect).
+    pub write_tracking: bool,
+    /// Pages the write tracking found written, over all its scans.
+    pub written_pages_seen: u64,
+    /// What the kernel offers for seeing accesses, probed at start.
+    pub access_sources: AccessSources,
 }
 
 /// The running policy thread.
@@ -272,6 +284,8 @@ struct Scan {
     registered: u64,
     generations: [u64; GENERATIONS.len()],
     sampled: Vec<Sampled>,
+    /// Pages found written since their last scan.
+    written: u64,
     /// Per configured tier that has one after it: pages due for demotion.
     due: Vec<Vec<Sampled>>,
 }
@@ -314,6 +328,8 @@ struct Policy {
     /// In stall mode, the most resident pages not known to be idle that one
     /// tick may reclaim.
     unknown_cut_cap: Option<u64>,
+    /// Written-page tracking, where the kernel and the configuration allow it.
+    written: Option<WriteTracker>,
     stats: PolicyStats,
     out: Arc<Mutex<PolicyStats>>,
 }
@@ -322,7 +338,11 @@ impl Policy {
     fn new(shared: Arc<Shared>, config: PolicyConfig, out: Arc<Mutex<PolicyStats>>) -> Self {
         let c = &shared.counters;
         let (stall, sf, rf) = (c.reclaim_stall_ns.load(Relaxed), c.sample_faults.load(Relaxed), refaults(&shared));
-        let stats = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut stats = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let written = (config.write_tracking && shared.pagemap.is_some()).then(WriteTracker::new);
+        stats.write_tracking = written.is_some();
+        stats.access_sources = probe::probe(shared.pagemap.is_some());
+        tracing::info!("policy: {}; access sources: {}; write tracking {}", stats.mode, stats.access_sources, if written.is_some() { "on" } else { "off" });
         Policy {
             ctl: Controller::new(&config),
             rate: Rate::new(),
@@ -346,6 +366,7 @@ impl Policy {
             fault_cost: 15e-6,
             sample_hit: 0.1,
             unknown_cut_cap: None,
+            written,
             stats,
             out,
             shared,
@@ -426,7 +447,13 @@ impl Policy {
         // times a tick and correct the fault thread's estimate each time: the
         // tick takes that estimate rather than walk every page table again.
         let measure = self.config.limit.is_none() || self.stats.ticks == 0;
-        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure);
+        let stall_goal = self.config.stall;
+        let due = self.written.as_mut().is_some_and(|w| w.due(wall, stall_goal));
+        let writes = match (&shared.pagemap, self.written.as_mut()) {
+            (Some(pm), Some(w)) if due => Some((pm, w)),
+            _ => None,
+        };
+        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure, writes);
         if parts == 1 {
             self.outstanding = self.scan.sampled.iter().map(|x| (now.wrapping_sub(x.out_age), Arc::clone(&x.region), x.page)).collect();
         }
@@ -554,6 +581,7 @@ impl Policy {
         s.sampling_cpu_seconds += cpu_sampling;
         s.sampling_cpu_fraction = cpu_sampling / wall;
         s.reclaim_cpu_seconds += cpu_reclaim;
+        s.written_pages_seen = self.written.as_ref().map_or(0, |w| w.seen);
         tracing::debug!(
             tick = now,
             resident_mib = resident >> 20,
@@ -562,6 +590,7 @@ impl Policy {
             reclaimed,
             refaults = d_refault,
             sampled,
+            written = self.scan.written,
             sample_faults = d_sample,
             sample_rate = self.rate.per_tick,
             hot_window = self.rate.hot_window,
@@ -635,6 +664,12 @@ impl Policy {
             if have >= need {
                 break;
             }
+        }
+        // Before the policy's first aging pass (a limit check right after it
+        // starts) the counts are not known: the search starts at the oldest
+        // generation rather than take pages in address order.
+        if have == 0 {
+            from = GENERATIONS.len() - 1;
         }
         let mut g = from;
         while need > 0 {
@@ -736,8 +771,18 @@ fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(
 /// state is looked at every `parts` ticks): its pages' states and stamps, the
 /// generation counts (scaled up by `parts`), and up to `DEMOTE_PER_TICK` pages
 /// out for `demote_ticks` or more in each tier that has a configured tier
-/// after it. With `measure`, what is in RAM is counted over all pages.
-fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize, measure: bool) -> Scan {
+/// after it. With `measure`, what is in RAM is counted over all pages. With
+/// `writes`, the part's written pages are stamped seen first (and protected
+/// again), so that the generation counts include them.
+fn scan(
+    shared: &Shared,
+    now: u32,
+    demote_ticks: u32,
+    part: usize,
+    parts: usize,
+    measure: bool,
+    mut writes: Option<(&crate::pagemap::PageMap, &mut WriteTracker)>,
+) -> Scan {
     const CHUNK: usize = 16384;
     let mut s = Scan { due: (0..shared.sample_tier.saturating_sub(1)).map(|_| Vec::new()).collect(), ..Scan::default() };
     let mut present = vec![0u8; CHUNK];
@@ -747,6 +792,17 @@ fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize,
             s.present += crate::resident_pages(region.start(), region.len());
         }
         let (first, end) = (region.pages() * part / parts, region.pages() * (part + 1) / parts);
+        if let Some((pm, w)) = writes.as_mut() {
+            if region.armed.load(Relaxed) && !region.closed.load(Relaxed) {
+                // The parts' bits, as this pass's part covers them.
+                let bits = if parts == 1 { u8::MAX } else { 1u8 << (part * 8 / parts) };
+                let before = region.write_protected_parts.fetch_or(bits, Relaxed);
+                match w.scan(pm, &region, first, end, now, before & bits != bits) {
+                    Ok(n) => s.written += n,
+                    Err(e) => tracing::debug!("write tracking over region {:#x} failed: {e}", region.start()),
+                }
+            }
+        }
         let mut at = first;
         while at < end {
             let n = CHUNK.min(end - at);
