@@ -92,7 +92,7 @@ enum Bench {
         #[arg(long, default_value = "0.1%", value_parser = farmem_runtime::policy::parse_stall)]
         stall: f64,
         /// Track written pages with PAGEMAP_SCAN and async write-protect (on or off).
-        #[arg(long, default_value = "on", value_parser = farmem_runtime::policy::parse_switch)]
+        #[arg(long, default_value = "on", action = clap::ArgAction::Set, value_parser = farmem_runtime::policy::parse_switch)]
         write_tracking: bool,
         /// Write the figures as JSON to this file.
         #[arg(long)]
