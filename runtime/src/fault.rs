@@ -796,5 +796,6 @@ fn is_mapped(addr: u64) -> bool {
     unsafe { libc::mincore(addr as *mut libc::c_void, PAGE_SIZE, &mut v) == 0 }
 }
 
-/// How long the fault thread spins before sleeping in poll, by default.
-pub(crate) const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// How long the fault thread spins before sleeping in poll, by default: not
+/// at all (see `Config::spin`).
+pub(crate) const DEFAULT_SPIN: Duration = Duration::ZERO;

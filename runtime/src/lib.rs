@@ -92,10 +92,12 @@ pub struct Config {
     /// Pages zero-filled per fault on never-evicted memory, the faulting page included.
     pub zero_fill_batch: usize,
     /// How long the fault thread keeps polling after its last message before it
-    /// sleeps in poll(2): spinning saves a wake-up per fault under load. It does
-    /// not spin while an eviction runs or within a millisecond of one, because
-    /// on a machine with few cores the spinning thread would take the core the
-    /// evictor needs.
+    /// sleeps in poll(2). Spinning saves the wake-up of a sleeping fault thread
+    /// (an isolated fault here: 12 µs with a 50 µs spin, 18 µs without), but
+    /// only where a core is idle: beside a busy program it takes the core the
+    /// program needs. On 2 vCPUs a 50 µs spin cost Redis 12-15% of its GETs
+    /// and the kv workloads 5-10%, so the default is 0. It never spins while
+    /// an eviction runs or within a millisecond of one.
     pub spin: Duration,
     /// Pages after a faulting page brought back with it when it comes from a
     /// spill tier (not T1 or the sampler's), as long as they sit in the same
@@ -146,7 +148,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How long the fault thread spins before sleeping (default 50 µs).
+    /// How long the fault thread spins before sleeping (default 0: see [`Config::spin`]).
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = Some(spin);
         self
