@@ -1,6 +1,6 @@
 //! Registered regions and the table the fault thread looks addresses up in.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::pagestate::PageStates;
@@ -29,10 +29,6 @@ pub struct Region {
     /// only before its first page is taken out: until then the program's
     /// first touches are the kernel's own page faults, with no cost from farmem.
     pub armed: AtomicBool,
-    /// The parts of the region (one bit for each of the aging pass's parts)
-    /// a write-tracking scan has protected: the first scan of a part finds
-    /// every page written, though none took a write fault.
-    pub write_protected_parts: AtomicU8,
 }
 
 impl Region {
@@ -49,7 +45,6 @@ impl Region {
             evicted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             armed: AtomicBool::new(false),
-            write_protected_parts: AtomicU8::new(0),
         })
     }
 

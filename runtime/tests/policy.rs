@@ -275,10 +275,11 @@ fn the_floor_is_never_reclaimed() {
 /// reclaimer's hands begin.
 #[test]
 fn written_pages_are_seen_without_faults() {
-    const PAGES: usize = (64usize << 20) / PAGE;
-    // Small enough that protecting the hot set every pass stays inside the
-    // tracker's allowance at 100 ms ticks.
-    const HOT: usize = 1024;
+    // Small enough for the tracker's allowance (0.2% of each 100 ms tick, at
+    // 1.2 µs a page) to pay for the first scan of the whole heap in under
+    // three seconds, and for protecting the hot set every pass after it.
+    const PAGES: usize = (16usize << 20) / PAGE;
+    const HOT: usize = 256;
     let run = |write_tracking: bool| {
         let (heap, sums) = filled(PAGES);
         let heap = Arc::new(heap);
@@ -293,6 +294,9 @@ fn written_pages_are_seen_without_faults() {
         rt.start_policy(config.clone()).unwrap();
         std::thread::sleep(Duration::from_secs(5));
         rt.stop_policy();
+        // Counted from here: the tracker's first scan of the heap is paid off
+        // by now, but while it was, the sampler may have taken hot pages.
+        let f0 = hot_faults(&rt);
         let limit = (PAGES * PAGE) as u64 / 4;
         rt.start_policy(PolicyConfig { limit: Some(limit), ..config }).unwrap();
         let what = if write_tracking { "with write tracking" } else { "without" };
@@ -302,7 +306,7 @@ fn written_pages_are_seen_without_faults() {
         });
         std::thread::sleep(Duration::from_secs(2));
         // Cold pages are never touched: every fault was on the hot set.
-        let faults = hot_faults(&rt);
+        let faults = hot_faults(&rt) - f0;
         let hot_in = resident(&heap, 0, HOT);
         let p = rt.stats().policy.unwrap();
         eprintln!("{what}: {faults} faults on {HOT} written hot pages, {hot_in} resident; policy {p:?}");
@@ -317,6 +321,6 @@ fn written_pages_are_seen_without_faults() {
     assert!(p_on.write_tracking, "this kernel has PAGEMAP_SCAN and async write-protect");
     assert!(p_on.written_pages_seen >= HOT as u64, "only {} written pages seen", p_on.written_pages_seen);
     assert!(hot_in >= HOT * 95 / 100, "only {hot_in} of {HOT} hot pages in RAM");
-    assert!(faults_off >= HOT as u64 / 4, "without write tracking, the hot set should have been found by faults: {faults_off}");
+    assert!(faults_off >= HOT as u64 / 2, "without write tracking, the hot set should have been found by faults: {faults_off}");
     assert!(faults_on * 4 <= faults_off, "{faults_on} faults with write tracking against {faults_off} without");
 }

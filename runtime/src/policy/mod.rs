@@ -794,10 +794,7 @@ fn scan(
         let (first, end) = (region.pages() * part / parts, region.pages() * (part + 1) / parts);
         if let Some((pm, w)) = writes.as_mut() {
             if region.armed.load(Relaxed) && !region.closed.load(Relaxed) {
-                // The parts' bits, as this pass's part covers them.
-                let bits = if parts == 1 { u8::MAX } else { 1u8 << (part * 8 / parts) };
-                let before = region.write_protected_parts.fetch_or(bits, Relaxed);
-                match w.scan(pm, &region, first, end, now, before & bits != bits) {
+                match w.scan(pm, &region, first, end, now) {
                     Ok(n) => s.written += n,
                     Err(e) => tracing::debug!("write tracking over region {:#x} failed: {e}", region.start()),
                 }
