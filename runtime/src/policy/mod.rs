@@ -4,9 +4,9 @@
 //! One thread, `farmem-policy`, runs once per tick (a second by default):
 //! 1. it ages: reads an eighth of the pages' states and stamps (each page is
 //!    read every 8 ticks), counts resident pages per generation of age, and
-//!    lists pages due for demotion. Where the kernel allows, that eighth's
-//!    written pages are stamped seen first, and write-protected again (see
-//!    the `written` module);
+//!    lists pages due for demotion. Where the kernel allows, written pages
+//!    are stamped seen first, as many as an allowance for the write faults
+//!    this costs the program pays for (see the `written` module);
 //! 2. it measures resident memory (pages in RAM plus the sampler's raw copies)
 //!    and the share of wall time the program spent waiting on farmem faults;
 //! 3. the [`Controller`] sets a target, and the thread reclaims down to it,
@@ -284,7 +284,7 @@ struct Scan {
     registered: u64,
     generations: [u64; GENERATIONS.len()],
     sampled: Vec<Sampled>,
-    /// Pages found written since their last scan.
+    /// Pages the write tracking found written this tick.
     written: u64,
     /// Per configured tier that has one after it: pages due for demotion.
     due: Vec<Vec<Sampled>>,
@@ -447,13 +447,16 @@ impl Policy {
         // times a tick and correct the fault thread's estimate each time: the
         // tick takes that estimate rather than walk every page table again.
         let measure = self.config.limit.is_none() || self.stats.ticks == 0;
-        let stall_goal = self.config.stall;
-        let due = self.written.as_mut().is_some_and(|w| w.due(wall, stall_goal));
-        let writes = match (&shared.pagemap, self.written.as_mut()) {
-            (Some(pm), Some(w)) if due => Some((pm, w)),
-            _ => None,
+        // Written pages are stamped first, so that the generation counts include them.
+        let written = match (&shared.pagemap, self.written.as_mut()) {
+            (Some(pm), Some(w)) => {
+                w.earn(wall, self.config.stall);
+                w.track(pm, &shared.regions.all(), now)
+            }
+            _ => 0,
         };
-        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure, writes);
+        self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure);
+        self.scan.written = written;
         if parts == 1 {
             self.outstanding = self.scan.sampled.iter().map(|x| (now.wrapping_sub(x.out_age), Arc::clone(&x.region), x.page)).collect();
         }
@@ -771,18 +774,8 @@ fn by_region<'a>(pages: impl Iterator<Item = (&'a Arc<Region>, usize)>) -> Vec<(
 /// state is looked at every `parts` ticks): its pages' states and stamps, the
 /// generation counts (scaled up by `parts`), and up to `DEMOTE_PER_TICK` pages
 /// out for `demote_ticks` or more in each tier that has a configured tier
-/// after it. With `measure`, what is in RAM is counted over all pages. With
-/// `writes`, the part's written pages are stamped seen first (and protected
-/// again), so that the generation counts include them.
-fn scan(
-    shared: &Shared,
-    now: u32,
-    demote_ticks: u32,
-    part: usize,
-    parts: usize,
-    measure: bool,
-    mut writes: Option<(&crate::pagemap::PageMap, &mut WriteTracker)>,
-) -> Scan {
+/// after it. With `measure`, what is in RAM is counted over all pages.
+fn scan(shared: &Shared, now: u32, demote_ticks: u32, part: usize, parts: usize, measure: bool) -> Scan {
     const CHUNK: usize = 16384;
     let mut s = Scan { due: (0..shared.sample_tier.saturating_sub(1)).map(|_| Vec::new()).collect(), ..Scan::default() };
     let mut present = vec![0u8; CHUNK];
@@ -792,14 +785,6 @@ fn scan(
             s.present += crate::resident_pages(region.start(), region.len());
         }
         let (first, end) = (region.pages() * part / parts, region.pages() * (part + 1) / parts);
-        if let Some((pm, w)) = writes.as_mut() {
-            if region.armed.load(Relaxed) && !region.closed.load(Relaxed) {
-                match w.scan(pm, &region, first, end, now) {
-                    Ok(n) => s.written += n,
-                    Err(e) => tracing::debug!("write tracking over region {:#x} failed: {e}", region.start()),
-                }
-            }
-        }
         let mut at = first;
         while at < end {
             let n = CHUNK.min(end - at);

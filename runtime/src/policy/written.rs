@@ -11,19 +11,21 @@
 //!
 //! The price is paid by the program: the first write to a page after each
 //! scan is a minor fault in the kernel ([`WP_FAULT_S`]). Each page a scan
-//! reports and protects may cost one such fault later, so every page reported
-//! is charged against an allowance (a share of wall time), and the next
-//! protecting scan waits until the charge is paid off. Over time the write
-//! faults therefore stay within the allowance. The price of that bound: the
-//! first scan of a large heap reports every page it finds in RAM, and the
-//! scans after it wait in proportion (at 0.2%, about 2.6 minutes for each GiB
-//! in RAM).
+//! reports and protects may cost one such fault later, so each tick earns an
+//! allowance (a share of wall time), and the tick's scan reports and protects
+//! no more pages than the allowance can pay for. Pages already protected and
+//! not written since cost nothing to pass over. The scan goes on from where
+//! the last one stopped, over every region in turn; the first lap over a
+//! large heap is slow (every page in RAM is unprotected then: at 0.2%, about
+//! 2.6 minutes for each GiB in RAM), later laps find only what was written.
 //!
 //! Only pages in RAM are matched. A scan that matched holes would leave a
 //! uffd-wp marker in each, and the fault engine's UFFDIO_ZEROPAGE and
 //! UFFDIO_POISON refuse a marker (EEXIST), as UFFDIO_MOVE does (EFAULT).
 
 use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::pagemap::{Categories, PageMap, PageRegion, ScanOptions};
 use crate::pagestate::State;
@@ -46,53 +48,103 @@ const PAGES_PER_CALL: u64 = 1 << 15;
 /// The tracker's state between ticks.
 pub(crate) struct WriteTracker {
     buf: Vec<PageRegion>,
-    /// Program time the write faults of earlier scans are estimated to have
-    /// cost, less the allowance earned since, in seconds.
-    debt: f64,
+    /// Where the next scan starts.
+    hand: u64,
+    /// Seconds of write faults the allowance has earned and scans have not
+    /// spent yet, at most a few ticks' worth.
+    credit: f64,
     /// Pages seen written, over all scans.
     pub seen: u64,
 }
 
 impl WriteTracker {
-    /// A tracker with nothing charged yet.
+    /// A tracker with no credit yet.
     pub fn new() -> Self {
-        WriteTracker { buf: vec![PageRegion::default(); 256], debt: 0.0, seen: 0 }
+        WriteTracker { buf: vec![PageRegion::default(); 256], hand: 0, credit: 0.0, seen: 0 }
     }
 
-    /// Whether this tick's aging pass may write-protect, after `wall` seconds
-    /// since the last tick; `stall_goal` lowers the share in stall mode,
-    /// where these faults are part of what the program feels.
-    pub fn due(&mut self, wall: f64, stall_goal: Option<f64>) -> bool {
+    /// Earns the allowance of a tick `wall` seconds long, and returns how many
+    /// pages the tick's scan may report. `stall_goal` lowers the share in
+    /// stall mode, where these faults are part of what the program feels.
+    pub fn earn(&mut self, wall: f64, stall_goal: Option<f64>) -> u64 {
         let share = stall_goal.map_or(WRITE_FAULT_SHARE, |g| WRITE_FAULT_SHARE.min(g * 0.25));
         // Credit is not banked beyond a few ticks: a quiet spell must not pay
-        // for a burst of scans later.
-        self.debt = (self.debt - share * wall).max(-share * wall * 4.0);
-        self.debt <= 0.0
+        // for a burst of faults later.
+        self.credit = (self.credit + share * wall).min(share * wall * 4.0);
+        self.budget()
     }
 
-    /// Scans pages `[first, end)` of an armed `region`: each resident page
-    /// written since it was last protected (or never protected) is stamped
-    /// seen at tick `now`, protected again, and charged as the write fault
-    /// it may cost. Returns the pages found written.
-    pub fn scan(&mut self, pagemap: &PageMap, region: &Region, first: usize, end: usize, now: u32) -> io::Result<u64> {
-        let options =
-            ScanOptions { max_pages: PAGES_PER_CALL, ..ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN).write_protecting() };
+    fn budget(&self) -> u64 {
+        (self.credit / WP_FAULT_S).max(0.0) as u64
+    }
+
+    /// Scans the armed `regions` (in address order) from the hand on, at most
+    /// one lap, until the credit is spent: each page in RAM written since it
+    /// was last protected (or never protected) is stamped seen at tick `now`
+    /// and protected again. Returns the pages found written.
+    pub fn track(&mut self, pagemap: &PageMap, regions: &[Arc<Region>], now: u32) -> u64 {
+        let mut left = self.budget();
+        if left == 0 || regions.is_empty() {
+            return 0;
+        }
+        let first = regions.partition_point(|r| r.start() + r.len() <= self.hand) % regions.len();
         let mut found = 0;
-        let start = region.start();
-        pagemap.for_each_region(region.page_addr(first), region.page_addr(end), &options, &mut self.buf, |r| {
-            // The program may mremap the region during the walk: pages that
-            // no longer fall inside it are counted, not stamped.
-            let from = (r.start.saturating_sub(start) / PAGE_SIZE as u64) as usize;
-            for i in from..(from + r.pages() as usize).min(region.pages()) {
-                if region.states.get(i) == State::Resident {
-                    region.ages.set_seen(i, now);
-                }
+        for k in 0..=regions.len() {
+            let region = &regions[(first + k) % regions.len()];
+            let (start, end) = (region.start(), region.start() + region.len());
+            // The lap ends with the part of the first region before the hand.
+            let (from, to) = match k {
+                0 => (self.hand.clamp(start, end), end),
+                _ if k == regions.len() => (start, self.hand.clamp(start, end)),
+                _ => (start, end),
+            };
+            if !region.armed.load(Ordering::Relaxed) || region.closed.load(Ordering::Relaxed) || from >= to {
+                continue;
             }
-            found += r.pages();
-        })?;
+            match self.scan_range(pagemap, region, from, to, now, &mut left) {
+                Ok((n, at)) => {
+                    found += n;
+                    self.hand = at;
+                }
+                Err(e) => tracing::debug!("write tracking over region {start:#x} failed: {e}"),
+            }
+            if left == 0 {
+                break;
+            }
+        }
         self.seen += found;
-        self.debt += found as f64 * WP_FAULT_S;
-        Ok(found)
+        self.credit -= found as f64 * WP_FAULT_S;
+        found
+    }
+
+    /// Scans `[from, to)` of `region`, reporting at most `left` pages (less
+    /// what it reports); returns the pages found and where the walk stopped.
+    fn scan_range(&mut self, pagemap: &PageMap, region: &Region, from: u64, to: u64, now: u32, left: &mut u64) -> io::Result<(u64, u64)> {
+        let start = region.start();
+        let mut found = 0;
+        let mut at = from;
+        while at < to && *left > 0 {
+            let options =
+                ScanOptions { max_pages: (*left).min(PAGES_PER_CALL), ..ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN).write_protecting() };
+            let scan = pagemap.scan(at, to, &options, &mut self.buf)?;
+            for r in &self.buf[..scan.regions] {
+                // The program may mremap the region during the walk: pages
+                // that no longer fall inside it are counted, not stamped.
+                let first = (r.start.saturating_sub(start) / PAGE_SIZE as u64) as usize;
+                for i in first..(first + r.pages() as usize).min(region.pages()) {
+                    if region.states.get(i) == State::Resident {
+                        region.ages.set_seen(i, now);
+                    }
+                }
+                found += r.pages();
+                *left = left.saturating_sub(r.pages());
+            }
+            if scan.walk_end <= at {
+                break;
+            }
+            at = scan.walk_end;
+        }
+        Ok((found, at))
     }
 }
 
@@ -103,23 +155,56 @@ mod tests {
     use crate::uffd::{feature, mode, Userfaultfd};
 
     #[test]
-    fn scans_are_spaced_by_what_their_write_faults_cost() {
+    fn the_allowance_is_earned_per_tick_and_banked_for_at_most_four() {
         let mut t = WriteTracker::new();
-        assert!(t.due(1.0, None));
-        // 19.9 ms of write faults, at 0.2% of a second each tick, is paid off
-        // in 10 ticks.
-        t.debt = 0.0199;
-        let waited = (1..100).find(|_| t.due(1.0, None)).unwrap();
-        assert_eq!(waited, 10);
-        // A stall target of 0.1% allows a quarter of that: 0.025% a tick.
-        t.debt = 0.99e-3;
-        let waited = (1..100).find(|_| t.due(1.0, Some(0.001))).unwrap();
-        assert_eq!(waited, 4);
-        // Idle ticks bank at most four ticks of credit.
-        for _ in 0..50 {
-            t.due(1.0, None);
+        // 0.2% of one second pays for 1,666 faults of 1.2 µs.
+        assert_eq!(t.earn(1.0, None), 1666);
+        for _ in 0..10 {
+            t.earn(1.0, None);
         }
-        assert!((t.debt + 0.008).abs() < 1e-12, "{}", t.debt);
+        assert_eq!(t.budget(), 6666);
+        // A stall target of 0.1% allows a quarter of that: 0.025% a tick.
+        let mut t = WriteTracker::new();
+        assert_eq!(t.earn(1.0, Some(0.001)), 208);
+    }
+
+    fn written_region(pages: usize) -> (Mapping, Arc<Region>) {
+        let m = Mapping::anonymous(pages * PAGE_SIZE).unwrap();
+        // SAFETY: advice on a mapping we own; it changes no contents.
+        unsafe { libc::madvise(m.addr().cast(), m.len(), libc::MADV_NOHUGEPAGE) };
+        for p in 0..pages {
+            // SAFETY: the page lies inside the mapping, which is ours and writable.
+            unsafe { std::ptr::write_volatile(m.addr().add(p * PAGE_SIZE), 1) };
+        }
+        let region = Arc::new(Region::new(m.addr() as u64, m.len() as u64, 0).unwrap());
+        region.armed.store(true, Ordering::Relaxed);
+        (m, region)
+    }
+
+    #[test]
+    fn each_scan_reports_what_its_credit_pays_for_and_goes_on_from_there() {
+        let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
+        let uffd = Userfaultfd::open(wp, wp).unwrap();
+        let pm = PageMap::open().unwrap();
+        let (m, region) = written_region(64);
+        uffd.register(m.addr() as u64, m.len() as u64, mode::WP).unwrap();
+        let regions = [Arc::clone(&region)];
+        let mut t = WriteTracker::new();
+        // Credit for ten pages: the first ten are reported, protected and stamped.
+        t.credit = 10.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &regions, 7), 10);
+        assert_eq!(region.ages.ages(9, 7).0, 0);
+        assert_eq!(region.ages.ages(10, 7).0, 7);
+        // Then the other 54; the lap passes over the ten protected pages for free.
+        t.credit = 100.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &regions, 8), 54);
+        // A page written since is found again, wherever the hand stands.
+        // SAFETY: the page lies inside the mapping, which is ours and writable.
+        unsafe { std::ptr::write_volatile(m.addr().add(3 * PAGE_SIZE), 2) };
+        assert_eq!(t.track(&pm, &regions, 9), 1);
+        assert_eq!(region.ages.ages(3, 9).0, 0);
+        assert_eq!(t.seen, 65);
+        uffd.unregister(m.addr() as u64, m.len() as u64).unwrap();
     }
 
     /// What a write to a write-protected page costs, against a write to one
