@@ -45,6 +45,12 @@ const WRITE_FAULT_SHARE: f64 = 0.002;
 /// for its walk, which the program's mmap and munmap wait behind.
 const PAGES_PER_CALL: u64 = 1 << 15;
 
+/// A tick's scan walks at most this many pages for each page it may report:
+/// passing over protected pages is cheap but not free (a walk over a 4 GiB
+/// heap that finds nothing costs some 10 ms), and the policy thread's CPU
+/// has its own budget.
+const WALK_PER_REPORTED: u64 = 64;
+
 /// The tracker's state between ticks.
 pub(crate) struct WriteTracker {
     buf: Vec<PageRegion>,
@@ -88,27 +94,29 @@ impl WriteTracker {
             return 0;
         }
         let first = regions.partition_point(|r| r.start() + r.len() <= self.hand) % regions.len();
+        let mut walk = left.saturating_mul(WALK_PER_REPORTED);
+        let hand = self.hand;
         let mut found = 0;
         for k in 0..=regions.len() {
             let region = &regions[(first + k) % regions.len()];
             let (start, end) = (region.start(), region.start() + region.len());
             // The lap ends with the part of the first region before the hand.
             let (from, to) = match k {
-                0 => (self.hand.clamp(start, end), end),
-                _ if k == regions.len() => (start, self.hand.clamp(start, end)),
+                0 => (hand.clamp(start, end), end),
+                _ if k == regions.len() => (start, hand.clamp(start, end)),
                 _ => (start, end),
             };
             if !region.armed.load(Ordering::Relaxed) || region.closed.load(Ordering::Relaxed) || from >= to {
                 continue;
             }
-            match self.scan_range(pagemap, region, from, to, now, &mut left) {
+            match self.scan_range(pagemap, region, from, to, now, &mut left, &mut walk) {
                 Ok((n, at)) => {
                     found += n;
                     self.hand = at;
                 }
                 Err(e) => tracing::debug!("write tracking over region {start:#x} failed: {e}"),
             }
-            if left == 0 {
+            if left == 0 || walk == 0 {
                 break;
             }
         }
@@ -117,16 +125,19 @@ impl WriteTracker {
         found
     }
 
-    /// Scans `[from, to)` of `region`, reporting at most `left` pages (less
-    /// what it reports); returns the pages found and where the walk stopped.
-    fn scan_range(&mut self, pagemap: &PageMap, region: &Region, from: u64, to: u64, now: u32, left: &mut u64) -> io::Result<(u64, u64)> {
+    /// Scans `[from, to)` of `region`, reporting at most `left` pages and
+    /// walking at most `walk` (each less what it uses); returns the pages
+    /// found and where the walk stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_range(&mut self, pagemap: &PageMap, region: &Region, from: u64, to: u64, now: u32, left: &mut u64, walk: &mut u64) -> io::Result<(u64, u64)> {
         let start = region.start();
         let mut found = 0;
         let mut at = from;
-        while at < to && *left > 0 {
+        while at < to && *left > 0 && *walk > 0 {
             let options =
                 ScanOptions { max_pages: (*left).min(PAGES_PER_CALL), ..ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN).write_protecting() };
-            let scan = pagemap.scan(at, to, &options, &mut self.buf)?;
+            let end = to.min(at.saturating_add((*walk).min(PAGES_PER_CALL) * PAGE_SIZE as u64));
+            let scan = pagemap.scan(at, end, &options, &mut self.buf)?;
             for r in &self.buf[..scan.regions] {
                 // The program may mremap the region during the walk: pages
                 // that no longer fall inside it are counted, not stamped.
@@ -142,6 +153,7 @@ impl WriteTracker {
             if scan.walk_end <= at {
                 break;
             }
+            *walk = walk.saturating_sub((scan.walk_end - at) / PAGE_SIZE as u64);
             at = scan.walk_end;
         }
         Ok((found, at))
@@ -186,24 +198,37 @@ mod tests {
         let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
         let uffd = Userfaultfd::open(wp, wp).unwrap();
         let pm = PageMap::open().unwrap();
-        let (m, region) = written_region(64);
+        let (m, region) = written_region(256);
         uffd.register(m.addr() as u64, m.len() as u64, mode::WP).unwrap();
         let regions = [Arc::clone(&region)];
+        let page = |i: u64| m.addr() as u64 + i * PAGE_SIZE as u64;
+        let write = |i: usize| {
+            // SAFETY: the page lies inside the mapping, which is ours and writable.
+            unsafe { std::ptr::write_volatile(m.addr().add(i * PAGE_SIZE), 2) }
+        };
         let mut t = WriteTracker::new();
         // Credit for ten pages: the first ten are reported, protected and stamped.
         t.credit = 10.5 * WP_FAULT_S;
         assert_eq!(t.track(&pm, &regions, 7), 10);
         assert_eq!(region.ages.ages(9, 7).0, 0);
         assert_eq!(region.ages.ages(10, 7).0, 7);
-        // Then the other 54; the lap passes over the ten protected pages for free.
-        t.credit = 100.5 * WP_FAULT_S;
-        assert_eq!(t.track(&pm, &regions, 8), 54);
-        // A page written since is found again, wherever the hand stands.
-        // SAFETY: the page lies inside the mapping, which is ours and writable.
-        unsafe { std::ptr::write_volatile(m.addr().add(3 * PAGE_SIZE), 2) };
-        assert_eq!(t.track(&pm, &regions, 9), 1);
-        assert_eq!(region.ages.ages(3, 9).0, 0);
-        assert_eq!(t.seen, 65);
+        assert_eq!(t.hand, page(10));
+        // Then the other 246; the lap passes over the ten protected pages for
+        // free, and ends where it began.
+        t.credit = 300.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &regions, 8), 246);
+        assert_eq!(t.hand, page(10));
+        // Credit for two pages walks at most 128: a page written behind the
+        // hand is out of reach this tick...
+        write(3);
+        t.credit = 2.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &regions, 9), 0);
+        assert_eq!(t.hand, page(138));
+        // ...and found by the next, past the end of the region and round.
+        t.credit = 2.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &regions, 10), 1);
+        assert_eq!(region.ages.ages(3, 10).0, 0);
+        assert_eq!(t.seen, 257);
         uffd.unregister(m.addr() as u64, m.len() as u64).unwrap();
     }
 
