@@ -134,8 +134,14 @@ impl WriteTracker {
         let mut found = 0;
         let mut at = from;
         while at < to && *left > 0 && *walk > 0 {
-            let options =
-                ScanOptions { max_pages: (*left).min(PAGES_PER_CALL), ..ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN).write_protecting() };
+            // A mapping in the range without async write-protect (one the
+            // program made where it had unmapped part of the region) is
+            // passed over, not an error that would stop the hand there.
+            let options = ScanOptions {
+                max_pages: (*left).min(PAGES_PER_CALL),
+                write_protect: true,
+                ..ScanOptions::matching(Categories::PRESENT | Categories::WRITTEN)
+            };
             let end = to.min(at.saturating_add((*walk).min(PAGES_PER_CALL) * PAGE_SIZE as u64));
             let scan = pagemap.scan(at, end, &options, &mut self.buf)?;
             for r in &self.buf[..scan.regions] {
@@ -230,6 +236,22 @@ mod tests {
         assert_eq!(region.ages.ages(3, 10).0, 0);
         assert_eq!(t.seen, 257);
         uffd.unregister(m.addr() as u64, m.len() as u64).unwrap();
+    }
+
+    #[test]
+    fn a_part_without_async_write_protect_is_passed_over() {
+        let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
+        let uffd = Userfaultfd::open(wp, wp).unwrap();
+        let pm = PageMap::open().unwrap();
+        let (m, region) = written_region(64);
+        // Only the first half is registered: the second is a mapping of its own, as
+        // if the program had unmapped part of the region and mapped again there.
+        uffd.register(m.addr() as u64, 32 * PAGE_SIZE as u64, mode::WP).unwrap();
+        let mut t = WriteTracker::new();
+        t.credit = 100.5 * WP_FAULT_S;
+        assert_eq!(t.track(&pm, &[Arc::clone(&region)], 1), 32);
+        assert_eq!(region.ages.ages(40, 1).0, 1, "not stamped");
+        uffd.unregister(m.addr() as u64, 32 * PAGE_SIZE as u64).unwrap();
     }
 
     /// What a write to a write-protected page costs, against a write to one
