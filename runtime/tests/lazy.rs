@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{checksum, fill_page, settled, Heap, PAGE};
+use common::{checksum, fill, settled, verify, Heap, PAGE};
 use farmem_runtime::Runtime;
 
 #[test]
@@ -12,12 +12,7 @@ fn a_lazy_region_costs_no_fault_until_it_is_first_evicted_and_then_keeps_its_byt
     let heap = Heap::new(PAGES * PAGE);
     let rt = Runtime::builder().build().unwrap();
     rt.register_lazy(heap.ptr, heap.len).unwrap();
-    let sums: Vec<u64> = (0..PAGES)
-        .map(|i| {
-            fill_page(heap.page(i), i as u64 + 11);
-            checksum(heap.page(i))
-        })
-        .collect();
+    let sums = fill(&heap, |i| i as u64 + 11);
     // First touches went to the kernel, not to farmem's fault thread.
     assert_eq!(rt.stats().faults(), 0);
     assert_eq!(rt.stats().regions, 1);
@@ -25,9 +20,7 @@ fn a_lazy_region_costs_no_fault_until_it_is_first_evicted_and_then_keeps_its_byt
     // A quarter of the pages are random: the compressed tier refuses them.
     assert_eq!(r.evicted + r.rejected, PAGES as u64, "{r:?}");
     assert!(r.evicted >= PAGES as u64 / 2, "{r:?}");
-    for (i, &sum) in sums.iter().enumerate() {
-        assert_eq!(checksum(heap.page(i)), sum, "page {i}");
-    }
+    verify(&heap, &sums);
     let s = settled(&rt, |s| s.faults_from_tier == r.evicted);
     assert_eq!(s.faults_from_tier, r.evicted);
     // Armed now: a drop by the program is seen, and the page reads as zeros.
@@ -59,17 +52,10 @@ fn under_a_limit_a_lazy_region_is_armed_at_once_so_a_fill_reaches_the_fault_thre
     // The policy publishes its limit as it starts.
     std::thread::sleep(std::time::Duration::from_millis(50));
     rt.register_lazy(heap.ptr, heap.len).unwrap();
-    let sums: Vec<u64> = (0..PAGES)
-        .map(|i| {
-            fill_page(heap.page(i), i as u64 + 5);
-            checksum(heap.page(i))
-        })
-        .collect();
+    let sums = fill(&heap, |i| i as u64 + 5);
     let s = rt.stats();
     assert!(s.faults_zero_filled > 0, "first touches under a limit must be counted by the fault thread: {s:?}");
     rt.stop_policy();
-    for (i, &sum) in sums.iter().enumerate() {
-        assert_eq!(checksum(heap.page(i)), sum, "page {i}");
-    }
+    verify(&heap, &sums);
     rt.unregister(heap.ptr).unwrap();
 }

@@ -186,6 +186,16 @@ mod tests {
         assert_eq!(t.earn(1.0, Some(0.001)), 208);
     }
 
+    /// A region of `pages` written pages, its first `protectable` registered
+    /// for async write-protect, with the userfaultfd and pagemap to track it.
+    fn tracked_region(pages: usize, protectable: usize) -> (Userfaultfd, PageMap, Mapping, Arc<Region>) {
+        let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
+        let uffd = Userfaultfd::open(wp, wp).unwrap();
+        let (m, region) = written_region(pages);
+        uffd.register(m.addr() as u64, (protectable * PAGE_SIZE) as u64, mode::WP).unwrap();
+        (uffd, PageMap::open().unwrap(), m, region)
+    }
+
     fn written_region(pages: usize) -> (Mapping, Arc<Region>) {
         let m = Mapping::anonymous(pages * PAGE_SIZE).unwrap();
         // SAFETY: advice on a mapping we own; it changes no contents.
@@ -201,11 +211,7 @@ mod tests {
 
     #[test]
     fn each_scan_reports_what_its_credit_pays_for_and_goes_on_from_there() {
-        let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
-        let uffd = Userfaultfd::open(wp, wp).unwrap();
-        let pm = PageMap::open().unwrap();
-        let (m, region) = written_region(256);
-        uffd.register(m.addr() as u64, m.len() as u64, mode::WP).unwrap();
+        let (uffd, pm, m, region) = tracked_region(256, 256);
         let regions = [Arc::clone(&region)];
         let page = |i: u64| m.addr() as u64 + i * PAGE_SIZE as u64;
         let write = |i: usize| {
@@ -240,13 +246,9 @@ mod tests {
 
     #[test]
     fn a_part_without_async_write_protect_is_passed_over() {
-        let wp = feature::WP_ASYNC | feature::WP_UNPOPULATED;
-        let uffd = Userfaultfd::open(wp, wp).unwrap();
-        let pm = PageMap::open().unwrap();
-        let (m, region) = written_region(64);
         // Only the first half is registered: the second is a mapping of its own, as
         // if the program had unmapped part of the region and mapped again there.
-        uffd.register(m.addr() as u64, 32 * PAGE_SIZE as u64, mode::WP).unwrap();
+        let (uffd, pm, m, region) = tracked_region(64, 32);
         let mut t = WriteTracker::new();
         t.credit = 100.5 * WP_FAULT_S;
         assert_eq!(t.track(&pm, &[Arc::clone(&region)], 1), 32);

@@ -81,13 +81,18 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 /// A heap of `pages` pages, page `i` filled from `seed(i)`, and each page's checksum.
 pub fn filled(pages: usize, seed: impl Fn(usize) -> u64) -> (Heap, Vec<u64>) {
     let heap = Heap::new(pages * PAGE);
-    let sums = (0..pages)
+    let sums = fill(&heap, seed);
+    (heap, sums)
+}
+
+/// Fills every page `i` of `heap` from `seed(i)`; returns each page's checksum.
+pub fn fill(heap: &Heap, seed: impl Fn(usize) -> u64) -> Vec<u64> {
+    (0..heap.len / PAGE)
         .map(|i| {
             fill_page(heap.page(i), seed(i));
             checksum(heap.page(i))
         })
-        .collect();
-    (heap, sums)
+        .collect()
 }
 
 /// Fails naming the pages whose bytes differ from their checksums.
