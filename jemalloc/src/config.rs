@@ -11,6 +11,7 @@
 //! | `tiers` | a tier spec (`lz4`, `zstd:3`, `lz4,file:DIR:SIZE`) | `--tiers`, `FARMEM_TIERS` |
 //! | `write_tracking` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect where the kernel has both (on) | `FARMEM_WRITE_TRACKING` |
 //! | `arenas` | 1 to 8: how many farmem arenas (default: one per CPU) | |
+//! | `verify` | `on` or `off`: keep a checksum of every page out of RAM and abort on a page that comes back different (off; for tests and bug hunts) | `FARMEM_VERIFY` |
 //!
 //! The empty string is all defaults: farmem arenas and an lz4 tier, but no
 //! reclaim (neither a limit nor a stall target).
@@ -33,6 +34,8 @@ pub struct Config {
     pub arenas: Option<usize>,
     /// Pages brought back beside each fault from a spill tier (0: none).
     pub prefetch: usize,
+    /// Verification mode: see `farmem_runtime::Config::verify`.
+    pub verify: bool,
 }
 
 /// A key or value `Config::from_str` cannot use, with what it accepts.
@@ -67,8 +70,9 @@ impl FromStr for Config {
                 },
                 "prefetch" => c.prefetch = farmem_runtime::parse_prefetch(value).map_err(err)?,
                 "write_tracking" => c.policy.write_tracking = parse_switch(value).map_err(err)?,
+                "verify" => c.verify = parse_switch(value).map_err(err)?,
                 _ => return Err(err(
-                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES or write_tracking=on|off, separated by spaces".into(),
+                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES, write_tracking=on|off or verify=on|off, separated by spaces".into(),
                 )),
             }
         }
@@ -82,8 +86,9 @@ mod tests {
 
     #[test]
     fn good_strings() {
-        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 write_tracking=off".parse().unwrap();
+        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 write_tracking=off verify=on".parse().unwrap();
         assert_eq!(c.prefetch, 8);
+        assert!(c.verify);
         assert!(!c.policy.write_tracking);
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -96,7 +101,7 @@ mod tests {
 
     #[test]
     fn bad_strings_name_the_key_on_one_line() {
-        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("write_tracking=maybe", "write_tracking"), ("colour=blue", "colour"), ("limit", "limit")] {
+        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("write_tracking=maybe", "write_tracking"), ("verify=maybe", "verify"), ("colour=blue", "colour"), ("limit", "limit")] {
             let e = s.parse::<Config>().unwrap_err();
             assert_eq!(e.key, key);
             let line = e.to_string();

@@ -64,17 +64,17 @@ pub enum StartError {
 }
 
 /// Makes the tiers `tiers` names, starts a runtime over them (bringing back
-/// `prefetch` neighbours with each spill-tier fault), and starts its policy
-/// when `policy` asks for reclaim (a limit or a stall target). Shared with the
-/// LD_PRELOAD shim.
-pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize) -> Result<Runtime, StartError> {
+/// `prefetch` neighbours with each spill-tier fault, checking every page that
+/// comes back when `verify`), and starts its policy when `policy` asks for
+/// reclaim (a limit or a stall target). Shared with the LD_PRELOAD shim.
+pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, verify: bool) -> Result<Runtime, StartError> {
     let _scope = RuntimeScope::enter();
     // Threads the tiers start (the file tier's compactor) stay in the
     // runtime's scope for life, so they never allocate from the program's
     // farmem arenas (hard rule 2).
     farmem_tiers::set_thread_hook(|| std::mem::forget(RuntimeScope::enter()));
     let tiers = tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
-    let mut builder = Runtime::builder().prefetch(prefetch);
+    let mut builder = Runtime::builder().prefetch(prefetch).verify(verify);
     for t in tiers {
         builder = builder.tier(t);
     }
@@ -140,7 +140,7 @@ unsafe fn start(config: &Config, mallctl: MallctlFn, set: &'static ArenaSet) -> 
         // SAFETY: mallctl is a live jemalloc's, as the caller promised.
         arenas.push(unsafe { extent::create_arena(mallctl, &BACKING) }?);
     }
-    let rt = start_runtime(&config.tiers, &config.policy, config.prefetch).map_err(|e| match e {
+    let rt = start_runtime(&config.tiers, &config.policy, config.prefetch, config.verify).map_err(|e| match e {
         StartError::Tier { tier, source } => InstallError::Tier { tier, source },
         StartError::Runtime(e) => InstallError::Runtime(e),
     })?;

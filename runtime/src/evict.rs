@@ -18,6 +18,7 @@ use crate::fault::{AlignedPage, Request};
 use crate::mem::Mapping;
 use crate::pagestate::State;
 use crate::region::Region;
+use crate::verify::Step;
 use crate::{Shared, PAGE_SIZE};
 
 /// What one eviction call did.
@@ -169,7 +170,12 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
             let i = idx[k];
             match before[k] {
                 State::Resident if !present[k] => report.absent += 1,
-                State::Resident if region.states.transition(i, State::Resident, State::Claimed) => *c = true,
+                State::Resident if region.states.transition(i, State::Resident, State::Claimed) => {
+                    if let Some(sums) = &region.sums {
+                        sums.note(i, Step::Claim);
+                    }
+                    *c = true
+                }
                 State::Evicted { .. } | State::Poisoned => report.absent += 1,
                 dropping @ State::Dropping { .. } if !present[k] => {
                     region.states.transition(i, dropping, State::Resident);
@@ -180,7 +186,13 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
         }
         move_out(shared, region, idx, &mut claimed, &mut report);
         let mut resident = vec![0u8; n];
-        staging.map.residency(0, &mut resident)?;
+        if let Err(e) = staging.map.residency(0, &mut resident) {
+            // Cannot happen on the runtime's own mapping; were it to, every
+            // slot is taken as holding its page: a hole copied back is a page
+            // of zeros, which is what the program would have read.
+            tracing::error!("reading the staging area's residency failed: {e}");
+            resident.fill(1);
+        }
         for k in 0..n {
             if !claimed[k] {
                 continue;
@@ -188,16 +200,30 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
             let i = idx[k];
             if resident[k] & 1 == 0 {
                 // A hole: never touched, or dropped by the program.
-                region.states.transition(i, State::Claimed, State::Resident);
+                if let Some(sums) = &region.sums {
+                    sums.note(i, Step::Hole);
+                }
+                unclaim_moved(region, i);
                 report.absent += 1;
                 claimed[k] = false;
-            } else {
-                staging.referenced[k].store(true, Ordering::Release);
-                if !region.states.transition(i, State::Claimed, State::Staged { slot: k as u64 }) {
-                    staging.release(k as u64);
-                    report.raced += 1;
-                    claimed[k] = false;
+                continue;
+            }
+            staging.referenced[k].store(true, Ordering::Release);
+            // Recorded before the page is `Staged`: from then on the fault
+            // thread may copy it back and check it.
+            if let Some(sums) = &region.sums {
+                sums.hold(i, staging.page(k));
+            }
+            if !region.states.transition(i, State::Claimed, State::Staged { slot: k as u64 }) {
+                // Dropped by the program while claimed: the bytes moved out
+                // are the ones it dropped (its faults waited meanwhile).
+                if let Some(sums) = &region.sums {
+                    sums.dropped(i);
                 }
+                unclaim_moved(region, i);
+                staging.release(k as u64);
+                report.raced += 1;
+                claimed[k] = false;
             }
         }
         for k in 0..n {
@@ -258,6 +284,49 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
     Ok(report)
 }
 
+/// Ends the evictor's claim on page `i` of `region`, which is out of the
+/// page tables now (moved to staging, or a hole), its copy not kept: the
+/// page is `Resident` (a hole) whether or not the program dropped it
+/// meanwhile. True if nobody dropped it.
+fn unclaim_moved(region: &Region, i: usize) -> bool {
+    if region.states.transition(i, State::Claimed, State::Resident) {
+        return true;
+    }
+    end_dropped_claim(region, i, |_| State::Resident);
+    false
+}
+
+/// Ends the evictor's claim on page `i` of `region`, which never left the
+/// page tables: `Resident` again, or `Dropping` if the program dropped it
+/// meanwhile (its dropped bytes may be in RAM until the kernel zaps them).
+/// True if nobody dropped it.
+fn unclaim_unmoved(region: &Region, i: usize) -> bool {
+    if let Some(sums) = &region.sums {
+        sums.note(i, Step::Unmoved);
+    }
+    if region.states.transition(i, State::Claimed, State::Resident) {
+        return true;
+    }
+    end_dropped_claim(region, i, |drop| State::Dropping { drop });
+    false
+}
+
+/// Ends a claim the program's drop turned into `ClaimedDropped`. The fault
+/// thread may still renumber the drop (another drop of the same page), but
+/// only the evictor leaves the state, so the loop ends.
+fn end_dropped_claim(region: &Region, i: usize, to: impl Fn(u64) -> State) {
+    loop {
+        match region.states.get(i) {
+            s @ State::ClaimedDropped { drop } => {
+                if region.states.transition(i, s, to(drop)) {
+                    return;
+                }
+            }
+            s => unreachable!("page {:#x} is {s:?} while the evictor holds its claim", region.page_addr(i)),
+        }
+    }
+}
+
 /// Moves each run of claimed pages into staging (slot k for page idx[k]); a run
 /// is consecutive slots holding consecutive pages. Pages the kernel will not
 /// move are unclaimed.
@@ -270,7 +339,7 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
     for k in busy {
         let i = idx[k];
         claimed[k] = false;
-        if !region.states.transition(i, State::Claimed, State::Resident) {
+        if !unclaim_unmoved(region, i) {
             // Dropped by the program meanwhile.
             report.raced += 1;
             continue;
@@ -285,11 +354,11 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
             continue;
         }
         let dst = shared.staging.base() + (k * PAGE_SIZE) as u64;
-        match shared.staging_uffd.move_pages(dst, region.page_addr(i), PAGE_SIZE as u64, true) {
+        match shared.staging_uffd.move_pages(dst, region.page_addr(i), PAGE_SIZE as u64, false) {
             Ok(()) => claimed[k] = true,
             Err(_) => {
                 // Pinned, or shared again: it stays in RAM.
-                region.states.transition(i, State::Claimed, State::Resident);
+                unclaim_unmoved(region, i);
                 report.busy += 1;
             }
         }
@@ -318,7 +387,12 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
             let dst = shared.staging.base() + (cur * PAGE_SIZE) as u64;
             let src = region.page_addr(idx[cur]);
             let len = ((run_end - cur) * PAGE_SIZE) as u64;
-            match shared.staging_uffd.move_pages(dst, src, len, true) {
+            // Holes are not allowed: with UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES the
+            // kernel (6.18) can spin over a range whose page table a drop
+            // freed, and a fault waiting on this claim would wait with it.
+            // Claimed pages were in the page tables, so a hole is rare: a
+            // drop since the claim.
+            match shared.staging_uffd.move_pages(dst, src, len, false) {
                 Ok(()) => break,
                 Err(p) => {
                     let stuck = cur + (p.done / PAGE_SIZE as u64) as usize;
@@ -326,6 +400,17 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
                         Some(libc::EAGAIN) => {
                             cur = stuck;
                             continue;
+                        }
+                        // A hole (dropped since the claim) where the range is
+                        // still mapped: nothing to move there.
+                        Some(libc::ENOENT) if stuck < run_end && crate::is_mapped(region.page_addr(idx[stuck])) => {
+                            if let Some(sums) = &region.sums {
+                                sums.note(idx[stuck], Step::Hole);
+                            }
+                            unclaim_moved(region, idx[stuck]);
+                            report.raced += 1;
+                            claimed[stuck] = false;
+                            cur = stuck + 1;
                         }
                         // Shared with a forked child, pinned, or a page the kernel
                         // cannot move: it stays where it is.
@@ -339,8 +424,12 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
                             // The range is gone (unmapped) or changed: give up the rest.
                             tracing::debug!("move out of {src:#x} stopped: {}", p.error);
                             for (j, c) in claimed.iter_mut().enumerate().take(run_end).skip(stuck) {
-                                if *c && region.states.transition(idx[j], State::Claimed, State::Resident) {
-                                    report.busy += 1;
+                                if *c {
+                                    if unclaim_unmoved(region, idx[j]) {
+                                        report.busy += 1;
+                                    } else {
+                                        report.raced += 1;
+                                    }
                                 }
                                 *c = false;
                             }
@@ -430,6 +519,17 @@ impl DemoteReport {
     }
 }
 
+/// Ends the claim on an evicted page the program dropped while its copy was
+/// moving between tiers: the copy is gone, and the page (out of the page
+/// tables all along) is `Resident`, a hole.
+fn drop_claimed_copy(region: &Region, i: usize) {
+    region.evicted.fetch_sub(1, Ordering::Relaxed);
+    if let Some(sums) = &region.sums {
+        sums.dropped(i);
+    }
+    end_dropped_claim(region, i, |_| State::Resident);
+}
+
 /// Moves pages of `region` that sit in tier `from_tier` onwards: out of the sample
 /// tier into the configured tiers (reclaim of pages already out of RAM: no
 /// page-table work), or from a configured tier into the ones after it
@@ -458,10 +558,18 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize], from_
                 report.gone += 1;
                 continue;
             }
+            if let Some(sums) = &region.sums {
+                sums.note(i, Step::Demote);
+            }
             let from = &shared.tiers[from_tier as usize];
             let h = Handle::new(handle);
             let stored = match from.load(h, &mut buf.0) {
-                Ok(()) => store(shared, &buf.0, target),
+                Ok(()) => {
+                    if let Some(sums) = &region.sums {
+                        sums.check(i, &buf.0, region.page_addr(i), from.name());
+                    }
+                    store(shared, &buf.0, target)
+                }
                 Err(e) => Err(e),
             };
             match stored {
@@ -474,7 +582,7 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize], from_
                     } else {
                         // The program dropped the page meanwhile: both copies go.
                         shared.tiers[t as usize].remove(h2);
-                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        drop_claimed_copy(region, i);
                         report.gone += 1;
                     }
                     from.remove(h);
@@ -494,7 +602,7 @@ pub(crate) fn demote(shared: &Shared, region: &Arc<Region>, idx: &[usize], from_
                         }
                     } else {
                         from.remove(h);
-                        region.evicted.fetch_sub(1, Ordering::Relaxed);
+                        drop_claimed_copy(region, i);
                         report.gone += 1;
                     }
                 }

@@ -332,7 +332,7 @@ impl FaultThread {
                 // The evictor is moving this page out. It is brief, but the fault
                 // thread never waits on the evictor (the evictor may itself need a
                 // fault served): retry once more messages are read.
-                State::Claimed => return Served::Again,
+                State::Claimed | State::ClaimedDropped { .. } => return Served::Again,
                 State::Faulting { .. } | State::Filling | State::Restoring { .. } => {
                     unreachable!("page {addr:#x} is {state:?}, a state only the fault thread holds, between its steps")
                 }
@@ -374,6 +374,10 @@ impl FaultThread {
         let shared = &self.shared;
         let dst = region.page_addr(i);
         let src = shared.staging.slot_addr(slot);
+        if let Some(sums) = &region.sums {
+            // SAFETY: as for the copy below: the slot holds the page, unchanged.
+            sums.check(i, unsafe { std::slice::from_raw_parts(src, PAGE_SIZE) }, dst, "staging");
+        }
         // SAFETY: staging slot `slot` holds the page and stays mapped and
         // unchanged while the page is `Restoring` (the evictor waits).
         let r = unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, true) };
@@ -384,6 +388,9 @@ impl FaultThread {
                 return Served::Again;
             }
             Err(p) => self.unexpected("copy from staging", dst, &p),
+        }
+        if let Some(sums) = &region.sums {
+            sums.release(i);
         }
         region.states.transition(i, State::Restoring { slot }, State::Resident);
         shared.staging.release(slot);
@@ -411,11 +418,17 @@ impl FaultThread {
                 }
                 Err(p) => self.unexpected("poison", dst, &p),
             }
+            if let Some(sums) = &region.sums {
+                sums.release(i);
+            }
             region.states.transition(i, faulting, State::Poisoned);
             region.evicted.fetch_sub(1, Ordering::Relaxed);
             t.remove(Handle::new(handle));
             shared.counters.pages_poisoned.fetch_add(1, Ordering::Relaxed);
             return Served::Done;
+        }
+        if let Some(sums) = &region.sums {
+            sums.check(i, &self.buf.0, dst, t.name());
         }
         // SAFETY: `buf` is a page-aligned page on this thread, not written during the call.
         match unsafe { shared.uffd.copy(dst, self.buf.0.as_ptr(), PAGE_SIZE as u64, true) } {
@@ -425,6 +438,9 @@ impl FaultThread {
                 return Served::Again;
             }
             Err(p) => self.unexpected("copy from tier", dst, &p),
+        }
+        if let Some(sums) = &region.sums {
+            sums.release(i);
         }
         region.states.transition(i, faulting, State::Resident);
         region.evicted.fetch_sub(1, Ordering::Relaxed);
@@ -492,6 +508,9 @@ impl FaultThread {
             let handle = handles[k].raw();
             let faulting = State::Faulting { tier, handle };
             let installed = ok[k] && {
+                if let Some(sums) = &region.sums {
+                    sums.check(j, &self.prefetch_bufs[k].0, region.page_addr(j), shared.tiers[tier as usize].name());
+                }
                 // SAFETY: the buffer is a page-aligned page owned by this thread,
                 // not written during the call.
                 unsafe { shared.uffd.copy(region.page_addr(j), self.prefetch_bufs[k].0.as_ptr(), PAGE_SIZE as u64, true) }.is_ok()
@@ -499,6 +518,9 @@ impl FaultThread {
             if !installed {
                 region.states.transition(j, faulting, State::Evicted { tier, handle });
                 continue;
+            }
+            if let Some(sums) = &region.sums {
+                sums.release(j);
             }
             region.states.transition(j, faulting, State::Resident);
             region.evicted.fetch_sub(1, Ordering::Relaxed);
@@ -520,6 +542,12 @@ impl FaultThread {
         while end < region.pages() && end - i < want && region.states.transition(end, State::Resident, State::Filling) {
             end += 1;
         }
+        if let Some(sums) = &region.sums {
+            sums.check_faulted_for_zero(i, region.page_addr(i));
+            for k in i + 1..end {
+                sums.check_no_copy(k, region.page_addr(k));
+            }
+        }
         let mut cur = i;
         let mut outcome = Served::Done;
         let mut filled = 0u64;
@@ -532,14 +560,21 @@ impl FaultThread {
             } else {
                 shared.uffd.zeropage(dst, len)
             };
+            let mark = |from: usize, to: usize| {
+                if let Some(sums) = &region.sums {
+                    (from..to).for_each(|k| sums.filled(k));
+                }
+            };
             match r {
                 Ok(()) => {
                     filled += (end - cur) as u64;
+                    mark(cur, end);
                     break;
                 }
                 Err(p) => {
                     let done = (p.done / PAGE_SIZE as u64) as usize;
                     filled += done as u64;
+                    mark(cur, cur + done);
                     match p.error.raw_os_error() {
                         // Page present already (a spurious or repeated fault): skip it.
                         Some(libc::EEXIST) => {
@@ -600,7 +635,7 @@ impl FaultThread {
             self.drops += 1;
             let to = if unmap { State::Resident } else { State::Dropping { drop: self.drops } };
             for i in first..last {
-                self.forget_page(&region, i, to);
+                self.forget_page(&region, i, to, self.drops);
             }
             if unmap && start <= rs && end >= rs + region.len() {
                 region.closed.store(true, Ordering::Release);
@@ -609,7 +644,13 @@ impl FaultThread {
         }
     }
 
-    fn forget_page(&self, region: &Region, i: usize, to: State) {
+    /// Forgets farmem's copy of page `i`, which the program dropped (drop
+    /// event number `drop`): the page becomes `to`, or, while the evictor
+    /// holds it, `ClaimedDropped`, which the evictor ends (see `pagestate`).
+    fn forget_page(&self, region: &Region, i: usize, to: State, drop: u64) {
+        if let Some(sums) = &region.sums {
+            sums.dropped(i);
+        }
         loop {
             let s = region.states.get(i);
             match s {
@@ -618,8 +659,12 @@ impl FaultThread {
                         return;
                     }
                 }
-                State::Claimed | State::Poisoned => {
-                    // The evictor sees the change and throws its copy away.
+                State::Claimed | State::ClaimedDropped { .. } => {
+                    if region.states.transition(i, s, State::ClaimedDropped { drop }) {
+                        return;
+                    }
+                }
+                State::Poisoned => {
                     if region.states.transition(i, s, to) {
                         return;
                     }
@@ -658,7 +703,7 @@ impl FaultThread {
             return;
         }
         // Part of a region moved: the moved part becomes a region of its own.
-        let moved = match Region::new(to, len, self.shared.tick.load(Ordering::Relaxed)) {
+        let moved = match Region::new(to, len, self.shared.tick.load(Ordering::Relaxed), self.shared.config.verify) {
             Ok(r) => Arc::new(r),
             Err(e) => {
                 tracing::error!("cannot track mremap of {from:#x}+{len:#x} to {to:#x}: {e}");
@@ -670,6 +715,9 @@ impl FaultThread {
             let i = first + k;
             if i >= region.pages() {
                 break;
+            }
+            if let (Some(from), Some(to)) = (&region.sums, &moved.sums) {
+                from.move_to(i, to, k);
             }
             match region.states.replace(i, State::Resident) {
                 s @ State::Staged { .. } => {
@@ -780,20 +828,13 @@ impl FaultThread {
         } else {
             match self.shared.uffd.unregister(region.start(), region.len()) {
                 // The program unmapped the range: the kernel dropped the registration with it.
-                Err(_) if !is_mapped(region.start()) => Ok(()),
+                Err(_) if !crate::is_mapped(region.start()) => Ok(()),
                 r => r,
             }
         };
         self.shared.regions.remove(region);
         r
     }
-}
-
-/// Whether the page at `addr` is mapped at all (mincore says ENOMEM if not).
-fn is_mapped(addr: u64) -> bool {
-    let mut v = 0u8;
-    // SAFETY: mincore only reads the page tables for one page and writes one byte.
-    unsafe { libc::mincore(addr as *mut libc::c_void, PAGE_SIZE, &mut v) == 0 }
 }
 
 /// How long the fault thread spins before sleeping in poll, by default: not

@@ -47,6 +47,7 @@ mod region;
 mod scope;
 mod stats;
 pub mod uffd;
+mod verify;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +105,10 @@ pub struct Config {
     /// tier: pages demoted together lie together in the spill file, and all
     /// their reads are in flight at once. 0 (the default) turns it off.
     pub prefetch: usize,
+    /// Verification mode: a checksum of every page out of RAM, compared when
+    /// it comes back; a mismatch aborts the process with one line saying
+    /// which page (see the `verify` module). For tests and bug hunts.
+    pub verify: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -114,6 +119,7 @@ impl std::fmt::Debug for Config {
             .field("zero_fill_batch", &self.zero_fill_batch)
             .field("spin", &self.spin)
             .field("prefetch", &self.prefetch)
+            .field("verify", &self.verify)
             .finish()
     }
 }
@@ -126,6 +132,7 @@ pub struct RuntimeBuilder {
     zero_fill_batch: Option<usize>,
     spin: Option<Duration>,
     prefetch: usize,
+    verify: bool,
 }
 
 impl RuntimeBuilder {
@@ -161,6 +168,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Verification mode (default off): see [`Config::verify`].
+    pub fn verify(mut self, on: bool) -> Self {
+        self.verify = on;
+        self
+    }
+
     /// Opens the userfaultfd, checks the kernel's features, and starts the fault thread.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         let _scope = RuntimeScope::enter();
@@ -179,6 +192,7 @@ impl RuntimeBuilder {
             zero_fill_batch: self.zero_fill_batch.unwrap_or(8),
             spin: self.spin.unwrap_or(fault::DEFAULT_SPIN),
             prefetch: self.prefetch,
+            verify: self.verify,
         };
         let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
         // Async write-protect is wanted, not required: without it the policy
@@ -260,6 +274,20 @@ fn resident_pages(start: u64, len: u64) -> u64 {
         at += l;
     }
     n
+}
+
+/// Whether the page at `addr` is mapped at all (mincore says ENOMEM if not).
+fn is_mapped(addr: u64) -> bool {
+    let mut v = 0u8;
+    // SAFETY: mincore only reads the page tables for one page and writes one byte.
+    unsafe { libc::mincore(addr as *mut libc::c_void, PAGE_SIZE, &mut v) == 0 }
+}
+
+/// Whether the page at `addr` is in the page tables (false if unmapped).
+fn is_present(addr: u64) -> bool {
+    let mut v = 0u8;
+    // SAFETY: mincore reads the page tables for one page and writes one byte.
+    unsafe { libc::mincore(addr as *mut libc::c_void, PAGE_SIZE, &mut v) == 0 && v & 1 != 0 }
 }
 
 /// Names the calling thread for ps and debuggers, without allocating.
@@ -415,11 +443,45 @@ impl Runtime {
         let (a, l) = (addr as u64, len as u64);
         check_aligned(a, l)?;
         let region =
-            Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed)).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
+            Arc::new(Region::new(a, l, self.shared.tick.load(Ordering::Relaxed), self.shared.config.verify).map_err(|source| RuntimeError::Os { op: "mapping page states", source })?);
         if !self.shared.regions.insert(Arc::clone(&region)) {
             return Err(RuntimeError::Overlap { addr: a, len: l });
         }
         Ok(region)
+    }
+
+    /// The program is about to unmap the whole region that starts at `addr`
+    /// (or replace it with a new mapping). From the return on, no eviction
+    /// touches the region: the batch in flight, if any, has finished. That
+    /// matters because UFFDIO_MOVE takes whatever page is at an address: a
+    /// batch claimed before the unmap and moving after it would carry off a
+    /// page of the mapping made there next, which no fault could bring back.
+    /// The kernel's UNMAP event then forgets the region's copies; a region
+    /// the kernel was never told of (lazy, unarmed) leaves the table here.
+    /// Returns false if no region starts at `addr`. If the unmap fails, call
+    /// [`Runtime::reopen`].
+    pub fn retire(&self, addr: *mut u8) -> bool {
+        let _scope = RuntimeScope::enter();
+        let a = addr as u64;
+        let Some(region) = self.shared.regions.find(a).filter(|r| r.start() == a) else {
+            return false;
+        };
+        let _batch = region.evict_lock.lock().unwrap_or_else(|e| e.into_inner());
+        region.closed.store(true, Ordering::Release);
+        if !region.armed.load(Ordering::Acquire) {
+            self.shared.regions.remove(&region);
+        }
+        true
+    }
+
+    /// Undoes [`Runtime::retire`] after an unmap that failed: the region is
+    /// still mapped, and evictions may take its pages again.
+    pub fn reopen(&self, addr: *mut u8) {
+        let _scope = RuntimeScope::enter();
+        let a = addr as u64;
+        if let Some(region) = self.shared.regions.find(a).filter(|r| r.start() == a) {
+            region.closed.store(false, Ordering::Release);
+        }
     }
 
     /// Brings every evicted page of the region that starts at `addr` back into

@@ -6,6 +6,8 @@
 //! |---|---|---|---|
 //! | `Resident` | `Claimed` | evictor | before moving the page out of the region |
 //! | `Claimed` | `Staged` / `Resident` | evictor | after the move: the page is in staging / was a hole |
+//! | `Claimed` | `ClaimedDropped` | fault thread | the program dropped or unmapped the page while the evictor held it |
+//! | `ClaimedDropped` | `Resident` / `Dropping` | evictor | its copy is thrown away; `Dropping` if the page never left the page tables |
 //! | `Staged` | `Evicted` | evictor | its copy is in a tier |
 //! | `Staged` | `Restoring` → `Resident` | fault thread | a fault (or a put-back request) copies it back from staging |
 //! | `Evicted` | `Faulting` → `Resident` | fault thread | a fault copies it back from its tier |
@@ -15,9 +17,20 @@
 //! | any but the transient ones | `Dropping` | fault thread | the program dropped the page (REMOVE): the kernel zaps it only after the event is read |
 //! | `Dropping` | `Resident` | evictor, fault thread | the page is out of the page tables (zapped), or a thread faults on it |
 //!
-//! The fault thread never waits for the evictor (a fault on a `Claimed` page is
-//! retried later), while the evictor may wait for the fault thread; so neither
-//! can end up waiting for the other.
+//! The fault thread never waits for the evictor (a fault on a `Claimed` or
+//! `ClaimedDropped` page is retried later), while the evictor may wait for the
+//! fault thread; so neither can end up waiting for the other.
+//!
+//! Only the evictor ends a claim. A drop during a claim does not end it: the
+//! evictor's move out of the page tables may still be on its way, and if a
+//! fault were served in between (zeros, then the program's new bytes), the
+//! move would carry the new bytes off and the evictor would throw them away
+//! with the dropped copy. So faults keep waiting until the evictor has moved
+//! the page or given up, and only then does the page become `Resident`. For
+//! that wait to end, the evictor's move must not wait for the page either:
+//! it moves without UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, which on 6.18 spins in
+//! the kernel over a range whose page table a drop freed, until something is
+//! mapped there again; without it the kernel stops at the hole (see `evict`).
 //!
 //! Only the fault thread installs pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
 //! and it also handles the kernel's REMOVE/UNMAP/REMAP events, in the order the
@@ -37,6 +50,13 @@ pub enum State {
     Resident,
     /// The evictor is moving it out; a fault waits.
     Claimed,
+    /// Claimed, and the program dropped or unmapped it meanwhile (drop event
+    /// number `drop`): the evictor throws its copy away when it is done with
+    /// the page; until then a fault waits.
+    ClaimedDropped {
+        /// Which drop event.
+        drop: u64,
+    },
     /// Moved out, its bytes in staging slot `slot`, not yet stored.
     Staged {
         /// The staging slot.
@@ -85,6 +105,7 @@ const TAG_FAULTING: u64 = 5;
 const TAG_FILLING: u64 = 6;
 const TAG_POISONED: u64 = 7;
 const TAG_DROPPING: u64 = 8;
+const TAG_CLAIMED_DROPPED: u64 = 9;
 /// The payload above the tag and tier bits.
 const PAYLOAD_MASK: u64 = (1 << 56) - 1;
 
@@ -101,6 +122,7 @@ impl State {
             State::Filling => TAG_FILLING,
             State::Poisoned => TAG_POISONED,
             State::Dropping { drop } => TAG_DROPPING | ((drop & PAYLOAD_MASK) << 8),
+            State::ClaimedDropped { drop } => TAG_CLAIMED_DROPPED | ((drop & PAYLOAD_MASK) << 8),
         }
     }
 
@@ -118,6 +140,7 @@ impl State {
             TAG_FILLING => State::Filling,
             TAG_POISONED => State::Poisoned,
             TAG_DROPPING => State::Dropping { drop: payload },
+            TAG_CLAIMED_DROPPED => State::ClaimedDropped { drop: payload },
             t => unreachable!("page state word {w:#x} has unknown tag {t}"),
         }
     }
@@ -185,6 +208,7 @@ mod tests {
             State::Filling,
             State::Poisoned,
             State::Dropping { drop: (1 << 56) - 1 },
+            State::ClaimedDropped { drop: 42 },
         ] {
             assert_eq!(State::decode(s.encode()), s);
         }

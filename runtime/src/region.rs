@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::pagestate::PageStates;
 use crate::policy::ages::PageAges;
+use crate::verify::PageSums;
 use crate::PAGE_SIZE;
 
 /// A range of the program's memory registered with the fault engine.
@@ -29,12 +30,14 @@ pub struct Region {
     /// only before its first page is taken out: until then the program's
     /// first touches are the kernel's own page faults, with no cost from farmem.
     pub armed: AtomicBool,
+    /// In verification mode, the checksum of each page farmem holds a copy of.
+    pub(crate) sums: Option<PageSums>,
 }
 
 impl Region {
     /// A region over `[start, start+len)`, every page resident and stamped as
-    /// seen at policy tick `now`.
-    pub fn new(start: u64, len: u64, now: u32) -> std::io::Result<Self> {
+    /// seen at policy tick `now`; `verify` keeps a checksum of each page out.
+    pub fn new(start: u64, len: u64, now: u32, verify: bool) -> std::io::Result<Self> {
         let pages = (len / PAGE_SIZE as u64) as usize;
         Ok(Region {
             start: AtomicU64::new(start),
@@ -45,6 +48,7 @@ impl Region {
             evicted: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             armed: AtomicBool::new(false),
+            sums: if verify { Some(PageSums::new(pages)?) } else { None },
         })
     }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{checksum, fill_page, settled, Heap, PAGE};
@@ -97,24 +97,28 @@ fn writes_racing_eviction_are_never_lost() {
         heap.page(i)[PAGE - 8..].fill(0);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // The writers run until the evictor has taken pages from under them a
+    // good many times: on a loaded machine 40,000 steps can finish before it
+    // gets the CPU at all.
+    let evicted = Arc::new(AtomicU64::new(0));
     let evictor = {
-        let (rt, heap, stop) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop));
+        let (rt, heap, stop, evicted) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop), Arc::clone(&evicted));
         std::thread::spawn(move || {
-            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                n += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+                evicted.fetch_add(rt.evict(heap.ptr, heap.len).unwrap().evicted, Ordering::Relaxed);
             }
-            n
         })
     };
     // Each writer owns a slice of pages and bumps a counter word in each page;
     // every read must see its own last write.
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let heap = Arc::clone(&heap);
+            let (heap, evicted) = (Arc::clone(&heap), Arc::clone(&evicted));
             std::thread::spawn(move || {
                 let mut expect = vec![0u64; pages];
-                for step in 1..=40_000u64 {
+                let mut step = 0u64;
+                while step < 40_000 || (evicted.load(Ordering::Relaxed) < 2_000 && step < 50_000_000) {
+                    step += 1;
                     let i = w + 2 * ((step as usize * 7919) % (pages / 2));
                     // SAFETY: the last word of page i lies inside the heap; only this writer uses it.
                     let counter = unsafe { &*(heap.ptr.add(i * PAGE + 4088) as *const std::sync::atomic::AtomicU64) };
@@ -129,8 +133,8 @@ fn writes_racing_eviction_are_never_lost() {
         w.join().unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    let evicted = evictor.join().unwrap();
-    assert!(evicted > 0);
+    evictor.join().unwrap();
+    assert!(evicted.load(Ordering::Relaxed) >= 2_000, "the evictor took only {} pages", evicted.load(Ordering::Relaxed));
     let s = rt.stats();
     assert!(s.faults_from_tier + s.faults_from_staging > 0, "{s:?}");
 }

@@ -298,3 +298,51 @@ fn a_page_dropped_during_eviction_never_comes_back() {
     assert_eq!(resurrected, 0, "pages dropped with MADV_DONTNEED came back with their old bytes");
     std::mem::forget(heap);
 }
+
+#[test]
+fn a_write_right_after_a_drop_is_never_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // An allocator drops a page (MADV_DONTNEED) and hands it out again at
+    // once, and the new owner writes it. If the drop lands while the evictor
+    // holds the page claimed, the fault the write takes must wait for the
+    // claim to end: served at once (a zero-fill), the write would go into a
+    // page the evictor then moves out and throws away as dropped.
+    let rt = Arc::new(Runtime::builder().batch_pages(16).build().unwrap());
+    let pages = 16;
+    let heap = Arc::new(Heap::new(pages * PAGE));
+    rt.register(heap.ptr, heap.len).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictor = {
+        let (rt, heap, stop) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                rt.evict(heap.ptr, heap.len).unwrap();
+            }
+        })
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let heap = Arc::clone(&heap);
+        std::thread::spawn(move || {
+            let mut last = vec![0u64; pages];
+            let mut lost = Vec::new();
+            for round in 0..30_000u64 {
+                let i = (round as usize * 7) % pages;
+                let seen = u64::from_le_bytes(heap.page(i)[200..208].try_into().unwrap());
+                if seen != last[i] {
+                    lost.push((round, i, last[i], seen));
+                }
+                // SAFETY: dropping one page of the test's mapping.
+                unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+                last[i] = round + 1;
+                heap.page(i)[200..208].copy_from_slice(&last[i].to_le_bytes());
+            }
+            let _ = done_tx.send(lost);
+        });
+    }
+    let lost = done_rx.recv_timeout(std::time::Duration::from_secs(120)).expect("30,000 rounds of read, drop, write against a running evictor did not finish in 120 s: a fault is stuck");
+    stop.store(true, Ordering::Relaxed);
+    evictor.join().unwrap();
+    assert!(lost.is_empty(), "{} writes made right after a drop were lost (round, page, wrote, read): {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    std::mem::forget(heap);
+}

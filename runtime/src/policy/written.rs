@@ -204,7 +204,7 @@ mod tests {
             // SAFETY: the page lies inside the mapping, which is ours and writable.
             unsafe { std::ptr::write_volatile(m.addr().add(p * PAGE_SIZE), 1) };
         }
-        let region = Arc::new(Region::new(m.addr() as u64, m.len() as u64, 0).unwrap());
+        let region = Arc::new(Region::new(m.addr() as u64, m.len() as u64, 0, false).unwrap());
         region.armed.store(true, Ordering::Relaxed);
         (m, region)
     }
