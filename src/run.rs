@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use farmem_runtime::policy::{parse_size, parse_stall};
 use farmem_tiers::TierSpec;
@@ -122,11 +124,14 @@ pub fn run(args: RunArgs) -> ExitCode {
             cmd.env(var, v);
         }
     }
-    if let Some(p) = &args.stats {
+    let stats_path = args.stats.as_ref().map(|p| {
         // The program may change directory before it exits.
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-        cmd.env("FARMEM_STATS", abs);
-    }
+        // A file left by an earlier run must not pass for this run's.
+        let _ = std::fs::remove_file(&abs);
+        cmd.env("FARMEM_STATS", &abs);
+        abs
+    });
     install_forwarding();
     // The child starts with the signal mask and dispositions of a plain
     // start (exec resets caught signals to their defaults).
@@ -153,6 +158,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         // SAFETY: kill with a valid pid and signal number.
         unsafe { libc::kill(pid, pending) };
     }
+    let last = stats_path.as_ref().map(|_| watch(pid as u32));
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes the status of our own child into `status`.
@@ -165,9 +171,64 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let (Some(path), Some(last)) = (&stats_path, &last) {
+        if !path.exists() {
+            write_last(path, last, status);
+        }
+    }
     if libc::WIFSIGNALED(status) {
         ExitCode::from((128 + libc::WTERMSIG(status)) as u8)
     } else {
         ExitCode::from(libc::WEXITSTATUS(status) as u8)
+    }
+}
+
+/// The program's latest statistics, read from its socket every 250 ms, with
+/// when they were read: what `farmem run` writes if the program dies before
+/// it can write its own (a signal, a crash).
+type Last = Arc<Mutex<Option<(Instant, serde_json::Value)>>>;
+
+/// Starts reading `pid`'s statistics in the background until it is gone.
+fn watch(pid: u32) -> Last {
+    let last: Last = Arc::default();
+    let keep = Arc::clone(&last);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        match crate::stat::read_snapshot(pid) {
+            Ok(v) => *keep.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v)),
+            // Gone: the last snapshot stays.
+            Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => return,
+            // Not serving yet, or farmem is off in it: try again.
+            Err(_) => {}
+        }
+    });
+    last
+}
+
+/// Writes the last statistics read from the program, marked as such, for a
+/// program that ended without writing its own (`status` from waitpid).
+fn write_last(path: &Path, last: &Last, status: libc::c_int) {
+    let how = if libc::WIFSIGNALED(status) {
+        serde_json::json!({ "signal": libc::WTERMSIG(status) })
+    } else {
+        serde_json::json!({ "exit_code": libc::WEXITSTATUS(status) })
+    };
+    let text = match &*last.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some((at, v)) => {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("incomplete".into(), serde_json::json!(true));
+                o.insert("ended".into(), how);
+                o.insert("snapshot_age_seconds".into(), serde_json::json!(at.elapsed().as_secs_f64()));
+            }
+            v
+        }
+        // farmem was off in the program, or it ended before its socket served.
+        None => return,
+    };
+    if let Err(e) = std::fs::write(path, format!("{text}\n")) {
+        eprintln!("farmem run: --stats: cannot write {}: {e}", path.display());
+    } else {
+        eprintln!("farmem run: the program ended without writing its statistics; {} holds the last ones read, marked incomplete", path.display());
     }
 }

@@ -94,9 +94,10 @@ fn bad_limit_is_one_line_and_the_program_runs_without_farmem() {
     let dir = scratch("bad");
     let stats = dir.join("stats.json");
     for (var, value) in [("FARMEM_LIMIT", "lots"), ("FARMEM_TIERS", "gzip"), ("FARMEM_STALL", "fast")] {
+        // Through a shell that starts the program as a child: still one line.
         let out = Command::new(farmem_bin())
-            .args(["run", "--"])
-            .args([python(), "-c", "print('normal output')"])
+            .args(["run", "--", "sh", "-c"])
+            .arg(format!("{} -c \"print('normal output')\"; true", python()))
             .env(var, value)
             .env("FARMEM_STATS", &stats)
             .output()
@@ -162,6 +163,24 @@ fn exit_status_and_signals_pass_through() {
 }
 
 #[test]
+fn a_program_killed_by_a_signal_still_leaves_statistics() {
+    check_library();
+    let dir = scratch("killed");
+    let stats = dir.join("stats.json");
+    std::fs::write(&stats, "{\"left\": \"by an earlier run\"}").unwrap();
+    // Like `timeout` ending a run: the program dies of SIGTERM, and its
+    // at-exit writer never runs.
+    let prog = "import os, time\nx = bytearray(48 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\ntime.sleep(1.5)\nos.kill(os.getpid(), 15)\n";
+    let out = Command::new(farmem_bin()).args(["run", "--limit", "16M", "--stats"]).arg(&stats).args(["--", python(), "-c", prog]).output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let v = read_stats(&stats);
+    assert_eq!(v["incomplete"], Value::Bool(true), "{v}");
+    assert_eq!(v["ended"]["signal"], 15, "{v}");
+    assert!(v.get("left").is_none(), "the earlier run's file was kept: {v}");
+    assert!(n(&v, "pages_evicted") > 0, "the last snapshot holds the run's work: {v}");
+}
+
+#[test]
 fn forker_keeps_every_byte_across_fork_threads_mremap_madvise_munmap() {
     let dir = scratch("forker");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/forker.c");
@@ -176,6 +195,54 @@ fn forker_keeps_every_byte_across_fork_threads_mremap_madvise_munmap() {
     let s = read_stats(&stats);
     assert_farmem_worked(&s);
     assert!(n(&s, "mmap_regions") > 0, "the mmap hook registered nothing: {s}");
+}
+
+/// Busy loops on every CPU until dropped: the races the tests look for show
+/// when the program, the fault thread and the evictor fight for the CPUs.
+struct CpuLoad(Vec<Child>);
+
+impl CpuLoad {
+    fn start() -> CpuLoad {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        CpuLoad((0..cpus).map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap()).collect())
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_churning_heap_under_load_matches_a_plain_run() {
+    // Blocks of many sizes allocated, filled, checked and freed, with the
+    // allocator purging freed pages at once (every free is a drop farmem must
+    // follow) and a table of random read-modify-writes beside them; evicted
+    // every 20 ms, and under a limit, with the CPUs busy.
+    let dir = scratch("heapchurn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/heapchurn.c");
+    let bin = dir.join("heapchurn");
+    let cc = Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
+    ok(&cc, "cc heapchurn.c");
+    let plain = ok(&Command::new(&bin).arg("600").output().unwrap(), "plain heapchurn");
+    let _load = CpuLoad::start();
+    for round in 0..3 {
+        let stats = dir.join(format!("stats{round}.json"));
+        let mut c = under_farmem(&stats, bin.to_str().unwrap(), &["600"]);
+        c.env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
+        if round == 2 {
+            // The policy's own reclaim instead of the testing aid.
+            c.env_remove("FARMEM_EVICT_EVERY");
+        }
+        let out = c.output().unwrap();
+        assert_eq!(ok(&out, "heapchurn under farmem"), plain, "round {round}");
+        let s = read_stats(&stats);
+        assert!(n(&s, "pages_evicted") > 0, "round {round}: nothing was evicted: {s}");
+    }
 }
 
 const PY_DICT: &str = r#"

@@ -11,6 +11,7 @@
 //! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
 //! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
+//! | `FARMEM_VERIFY` | `on` or `off`: keep a checksum of every page out of RAM, and abort with one line naming the page if one comes back different (off; for tests and bug hunts) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
 //!
 //! An empty variable counts as unset. A bad value is a [`ConfigError`]: the
@@ -40,6 +41,8 @@ pub struct ShimConfig {
     pub evict_every: Option<Duration>,
     /// Pages brought back beside each fault from a spill tier.
     pub prefetch: usize,
+    /// Verification mode: a checksum of every page out of RAM, compared when it comes back.
+    pub verify: bool,
 }
 
 /// A variable the shim cannot use, with what it accepts.
@@ -94,6 +97,9 @@ impl ShimConfig {
         if let Some(v) = var("FARMEM_WRITE_TRACKING")? {
             c.policy.write_tracking = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_WRITE_TRACKING", value: v, reason })?;
         }
+        if let Some(v) = var("FARMEM_VERIFY")? {
+            c.verify = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_VERIFY", value: v, reason })?;
+        }
         if let Some(v) = var("FARMEM_EVICT_EVERY")? {
             c.evict_every = Some(parse_duration(&v).map_err(|reason| ConfigError { var: "FARMEM_EVICT_EVERY", value: v, reason })?);
         }
@@ -134,7 +140,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -143,13 +149,14 @@ mod tests {
         assert_eq!(c.evict_every, Some(Duration::from_millis(250)));
         assert_eq!(c.prefetch, 16);
         assert!(!c.policy.write_tracking);
+        assert!(c.verify);
         assert!(read(&[]).unwrap().policy.write_tracking, "on by default");
         assert_eq!(c.tiers.to_string(), "zstd:3");
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -111,7 +111,7 @@ fn start() -> Result<(), StartError> {
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
-    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch).map_err(|e| match e {
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.verify).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
     })?;
@@ -213,9 +213,21 @@ extern "C" fn init() {
         return;
     }
     if let Err(e) = start() {
-        eprintln!("farmem: {e}; running without farmem");
+        // One line per process tree: the children of a shell or launcher
+        // inherit both the bad value and this mark.
+        if std::env::var_os(REPORTED).is_none() {
+            eprintln!("farmem: {e}; running without farmem");
+            // SAFETY: constructors run before main, with one thread: nothing
+            // reads the environment meanwhile.
+            unsafe { libc::setenv(REPORTED_C.as_ptr(), c"1".as_ptr(), 1) };
+        }
     }
 }
+
+/// Set in the environment once a process has said why farmem is off, so
+/// that the processes it starts do not say it again.
+const REPORTED: &str = "FARMEM_OFF_REPORTED";
+const REPORTED_C: &std::ffi::CStr = c"FARMEM_OFF_REPORTED";
 
 #[cfg(not(test))]
 #[used]

@@ -82,7 +82,10 @@ fn eligible(len: usize, prot: c_int, flags: c_int) -> bool {
 /// ordinary memory.
 fn register(rt: &Runtime, start: usize, len: usize) {
     let len = len.next_multiple_of(PAGE_SIZE);
-    for attempt in 0..20 {
+    // A region just unmapped stays in the runtime's table until the fault
+    // thread has read the kernel's UNMAP event: a new mapping at its address
+    // waits for that, up to 50 ms, then stays outside farmem.
+    for attempt in 0..500 {
         match rt.register(start as *mut u8, len) {
             Ok(()) => {
                 let mut t = table();
@@ -91,7 +94,7 @@ fn register(rt: &Runtime, start: usize, len: usize) {
                 COUNT.store(t.len(), Ordering::Relaxed);
                 return;
             }
-            Err(RuntimeError::Overlap { .. }) if attempt < 19 => std::thread::sleep(Duration::from_micros(100)),
+            Err(RuntimeError::Overlap { .. }) if attempt < 499 => std::thread::sleep(Duration::from_micros(100)),
             Err(e) => {
                 tracing::debug!("mapping {start:#x}+{len:#x} stays outside farmem: {e}");
                 return;
@@ -133,6 +136,11 @@ fn detach(rt: &Runtime, start: usize, end: usize, all: bool) -> Vec<Detached> {
                         false
                     }
                 };
+            if !unregistered {
+                // Left to the UNMAP event, but no eviction may be under way
+                // when the range goes (see `Runtime::retire`).
+                rt.retire(s as *mut u8);
+            }
             Detached { start: s, len: l, unregistered }
         })
         .collect()
@@ -162,6 +170,7 @@ fn restore(rt: &Runtime, detached: &[Detached]) {
         if d.unregistered {
             register(rt, d.start, d.len);
         } else {
+            rt.reopen(d.start as *mut u8);
             let mut t = table();
             t.push((d.start, d.len));
             COUNT.store(t.len(), Ordering::Relaxed);
