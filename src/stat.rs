@@ -89,10 +89,14 @@ pub fn run(args: StatArgs) -> Result<(), String> {
             f(t, "ratio")
         );
     }
+    let rate = |k: &str| (f(&b, k) - f(&a, k)) / dt;
+    // Faults served from staging are pages the evictor had only just taken
+    // out: a high share means it takes pages in use.
     println!(
-        "faults/s   {:.0} from tiers, {:.0} zero-filled",
-        (f(&b, "pages_faulted") - f(&a, "pages_faulted")) / dt,
-        (f(&b, "faults_zero_filled") - f(&a, "faults_zero_filled")) / dt
+        "faults/s   {:.0} from tiers, {:.0} from staging (just evicted), {:.0} zero-filled",
+        rate("faults_from_tier"),
+        rate("faults_from_staging"),
+        rate("faults_zero_filled")
     );
     println!("stall      {:.3} % of the last {:.1} s", (f(&b, "stall_seconds") - f(&a, "stall_seconds")) / dt * 100.0, dt);
     Ok(())

@@ -52,6 +52,17 @@ pub fn snapshot(rt: &Runtime, started: Instant, limit: Option<u64>, mmap_regions
         "pages_faulted": s.faults_from_tier + s.faults_from_staging,
         "faults": s.faults(),
         "faults_zero_filled": s.faults_zero_filled,
+        "pages_zero_filled": s.pages_zero_filled,
+        // Where faults were served from: a page the evictor had only just
+        // moved out (staging), a tier, or the sampler's raw tier.
+        "faults_from_staging": s.faults_from_staging,
+        "faults_from_tier": s.faults_from_tier,
+        "faults_from_samples": s.sample_faults,
+        "faults_deferred": s.faults_deferred,
+        "faults_throttled": s.throttled_faults,
+        "pages_reclaimed": s.pages_reclaimed,
+        "pages_put_back": s.pages_put_back,
+        "pages_prefetched": s.pages_prefetched,
         "evicted_pages": s.evicted_pages,
         "pages_dropped_by_program": s.pages_dropped_by_program,
         "pages_poisoned": s.pages_poisoned,

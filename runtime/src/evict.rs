@@ -95,6 +95,12 @@ impl Staging {
         unsafe { self.map.addr().add(slot as usize * PAGE_SIZE) }
     }
 
+    /// Whether staging slot `slot` holds a page: the only sure sign that a
+    /// move reached it, whatever the ioctl reported.
+    fn holds(&self, slot: usize) -> bool {
+        crate::is_present(self.slot_addr(slot as u64) as u64)
+    }
+
     fn page(&self, slot: usize) -> &Page {
         // SAFETY: the slot lies inside the mapping and holds a moved-in page that
         // nobody writes while the evictor reads it (the fault thread only reads).
@@ -356,6 +362,7 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
         let dst = shared.staging.base() + (k * PAGE_SIZE) as u64;
         match shared.staging_uffd.move_pages(dst, region.page_addr(i), PAGE_SIZE as u64, false) {
             Ok(()) => claimed[k] = true,
+            Err(_) if shared.staging.holds(k) => claimed[k] = true,
             Err(_) => {
                 // Pinned, or shared again: it stays in RAM.
                 unclaim_unmoved(region, i);
@@ -403,7 +410,7 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
                         }
                         // A hole (dropped since the claim) where the range is
                         // still mapped: nothing to move there.
-                        Some(libc::ENOENT) if stuck < run_end && crate::is_mapped(region.page_addr(idx[stuck])) => {
+                        Some(libc::ENOENT) if stuck < run_end && !shared.staging.holds(stuck) && crate::is_mapped(region.page_addr(idx[stuck])) => {
                             if let Some(sums) = &region.sums {
                                 sums.note(idx[stuck], Step::Hole);
                             }
@@ -415,7 +422,10 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
                         // Shared with a forked child, pinned, or a page the kernel
                         // cannot move: it stays where it is.
                         Some(libc::EBUSY) => {
-                            if stuck < run_end {
+                            // A page reported busy that reached staging all the
+                            // same is moved: calling it unmoved would leave a
+                            // hole the next fault zero-fills.
+                            if stuck < run_end && !shared.staging.holds(stuck) {
                                 busy.push(stuck);
                             }
                             cur = stuck + 1;
@@ -424,6 +434,10 @@ fn move_runs(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [boo
                             // The range is gone (unmapped) or changed: give up the rest.
                             tracing::debug!("move out of {src:#x} stopped: {}", p.error);
                             for (j, c) in claimed.iter_mut().enumerate().take(run_end).skip(stuck) {
+                                if *c && shared.staging.holds(j) {
+                                    // It reached staging before the error: moved.
+                                    continue;
+                                }
                                 if *c {
                                     if unclaim_unmoved(region, idx[j]) {
                                         report.busy += 1;
