@@ -86,9 +86,8 @@ impl PageSums {
 
     /// Records that farmem did `step` to page `i`.
     pub fn note(&self, i: usize, step: Step) {
-        let w = self.steps_word(i);
-        let old = w.load(Ordering::Relaxed);
-        w.store(old << 4 | step as u32, Ordering::Relaxed);
+        // The evictor and the fault thread both note steps: no step is lost.
+        let _ = self.steps_word(i).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| Some(old << 4 | step as u32));
     }
 
     /// Page `i`'s recent steps, oldest first.

@@ -252,14 +252,13 @@ fn mremap_of_part_of_a_region_keeps_both_parts() {
     std::mem::forget(heap);
 }
 
-#[test]
-fn a_page_dropped_during_eviction_never_comes_back() {
+/// Runs `rounds` on a thread of its own over a 16-page region that an
+/// evictor empties over and over meanwhile; returns what `rounds` returned.
+/// A page a thread is faulting on must not be claimed by the evictor again
+/// and again (that kept the fault waiting forever), so a hang fails the test
+/// (`what` says what hung) instead of stalling the suite.
+fn against_a_running_evictor<T: Send + 'static>(what: &str, rounds: impl FnOnce(&Heap, usize) -> T + Send + 'static) -> T {
     use std::sync::atomic::{AtomicBool, Ordering};
-    // The kernel reports MADV_DONTNEED before it zaps the pages; an eviction in
-    // that window must not carry the old bytes past the zap. And a page a
-    // thread is faulting on must not be claimed by the evictor again and again
-    // (that kept the fault waiting forever): the rounds run on a thread of
-    // their own and a hang fails the test instead of stalling the suite.
     let rt = Arc::new(Runtime::builder().batch_pages(16).build().unwrap());
     let pages = 16;
     let heap = Arc::new(Heap::new(pages * PAGE));
@@ -277,72 +276,58 @@ fn a_page_dropped_during_eviction_never_comes_back() {
     {
         let heap = Arc::clone(&heap);
         std::thread::spawn(move || {
-            let mut resurrected = 0;
-            for round in 0..20_000u64 {
-                let i = (round as usize * 7) % pages;
-                heap.page(i)[100..108].copy_from_slice(&(round + 1).to_le_bytes());
-                // SAFETY: dropping one page of the test's mapping.
-                unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
-                if heap.page(i)[100..108] != [0u8; 8] {
-                    resurrected += 1;
-                }
-            }
-            let _ = done_tx.send(resurrected);
+            let _ = done_tx.send(rounds(&heap, pages));
         });
     }
-    let resurrected = done_rx
-        .recv_timeout(std::time::Duration::from_secs(120))
-        .expect("20,000 rounds of write, madvise, read against a running evictor did not finish in 120 s: a fault is stuck");
+    let out = done_rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| panic!("{what} against a running evictor did not finish in 120 s: a fault is stuck"));
     stop.store(true, Ordering::Relaxed);
     evictor.join().unwrap();
-    assert_eq!(resurrected, 0, "pages dropped with MADV_DONTNEED came back with their old bytes");
     std::mem::forget(heap);
+    out
+}
+
+#[test]
+fn a_page_dropped_during_eviction_never_comes_back() {
+    // The kernel reports MADV_DONTNEED before it zaps the pages; an eviction in
+    // that window must not carry the old bytes past the zap.
+    let resurrected = against_a_running_evictor("20,000 rounds of write, madvise, read", |heap, pages| {
+        let mut resurrected = 0;
+        for round in 0..20_000u64 {
+            let i = (round as usize * 7) % pages;
+            heap.page(i)[100..108].copy_from_slice(&(round + 1).to_le_bytes());
+            // SAFETY: dropping one page of the test's mapping.
+            unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+            if heap.page(i)[100..108] != [0u8; 8] {
+                resurrected += 1;
+            }
+        }
+        resurrected
+    });
+    assert_eq!(resurrected, 0, "pages dropped with MADV_DONTNEED came back with their old bytes");
 }
 
 #[test]
 fn a_write_right_after_a_drop_is_never_lost() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     // An allocator drops a page (MADV_DONTNEED) and hands it out again at
     // once, and the new owner writes it. If the drop lands while the evictor
     // holds the page claimed, the fault the write takes must wait for the
     // claim to end: served at once (a zero-fill), the write would go into a
     // page the evictor then moves out and throws away as dropped.
-    let rt = Arc::new(Runtime::builder().batch_pages(16).build().unwrap());
-    let pages = 16;
-    let heap = Arc::new(Heap::new(pages * PAGE));
-    rt.register(heap.ptr, heap.len).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let evictor = {
-        let (rt, heap, stop) = (Arc::clone(&rt), Arc::clone(&heap), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                rt.evict(heap.ptr, heap.len).unwrap();
+    let lost = against_a_running_evictor("30,000 rounds of read, drop, write", |heap, pages| {
+        let mut last = vec![0u64; pages];
+        let mut lost = Vec::new();
+        for round in 0..30_000u64 {
+            let i = (round as usize * 7) % pages;
+            let seen = u64::from_le_bytes(heap.page(i)[200..208].try_into().unwrap());
+            if seen != last[i] {
+                lost.push((round, i, last[i], seen));
             }
-        })
-    };
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    {
-        let heap = Arc::clone(&heap);
-        std::thread::spawn(move || {
-            let mut last = vec![0u64; pages];
-            let mut lost = Vec::new();
-            for round in 0..30_000u64 {
-                let i = (round as usize * 7) % pages;
-                let seen = u64::from_le_bytes(heap.page(i)[200..208].try_into().unwrap());
-                if seen != last[i] {
-                    lost.push((round, i, last[i], seen));
-                }
-                // SAFETY: dropping one page of the test's mapping.
-                unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
-                last[i] = round + 1;
-                heap.page(i)[200..208].copy_from_slice(&last[i].to_le_bytes());
-            }
-            let _ = done_tx.send(lost);
-        });
-    }
-    let lost = done_rx.recv_timeout(std::time::Duration::from_secs(120)).expect("30,000 rounds of read, drop, write against a running evictor did not finish in 120 s: a fault is stuck");
-    stop.store(true, Ordering::Relaxed);
-    evictor.join().unwrap();
+            // SAFETY: dropping one page of the test's mapping.
+            unsafe { libc::madvise(heap.ptr.add(i * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+            last[i] = round + 1;
+            heap.page(i)[200..208].copy_from_slice(&last[i].to_le_bytes());
+        }
+        lost
+    });
     assert!(lost.is_empty(), "{} writes made right after a drop were lost (round, page, wrote, read): {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    std::mem::forget(heap);
 }
