@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
 use super::ring::{Op, COMPACT_SLOT};
-use super::segment::{Meta, FREE, SEALED};
+use super::segment::{Meta, FREE, NONE, SEALED};
 use super::{record, Shared, BLOCK};
 use crate::mem::Mapping;
 
@@ -77,10 +77,10 @@ impl Shared {
             // the padding and segment tails that packing may waste.
             let room = {
                 let w = self.lock_writer();
-                let tail = if w.open == super::NONE { 0 } else { seg - w.fill };
+                let tail = if w.open == NONE { 0 } else { seg - w.fill };
                 (w.free_segments() as u64 * seg as u64 + tail as u64) * 7 / 8
             };
-            let mut victims = [super::NONE; VICTIMS];
+            let mut victims = [NONE; VICTIMS];
             let (mut n, mut need) = (0, 0u64);
             while cursor < self.segments.count() && n < VICTIMS {
                 let meta = self.segments.get(cursor);
@@ -102,11 +102,11 @@ impl Shared {
             let before = (report.records_moved, report.segments_freed);
             for (i, v) in victims.iter_mut().take(n).enumerate() {
                 if self.segments.get(*v).live.load(Relaxed) > 0 && !self.read_victim(*v, &buffer, i) {
-                    *v = super::NONE;
+                    *v = NONE;
                 }
             }
             self.move_records(&victims[..n], &buffer, &mut report);
-            for &v in victims.iter().take(n).filter(|&&v| v != super::NONE) {
+            for &v in victims.iter().take(n).filter(|&&v| v != NONE) {
                 if self.segments.get(v).live.load(Relaxed) == 0 {
                     self.free_segment(v);
                     report.segments_freed += 1;

@@ -3,19 +3,20 @@
 //! O_DIRECT works), removed at the end.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::*;
+use super::{record, slots, FileCompaction, FileConfig, FileTier};
+use crate::{Handle, Page, PageClass, Tier, TierError, PAGE_SIZE};
 
 /// A fresh directory, removed on drop.
 struct TempDir(PathBuf);
