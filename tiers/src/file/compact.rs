@@ -29,7 +29,7 @@ use crate::mem::Mapping;
 /// Victims read per batch.
 const VICTIMS: usize = 16;
 
-/// What one [`FileTier::compact`] did.
+/// What one [`FileTier::compact`](super::FileTier::compact) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FileCompaction {
     /// Segments chosen (live share under `compact_below`).
@@ -222,7 +222,7 @@ impl Shared {
     fn free_segment(&self, segment: u32) {
         let meta = self.segments.get(segment);
         // Loads pinned before the moves finish their reads; later ones see the
-        // new locations (see `FileTier::pin`). A load is a few hundred µs at most.
+        // new locations (see `Shared::pin` in `load`). A load is a few hundred µs at most.
         while meta.readers.load(SeqCst) != 0 {
             std::thread::yield_now();
         }
