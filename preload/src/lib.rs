@@ -20,7 +20,10 @@
 //! - large private anonymous `mmap`s are registered too, and `munmap` and
 //!   `mremap` on them keep farmem's regions right ([`mmap`]);
 //! - `farmem stat PID` reads live statistics from a Unix socket ([`server`]),
-//!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]).
+//!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]) from
+//!   one process: the first under the shim, or what it execs into (the pid
+//!   stays; the variable stays in the environment, tagged with the pid in
+//!   `FARMEM_STATS_PID`); never from a child it forks or spawns.
 //!
 //! A bad variable, or a kernel without userfaultfd, costs one line on stderr;
 //! the program then runs on plain jemalloc, without farmem (hard rule 5).
@@ -67,7 +70,10 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// The process that started the runtime (a forked child's copy is inert).
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static STARTED: OnceLock<Instant> = OnceLock::new();
+/// Where this process writes its statistics at exit, if it owns them.
 static STATS_PATH: OnceLock<PathBuf> = OnceLock::new();
+/// The process that owns `STATS_PATH` (a forked child's copy does not write).
+static STATS_OWNER: AtomicU32 = AtomicU32::new(0);
 static SOCKET_PATH: OnceLock<PathBuf> = OnceLock::new();
 static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
 
@@ -111,6 +117,7 @@ fn start() -> Result<(), StartError> {
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
+    claim_stats(&cfg);
     let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.verify).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
@@ -119,13 +126,6 @@ fn start() -> Result<(), StartError> {
     OWNER_PID.store(std::process::id(), Ordering::Relaxed);
     let _ = STARTED.set(Instant::now());
     let _ = LIMIT.set(cfg.policy.limit);
-    if let Some(p) = &cfg.stats_path {
-        let _ = STATS_PATH.set(p.clone());
-        // Programs this one execs run under the shim too, each with its own
-        // runtime; they must not overwrite this process's statistics. (Done
-        // before any thread of the shim starts: setenv is not thread-safe.)
-        std::env::remove_var("FARMEM_STATS");
-    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, alloc::MAX_ARENAS);
     let mut arenas = Vec::with_capacity(cpus);
     for _ in 0..cpus {
@@ -159,10 +159,27 @@ fn start() -> Result<(), StartError> {
     Ok(())
 }
 
+/// Takes the statistics file if this process owns it: the first process
+/// under the shim that finds `FARMEM_STATS` claims it, and leaves its pid in
+/// the environment for what it starts. An image it execs into keeps the
+/// pid, so the statistics are written by whatever program `farmem run`'s
+/// child ends up being (a launcher script exec'd python: python writes);
+/// a process it forks or spawns has another pid and writes nothing. Called
+/// from the constructor, before any thread of the shim starts: setenv is not
+/// thread-safe.
+fn claim_stats(cfg: &ShimConfig) {
+    let pid = std::process::id();
+    let Some(path) = cfg.stats_path.as_ref().filter(|_| cfg.owns_stats(pid)) else { return };
+    let _ = STATS_PATH.set(path.clone());
+    STATS_OWNER.store(pid, Ordering::Relaxed);
+    if cfg.stats_owner.is_none() {
+        std::env::set_var(config::STATS_OWNER_VAR, pid.to_string());
+    }
+}
+
 fn snapshot() -> String {
-    let Some(rt) = RUNTIME.get() else { return "{}".into() };
     let started = STARTED.get().copied().unwrap_or_else(Instant::now);
-    report::snapshot(rt, started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
+    report::snapshot(RUNTIME.get(), started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
 }
 
 /// Testing aid (`FARMEM_EVICT_EVERY`): evicts every registered page, again and
@@ -186,11 +203,14 @@ extern "C" fn after_fork_child() {
 extern "C" fn at_exit() {
     let _g = guard::enter_owned();
     let _scope = RuntimeScope::enter();
-    if std::process::id() != OWNER_PID.load(Ordering::Relaxed) {
-        return;
+    let pid = std::process::id();
+    if pid == OWNER_PID.load(Ordering::Relaxed) {
+        if let Some(p) = SOCKET_PATH.get() {
+            let _ = std::fs::remove_file(p);
+        }
     }
-    if let Some(p) = SOCKET_PATH.get() {
-        let _ = std::fs::remove_file(p);
+    if pid != STATS_OWNER.load(Ordering::Relaxed) {
+        return;
     }
     if let Some(p) = STATS_PATH.get() {
         if let Err(e) = std::fs::write(p, snapshot() + "\n") {
