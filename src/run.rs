@@ -246,7 +246,13 @@ fn write_last(path: &Path, last: &Last, status: libc::c_int) {
             v
         }
         // farmem was off in the program, or it ended before its socket served.
-        None => return,
+        None => {
+            eprintln!(
+                "farmem run: --stats: no statistics in {}: the program wrote none (farmem was off in it, or it ended through _exit or a signal before farmem's runtime started)",
+                path.display()
+            );
+            return;
+        }
     };
     if let Err(e) = std::fs::write(path, format!("{text}\n")) {
         eprintln!("farmem run: --stats: cannot write {}: {e}", path.display());

@@ -592,3 +592,51 @@ fn forked_and_spawned_children_leave_the_statistics_to_their_parent() {
     assert_written_by(&s, pid, &bin);
     assert_farmem_worked(&s);
 }
+
+#[test]
+fn shells_that_only_start_programs_start_no_runtime() {
+    // sh -> sh -c -> sh -> ... -> fillcheck, each shell a process of its
+    // own that only runs the next. Each shell says how many threads and
+    // userfaultfds it has: a runtime would have its fault, policy and
+    // statistics threads and two userfaultfds. Only fillcheck, whose heap is
+    // worth it, starts one.
+    let dir = scratch("shells");
+    let bin = compile(&dir, "fillcheck");
+    let probe = script(
+        &dir,
+        "probe",
+        r#"n=$1; shift
+echo "shell $n threads $(ls /proc/$$/task | wc -l) userfaultfds $(ls -l /proc/$$/fd | grep -c userfaultfd)"
+if [ "$n" -gt 0 ]; then sh -c "sh $0 $((n - 1)) $*; true"; else "$@"; fi"#,
+    );
+    let (_, plain) = fillcheck_output(&Command::new(&bin).args(["16", "0"]).output().unwrap(), "plain fillcheck");
+    let stats = dir.join("stats.json");
+    let mut cmd = under_limit(&stats, LIMIT, "sh", &[probe.to_str().unwrap(), "3", bin.to_str().unwrap(), "16", "0"]);
+    let out = cmd.env("FARMEM_LOG", "info").output().unwrap();
+    let text = ok(&out, "the chain of shells");
+    let shells: Vec<&str> = text.lines().filter(|l| l.starts_with("shell ")).collect();
+    assert_eq!(shells.len(), 4, "{text}");
+    for l in &shells {
+        assert!(l.ends_with(" threads 1 userfaultfds 0"), "a shell started farmem's runtime: {l}\n{text}");
+    }
+    assert_eq!(text.lines().find(|l| l.starts_with("checksum")), Some(plain.as_str()), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let started = err.lines().filter(|l| l.contains("farmem started")).count();
+    assert_eq!(started, 1, "one runtime, fillcheck's, should have started:\n{err}");
+}
+
+#[test]
+fn a_program_that_blocks_a_signal_to_wait_for_it_gets_it() {
+    // farmem's threads block every signal: one meant for the program (here
+    // SIGUSR1, blocked in main and taken with sigtimedwait) must never be
+    // delivered to a farmem thread, where its default action would end the
+    // process or a handler could touch farmem memory on the fault thread.
+    let dir = scratch("sigwait");
+    let bin = compile(&dir, "fillcheck");
+    let stats = dir.join("stats.json");
+    for _ in 0..3 {
+        let out = under_farmem(&stats, &bin, &["32", "300", "sigwait"]).output().unwrap();
+        fillcheck_output(&out, "fillcheck sigwait under farmem");
+        assert!(read_stats(&stats)["runtime_started"].as_bool().unwrap());
+    }
+}

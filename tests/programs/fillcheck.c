@@ -9,13 +9,20 @@
  * are done it fails if the statistics file (FARMEM_STATS) exists: only this
  * process may write it, and only when it exits.
  *
+ * With "sigwait", it blocks SIGUSR1 first, as a program that takes its
+ * signals in one thread does in main before anything else, then after the
+ * fill sends itself SIGUSR1 and waits for it (the default action, on a
+ * thread that does not block it, would end the process).
+ *
  * Prints "pid N" and "checksum X"; exits 1 naming the first wrong byte.
- * Usage: fillcheck MIB [PAUSE_MS] [fork] */
+ * Usage: fillcheck MIB [PAUSE_MS] [fork|sigwait] */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,9 +74,19 @@ int main(int argc, char **argv) {
     size_t blocks = strtoull(argv[1], 0, 0);
     unsigned pause_ms = argc > 2 ? (unsigned)strtoul(argv[2], 0, 0) : 1500;
     int forks = argc > 3 && strcmp(argv[3], "fork") == 0;
+    int waits = argc > 3 && strcmp(argv[3], "sigwait") == 0;
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    if (waits) sigprocmask(SIG_BLOCK, &usr1, NULL);
     printf("pid %d\n", (int)getpid());
     fflush(stdout);
     uint8_t **heap = fill(blocks, 1);
+    if (waits) {
+        struct timespec five = {5, 0};
+        kill(getpid(), SIGUSR1);
+        if (sigtimedwait(&usr1, NULL, &five) != SIGUSR1) { perror("fillcheck: sigtimedwait"); return 1; }
+    }
     if (forks) {
         int status;
         pid_t c = fork();
