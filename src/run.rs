@@ -129,7 +129,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
         // A file left by an earlier run must not pass for this run's.
         let _ = std::fs::remove_file(&abs);
-        cmd.env("FARMEM_STATS", &abs);
+        // The shim of the first process under it claims the file (see
+        // FARMEM_STATS_PID in preload/src/config.rs); an owner inherited
+        // from an enclosing `farmem run` is not this run's.
+        cmd.env("FARMEM_STATS", &abs).env_remove("FARMEM_STATS_PID");
         abs
     });
     install_forwarding();
@@ -189,6 +192,12 @@ pub fn run(args: RunArgs) -> ExitCode {
 type Last = Arc<Mutex<Option<(Instant, serde_json::Value)>>>;
 
 /// Starts reading `pid`'s statistics in the background until it is gone.
+///
+/// The pid may exec into other programs (a launcher script execs python):
+/// each image serves its own statistics on the pid's socket once its
+/// runtime runs. A snapshot whose executable is no longer the process's is
+/// a former image's, and is forgotten, so that a program killed before it
+/// served anything is not given its launcher's statistics.
 fn watch(pid: u32) -> Last {
     let last: Last = Arc::default();
     let keep = Arc::clone(&last);
@@ -198,11 +207,24 @@ fn watch(pid: u32) -> Last {
             Ok(v) => *keep.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v)),
             // Gone: the last snapshot stays.
             Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => return,
-            // Not serving yet, or farmem is off in it: try again.
-            Err(_) => {}
+            // Not serving yet, or farmem is off in it, or it exec'd: try again.
+            Err(_) => {
+                let mut last = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if last.as_ref().is_some_and(|(_, v)| exec_since(pid, v)) {
+                    *last = None;
+                }
+            }
         }
     });
     last
+}
+
+/// Whether `pid` runs another executable than the one that served `snapshot`
+/// (false when that cannot be told: a process on its way out has no exe).
+fn exec_since(pid: u32, snapshot: &serde_json::Value) -> bool {
+    let strip = |p: &str| p.strip_suffix(" (deleted)").unwrap_or(p).to_string();
+    let (Some(served), Ok(now)) = (snapshot.get("exe").and_then(|e| e.as_str()), std::fs::read_link(format!("/proc/{pid}/exe"))) else { return false };
+    strip(served) != strip(&now.to_string_lossy())
 }
 
 /// Writes the last statistics read from the program, marked as such, for a
@@ -224,7 +246,13 @@ fn write_last(path: &Path, last: &Last, status: libc::c_int) {
             v
         }
         // farmem was off in the program, or it ended before its socket served.
-        None => return,
+        None => {
+            eprintln!(
+                "farmem run: --stats: no statistics in {}: the program wrote none (farmem was off in it, or it ended through _exit or a signal before farmem's runtime started)",
+                path.display()
+            );
+            return;
+        }
     };
     if let Err(e) = std::fs::write(path, format!("{text}\n")) {
         eprintln!("farmem run: --stats: cannot write {}: {e}", path.display());

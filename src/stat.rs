@@ -46,7 +46,7 @@ pub fn read_snapshot(pid: u32) -> Result<Value, String> {
         }
     }
     Err(format!(
-        "process {pid} serves no farmem statistics (is it running under farmem run?); tried {}",
+        "process {pid} serves no farmem statistics (is it running under farmem run? has its heap reached the size farmem starts its runtime at, FARMEM_START_AT?); tried {}",
         tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     ))
 }

@@ -14,6 +14,7 @@
 //! redis test (it is skipped, loudly, when they are missing; `.ci/run`
 //! installs them).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -44,15 +45,40 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// `farmem run --limit LIMIT --stats STATS -- program args`, evicting often.
-fn under_farmem(stats: &Path, program: &str, args: &[&str]) -> Command {
+fn under_farmem(stats: &Path, program: impl AsRef<OsStr>, args: &[&str]) -> Command {
+    let mut c = under_limit(stats, LIMIT, program, args);
+    c.env("FARMEM_EVICT_EVERY", EVICT_EVERY);
+    c
+}
+
+/// `farmem run --limit limit --stats STATS -- program args`: the policy alone evicts.
+fn under_limit(stats: &Path, limit: &str, program: impl AsRef<OsStr>, args: &[&str]) -> Command {
     check_library();
     let mut c = Command::new(farmem_bin());
-    c.args(["run", "--limit", LIMIT, "--stats"]).arg(stats).arg("--").arg(program).args(args);
-    c.env("FARMEM_EVICT_EVERY", EVICT_EVERY).env_remove("FARMEM_LIMIT").env_remove("FARMEM_TIERS").env_remove("FARMEM_STALL");
+    c.args(["run", "--limit", limit, "--stats"]).arg(stats).arg("--").arg(program).args(args);
+    c.env_remove("FARMEM_LIMIT").env_remove("FARMEM_TIERS").env_remove("FARMEM_STALL").env_remove("FARMEM_EVICT_EVERY");
     // A page farmem gives back wrong aborts the program with a line naming
     // it, rather than only making its output differ.
     c.env("FARMEM_VERIFY", "on");
     c
+}
+
+/// Builds tests/programs/NAME.c into `dir`.
+fn compile(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    let bin = dir.join(name);
+    let cc = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
+    ok(&cc, &format!("cc {name}.c"));
+    bin
+}
+
+/// An executable `#!/bin/sh` script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 fn read_stats(path: &Path) -> Value {
@@ -189,14 +215,11 @@ fn a_program_killed_by_a_signal_still_leaves_statistics() {
 #[test]
 fn forker_keeps_every_byte_across_fork_threads_mremap_madvise_munmap() {
     let dir = scratch("forker");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/forker.c");
-    let bin = dir.join("forker");
-    let cc = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
-    ok(&cc, "cc forker.c");
+    let bin = compile(&dir, "forker");
     let plain = Command::new(&bin).output().unwrap();
     assert_eq!(ok(&plain, "plain forker"), "forker ok\n");
     let stats = dir.join("stats.json");
-    let out = under_farmem(&stats, bin.to_str().unwrap(), &[]).output().unwrap();
+    let out = under_farmem(&stats, &bin, &[]).output().unwrap();
     assert_eq!(ok(&out, "forker under farmem"), "forker ok\n");
     let s = read_stats(&stats);
     assert_farmem_worked(&s);
@@ -230,15 +253,12 @@ fn a_churning_heap_under_load_matches_a_plain_run() {
     // follow) and a table of random read-modify-writes beside them; evicted
     // every 20 ms, and under a limit, with the CPUs busy.
     let dir = scratch("heapchurn");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/heapchurn.c");
-    let bin = dir.join("heapchurn");
-    let cc = Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
-    ok(&cc, "cc heapchurn.c");
+    let bin = compile(&dir, "heapchurn");
     let plain = ok(&Command::new(&bin).arg("600").output().unwrap(), "plain heapchurn");
     let _load = CpuLoad::start();
     for round in 0..3 {
         let stats = dir.join(format!("stats{round}.json"));
-        let mut c = under_farmem(&stats, bin.to_str().unwrap(), &["600"]);
+        let mut c = under_farmem(&stats, &bin, &["600"]);
         c.env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
         if round == 2 {
             // The policy's own reclaim instead of the testing aid.
@@ -500,8 +520,123 @@ fn limit_alone_evicts_and_the_output_matches() {
     let script = PY_DICT.replace("h = hashlib", "import time; time.sleep(2.5)\nh = hashlib");
     let args = ["-c", script.as_str(), "600000"];
     let plain = ok(&Command::new(python()).args(["-c", PY_DICT, "600000"]).output().unwrap(), "plain python");
-    let mut cmd = under_farmem(&stats, python(), &args);
-    cmd.env_remove("FARMEM_EVICT_EVERY");
+    let mut cmd = under_limit(&stats, LIMIT, python(), &args);
     assert_eq!(ok(&cmd.output().unwrap(), "python under --limit"), plain);
     assert_farmem_worked(&read_stats(&stats));
+}
+
+/// The lines of fillcheck's output: its pid and its checksum.
+fn fillcheck_output(out: &Output, what: &str) -> (u32, String) {
+    let text = ok(out, what);
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|l| l.strip_prefix("pid ")).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{what}: no pid line in {text:?}"));
+    let sum = lines.next().filter(|l| l.starts_with("checksum ")).unwrap_or_else(|| panic!("{what}: no checksum line in {text:?}"));
+    (pid, sum.to_string())
+}
+
+/// The statistics are the complete ones of process `pid` running `exe`,
+/// written by it at its exit (not farmem run's last snapshot of something else).
+fn assert_written_by(stats: &Value, pid: u32, exe: &Path) {
+    assert!(stats.get("incomplete").is_none(), "farmem run wrote these, not the program: {stats}");
+    assert_eq!(n(stats, "pid"), pid as u64, "{stats}");
+    assert_eq!(stats["exe"].as_str(), Some(exe.canonicalize().unwrap().to_str().unwrap()), "{stats}");
+}
+
+#[test]
+fn statistics_and_the_limit_follow_a_program_through_launcher_scripts() {
+    // `python3` is often a script that execs the interpreter (pyenv,
+    // virtualenv, conda): sh -> program, and sh -> sh -> program, one pid.
+    let dir = scratch("launchers");
+    let bin = compile(&dir, "fillcheck");
+    let launch = script(&dir, "launch", r#"exec "$@""#);
+    let launch2 = script(&dir, "launch2", r#"exec "$(dirname "$0")/launch" "$@""#);
+    let (_, plain) = fillcheck_output(&Command::new(&bin).args(["64", "0"]).output().unwrap(), "plain fillcheck");
+    let limit: u64 = 24 << 20;
+    for launcher in [&launch, &launch2] {
+        let stats = dir.join("stats.json");
+        let out = under_limit(&stats, "24M", launcher, &[bin.to_str().unwrap(), "64", "1000"]).output().unwrap();
+        let what = format!("fillcheck through {}", launcher.display());
+        let (pid, sum) = fillcheck_output(&out, &what);
+        assert_eq!(sum, plain, "{what}: the heap's bytes differ");
+        let s = read_stats(&stats);
+        assert_written_by(&s, pid, &bin);
+        assert_farmem_worked(&s);
+        assert_eq!(n(&s, "limit_bytes"), limit, "{s}");
+        assert!(n(&s, "registered_bytes") >= 64 << 20, "{what}: the heap was not all registered: {s}");
+        // The limit held: what was resident at exit, after reading the whole
+        // heap back, within 5%; and the most the policy ever measured in RAM
+        // (a fast fill runs ahead of reclaim: 6% over here, up to 13% with
+        // the other tests running) within 25%.
+        let peak = n(&s, "heap_peak_resident_bytes");
+        assert!(peak <= limit + limit / 4, "{what}: the heap peaked at {peak} bytes in RAM, limit {limit}: {s}");
+        let resident = n(&s, "resident_bytes");
+        assert!(resident <= limit + limit / 20 && resident >= limit / 2, "{what}: {resident} bytes resident at exit, limit {limit}: {s}");
+    }
+}
+
+#[test]
+fn forked_and_spawned_children_leave_the_statistics_to_their_parent() {
+    // The program, behind a launcher, forks a child that allocates and
+    // leaves through exit(), and starts a copy of itself (fork and exec) that
+    // runs under the shim with FARMEM_STATS in its environment. fillcheck
+    // fails if the file exists once both are done.
+    let dir = scratch("forkstats");
+    let bin = compile(&dir, "fillcheck");
+    let launch = script(&dir, "launch", r#"exec "$@""#);
+    let (_, plain) = fillcheck_output(&Command::new(&bin).args(["32", "0", "fork"]).output().unwrap(), "plain fillcheck");
+    let stats = dir.join("stats.json");
+    let out = under_farmem(&stats, &launch, &[bin.to_str().unwrap(), "32", "600", "fork"]).output().unwrap();
+    let (pid, sum) = fillcheck_output(&out, "fillcheck fork under farmem");
+    assert_eq!(sum, plain);
+    let s = read_stats(&stats);
+    assert_written_by(&s, pid, &bin);
+    assert_farmem_worked(&s);
+}
+
+#[test]
+fn shells_that_only_start_programs_start_no_runtime() {
+    // sh -> sh -c -> sh -> ... -> fillcheck, each shell a process of its
+    // own that only runs the next. Each shell says how many threads and
+    // userfaultfds it has: a runtime would have its fault, policy and
+    // statistics threads and two userfaultfds. Only fillcheck, whose heap is
+    // worth it, starts one.
+    let dir = scratch("shells");
+    let bin = compile(&dir, "fillcheck");
+    let probe = script(
+        &dir,
+        "probe",
+        r#"n=$1; shift
+echo "shell $n threads $(ls /proc/$$/task | wc -l) userfaultfds $(ls -l /proc/$$/fd | grep -c userfaultfd)"
+if [ "$n" -gt 0 ]; then sh -c "sh $0 $((n - 1)) $*; true"; else "$@"; fi"#,
+    );
+    let (_, plain) = fillcheck_output(&Command::new(&bin).args(["16", "0"]).output().unwrap(), "plain fillcheck");
+    let stats = dir.join("stats.json");
+    let mut cmd = under_limit(&stats, LIMIT, "sh", &[probe.to_str().unwrap(), "3", bin.to_str().unwrap(), "16", "0"]);
+    let out = cmd.env("FARMEM_LOG", "info").output().unwrap();
+    let text = ok(&out, "the chain of shells");
+    let shells: Vec<&str> = text.lines().filter(|l| l.starts_with("shell ")).collect();
+    assert_eq!(shells.len(), 4, "{text}");
+    for l in &shells {
+        assert!(l.ends_with(" threads 1 userfaultfds 0"), "a shell started farmem's runtime: {l}\n{text}");
+    }
+    assert_eq!(text.lines().find(|l| l.starts_with("checksum")), Some(plain.as_str()), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let started = err.lines().filter(|l| l.contains("farmem started")).count();
+    assert_eq!(started, 1, "one runtime, fillcheck's, should have started:\n{err}");
+}
+
+#[test]
+fn a_program_that_blocks_a_signal_to_wait_for_it_gets_it() {
+    // farmem's threads block every signal: one meant for the program (here
+    // SIGUSR1, blocked in main and taken with sigtimedwait) must never be
+    // delivered to a farmem thread, where its default action would end the
+    // process or a handler could touch farmem memory on the fault thread.
+    let dir = scratch("sigwait");
+    let bin = compile(&dir, "fillcheck");
+    let stats = dir.join("stats.json");
+    for _ in 0..3 {
+        let out = under_farmem(&stats, &bin, &["32", "300", "sigwait"]).output().unwrap();
+        fillcheck_output(&out, "fillcheck sigwait under farmem");
+        assert!(read_stats(&stats)["runtime_started"].as_bool().unwrap());
+    }
 }

@@ -33,9 +33,20 @@ pub fn activate(arenas: &[u32]) {
     ARENAS.activate(arenas);
 }
 
+/// Stops binding threads to the farmem arenas (the runtime could not start);
+/// threads bound already keep theirs, as ordinary memory.
+pub fn deactivate() {
+    ARENAS.deactivate();
+}
+
 /// Whether program allocations go to farmem arenas.
 pub fn active() -> bool {
     ARENAS.active()
+}
+
+/// The farmem arenas.
+pub fn arenas() -> Vec<u32> {
+    ARENAS.arenas()
 }
 
 /// Decides the route for the calling thread, binding it to a farmem arena
@@ -73,15 +84,22 @@ fn valid_align(align: usize) -> bool {
 }
 
 /// Runs `f` for the program, with jemalloc's own mappings made inside it
-/// kept out of farmem (the guard is held only once farmem is active).
+/// kept out of farmem (the guard is held only once farmem is active). An
+/// allocation of the program's that brought the heap to the start size
+/// starts the runtime on its way out, where jemalloc holds no lock.
 #[inline]
 fn serve(f: impl FnOnce(&ThreadState, Route) -> *mut c_void) -> *mut c_void {
     guard::with(|st| {
         let r = route(st);
         match r {
+            // Active and Default: the program's own allocation, not the shim's.
             Route::Default if ARENAS.active() => {
-                let _g = st.enter();
-                f(st, r)
+                let p = {
+                    let _g = st.enter();
+                    f(st, r)
+                };
+                crate::lazy::start_if_wanted();
+                p
             }
             _ => f(st, r),
         }

@@ -7,7 +7,9 @@
 //! | `FARMEM_MIN` | a size: never reclaim below it |
 //! | `FARMEM_TIERS` | a tier spec (`lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4,file:DIR:SIZE`) |
 //! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
-//! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit (by this process only: the shim takes the variable out of the environment, so programs it execs do not overwrite the file) |
+//! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit, by the process that owns the variable (see `FARMEM_STATS_PID`) |
+//! | `FARMEM_STATS_PID` | set by the shim, not by hand: the pid that owns `FARMEM_STATS`. The first process under the shim that finds `FARMEM_STATS` without it claims the file and sets it; only that pid writes the file, whatever image it execs into (exec keeps the pid), never a child it forks or spawns |
+//! | `FARMEM_START_AT` | a size: the runtime starts once the farmem arenas have mapped this much for the program, or at its first mmap farmem registers (8M, or half the limit if that is less; `0`: at the first extent) |
 //! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
 //! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
@@ -35,8 +37,14 @@ pub struct ShimConfig {
     pub log: Option<String>,
     /// Where to write the final statistics.
     pub stats_path: Option<PathBuf>,
+    /// The pid `FARMEM_STATS_PID` names: the process the statistics file
+    /// belongs to (None: no process claimed it yet; Some(0): not a pid, so
+    /// no process owns it).
+    pub stats_owner: Option<u32>,
     /// The smallest anonymous mapping registered by the mmap hook.
     pub mmap_min: usize,
+    /// The heap (bytes of extents) the runtime starts for.
+    pub start_at: u64,
     /// Testing aid: evict every registered page this often.
     pub evict_every: Option<Duration>,
     /// Pages brought back beside each fault from a spill tier.
@@ -59,6 +67,11 @@ pub struct ConfigError {
 
 /// The default `FARMEM_MMAP_MIN`.
 pub const DEFAULT_MMAP_MIN: usize = 1 << 20;
+/// The default `FARMEM_START_AT`: the heap a runtime starts for.
+pub const DEFAULT_START_AT: u64 = 8 << 20;
+
+/// The variable that says which process owns `FARMEM_STATS`.
+pub const STATS_OWNER_VAR: &str = "FARMEM_STATS_PID";
 
 impl ShimConfig {
     /// Reads the configuration through `get` (the environment in the shim).
@@ -77,7 +90,7 @@ impl ShimConfig {
         let parse = |name: &'static str, f: &dyn Fn(&str) -> Result<u64, String>| -> Result<Option<u64>, ConfigError> {
             var(name)?.map(|v| f(&v).map_err(|reason| ConfigError { var: name, value: v, reason })).transpose()
         };
-        let mut c = ShimConfig { mmap_min: DEFAULT_MMAP_MIN, ..Default::default() };
+        let mut c = ShimConfig { mmap_min: DEFAULT_MMAP_MIN, start_at: DEFAULT_START_AT, ..Default::default() };
         c.policy.limit = parse("FARMEM_LIMIT", &parse_size)?;
         c.policy.min = parse("FARMEM_MIN", &parse_size)?.unwrap_or(0);
         if let Some(v) = var("FARMEM_STALL")? {
@@ -88,6 +101,13 @@ impl ShimConfig {
         }
         c.log = var("FARMEM_LOG")?;
         c.stats_path = var("FARMEM_STATS")?.map(PathBuf::from);
+        // Not checked as configuration: a value that is no pid only means that
+        // no process of this tree writes the file (never that two do).
+        c.stats_owner = get(STATS_OWNER_VAR).filter(|v| !v.is_empty()).map(|v| v.to_str().and_then(|v| v.trim().parse().ok()).unwrap_or(0));
+        // 0 (at the first extent) is a start size, though not a size of memory.
+        if let Some(s) = parse("FARMEM_START_AT", &|v| if v.trim() == "0" { Ok(0) } else { parse_size(v) })? {
+            c.start_at = s;
+        }
         if let Some(m) = parse("FARMEM_MMAP_MIN", &parse_size)? {
             c.mmap_min = m.min(usize::MAX as u64) as usize;
         }
@@ -104,6 +124,13 @@ impl ShimConfig {
             c.evict_every = Some(parse_duration(&v).map_err(|reason| ConfigError { var: "FARMEM_EVICT_EVERY", value: v, reason })?);
         }
         Ok(c)
+    }
+
+    /// Whether process `pid` writes the statistics file: it claims an
+    /// unclaimed one (the caller then sets [`STATS_OWNER_VAR`]), and keeps
+    /// one its pid owns (it is that process, exec'd into a new image).
+    pub fn owns_stats(&self, pid: u32) -> bool {
+        self.stats_path.is_some() && self.stats_owner.is_none_or(|owner| owner == pid)
     }
 
     /// Reads the process's environment.
@@ -140,7 +167,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on"), ("FARMEM_START_AT", "0")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -150,13 +177,28 @@ mod tests {
         assert_eq!(c.prefetch, 16);
         assert!(!c.policy.write_tracking);
         assert!(c.verify);
+        assert_eq!(c.start_at, 0);
+        assert_eq!(read(&[]).unwrap().start_at, 8 << 20);
         assert!(read(&[]).unwrap().policy.write_tracking, "on by default");
         assert_eq!(c.tiers.to_string(), "zstd:3");
     }
 
     #[test]
+    fn the_statistics_belong_to_one_pid() {
+        let unclaimed = read(&[("FARMEM_STATS", "/tmp/s.json")]).unwrap();
+        assert_eq!(unclaimed.stats_owner, None);
+        assert!(unclaimed.owns_stats(42), "the first process claims the file");
+        let mine = read(&[("FARMEM_STATS", "/tmp/s.json"), ("FARMEM_STATS_PID", "42")]).unwrap();
+        assert!(mine.owns_stats(42), "an exec'd image keeps its pid");
+        assert!(!mine.owns_stats(43), "a child does not write");
+        assert!(!read(&[("FARMEM_STATS", "/tmp/s.json"), ("FARMEM_STATS_PID", "soon")]).unwrap().owns_stats(42));
+        assert!(!read(&[("FARMEM_STATS_PID", "42")]).unwrap().owns_stats(42), "no file, nothing to write");
+        assert!(read(&[("FARMEM_STATS", "/tmp/s.json"), ("FARMEM_STATS_PID", "")]).unwrap().owns_stats(7), "empty counts as unset");
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -9,9 +9,10 @@
 //! farmem stat "$(pidof redis-server)"
 //! ```
 //!
-//! Loaded into a process, the shim starts the runtime once, from its
-//! constructor, with the configuration in the environment (see [`config`]).
-//! From then on:
+//! Loaded into a process, the shim reads the configuration in the environment
+//! (see [`config`]) from its constructor, and starts the runtime once the
+//! program has a heap worth managing ([`lazy`]): a shell or launcher that
+//! only starts other programs never starts one. Then:
 //!
 //! - `malloc` and the rest of the family are jemalloc's ([`alloc`]); the
 //!   program's threads allocate from arenas whose extents are registered
@@ -20,13 +21,18 @@
 //! - large private anonymous `mmap`s are registered too, and `munmap` and
 //!   `mremap` on them keep farmem's regions right ([`mmap`]);
 //! - `farmem stat PID` reads live statistics from a Unix socket ([`server`]),
-//!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]).
+//!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]) from
+//!   one process: the first under the shim, or what it execs into (the pid
+//!   stays; the variable stays in the environment, tagged with the pid in
+//!   `FARMEM_STATS_PID`); never from a child it forks or spawns.
 //!
 //! A bad variable, or a kernel without userfaultfd, costs one line on stderr;
 //! the program then runs on plain jemalloc, without farmem (hard rule 5).
 //! `fork` is the runtime's business (evicted pages come back before the fork;
-//! the child runs on ordinary memory); the child's shim stops registering.
-//! `exec` starts a fresh shim in the new image.
+//! the child runs on ordinary memory); the child's shim stops registering and
+//! never starts a runtime. `exec` starts a fresh shim in the new image, with
+//! a runtime of its own (the same configuration, the limit included) once its
+//! heap is worth one.
 
 // Unit tests build without the constructor and the exported symbols.
 #![cfg_attr(test, allow(dead_code))]
@@ -37,6 +43,7 @@ compile_error!("libfarmem.so supports Linux on x86-64 only");
 pub mod alloc;
 pub mod config;
 pub mod guard;
+pub mod lazy;
 pub mod mmap;
 pub mod report;
 pub mod server;
@@ -66,8 +73,12 @@ static GLOBAL: farmem_jemalloc::PlainJemalloc = farmem_jemalloc::PlainJemalloc;
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// The process that started the runtime (a forked child's copy is inert).
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+/// When this image's shim was loaded.
 static STARTED: OnceLock<Instant> = OnceLock::new();
+/// Where this process writes its statistics at exit, if it owns them.
 static STATS_PATH: OnceLock<PathBuf> = OnceLock::new();
+/// The process that owns `STATS_PATH` (a forked child's copy does not write).
+static STATS_OWNER: AtomicU32 = AtomicU32::new(0);
 static SOCKET_PATH: OnceLock<PathBuf> = OnceLock::new();
 static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
 
@@ -96,10 +107,15 @@ pub enum StartError {
     Arena(#[from] extent::ExtentError),
 }
 
-/// Hands jemalloc's fresh extents to the runtime.
-static BACKING: extent::RuntimeBacking = extent::RuntimeBacking::new(&RUNTIME);
+/// Notes jemalloc's fresh extents until the runtime runs, then hands them to it.
+static BACKING: lazy::LazyBacking = lazy::LazyBacking;
+/// The configuration, read by the constructor, for the runtime's start.
+static CONFIG: OnceLock<ShimConfig> = OnceLock::new();
 
-fn start() -> Result<(), StartError> {
+/// The constructor's part: reads the configuration, claims the statistics
+/// file, makes and activates the farmem arenas, and leaves the runtime to
+/// start when the heap is worth it ([`lazy`]).
+fn configure() -> Result<(), StartError> {
     let cfg = ShimConfig::from_env()?;
     let filter = match &cfg.log {
         Some(f) => tracing_subscriber::EnvFilter::try_new(f).map_err(|e| ConfigError {
@@ -110,22 +126,11 @@ fn start() -> Result<(), StartError> {
         None => tracing_subscriber::EnvFilter::new("warn"),
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // A probe (opened and closed): a process that cannot have farmem is told
+    // so from the start, and once per process tree.
     syscall::full_userfaultfd().map_err(StartError::Userfaultfd)?;
-    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.verify).map_err(|e| match e {
-        farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
-        farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
-    })?;
-    let rt: &'static Runtime = RUNTIME.get_or_init(|| rt);
-    OWNER_PID.store(std::process::id(), Ordering::Relaxed);
-    let _ = STARTED.set(Instant::now());
+    claim_stats(&cfg);
     let _ = LIMIT.set(cfg.policy.limit);
-    if let Some(p) = &cfg.stats_path {
-        let _ = STATS_PATH.set(p.clone());
-        // Programs this one execs run under the shim too, each with its own
-        // runtime; they must not overwrite this process's statistics. (Done
-        // before any thread of the shim starts: setenv is not thread-safe.)
-        std::env::remove_var("FARMEM_STATS");
-    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, alloc::MAX_ARENAS);
     let mut arenas = Vec::with_capacity(cpus);
     for _ in 0..cpus {
@@ -137,6 +142,38 @@ fn start() -> Result<(), StartError> {
         libc::pthread_atfork(None, None, Some(after_fork_child));
         libc::atexit(at_exit);
     }
+    let start_at = cfg.start_at.min(cfg.policy.limit.map_or(u64::MAX, |l| l / 2));
+    lazy::arm(start_at, cfg.policy.limit.is_some());
+    mmap::watch(cfg.mmap_min);
+    alloc::activate(&arenas);
+    tracing::debug!(start_at, ?arenas, "farmem waiting for a heap to manage");
+    let _ = CONFIG.set(cfg);
+    Ok(())
+}
+
+/// The process's runtime, if it runs.
+pub(crate) fn runtime() -> Option<&'static Runtime> {
+    RUNTIME.get()
+}
+
+/// Starts the runtime, its statistics socket and the mmap hook's
+/// registration ([`lazy`] calls it once, from a program thread that holds
+/// no lock of jemalloc's).
+pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
+    let _g = guard::enter_owned();
+    let cfg = CONFIG.get().expect("configured before any start");
+    // farmem's threads take no signal meant for the program: a handler run on
+    // the fault thread could touch farmem memory, and a program that blocks
+    // signals in its threads to take them in one (sigwait) expects every
+    // thread to block them. Threads inherit the mask of the thread that
+    // makes them, here whichever program thread crossed the start size.
+    let _mask = BlockSignals::new();
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.verify).map_err(|e| match e {
+        farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
+        farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
+    })?;
+    let rt: &'static Runtime = RUNTIME.get_or_init(|| rt);
+    OWNER_PID.store(std::process::id(), Ordering::Relaxed);
     if let Some(every) = cfg.evict_every {
         let _ = std::thread::Builder::new().name("farmem-evict".into()).spawn(move || {
             let _scope = RuntimeScope::enter();
@@ -154,15 +191,68 @@ fn start() -> Result<(), StartError> {
         Err(e) => tracing::warn!("farmem stat will not reach this process: {e}"),
     }
     mmap::start(rt, cfg.mmap_min);
-    alloc::activate(&arenas);
-    tracing::info!(?cfg, arenas = ?arenas, "farmem started");
-    Ok(())
+    tracing::info!(?cfg, arenas = ?alloc::arenas(), after_seconds = STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64()), "farmem started");
+    Ok(rt)
+}
+
+/// The runtime could not start: the program goes on without farmem. One
+/// line, unless a process of the tree said why already (this one cannot
+/// mark the environment: other threads may be reading it).
+pub(crate) fn start_failed(e: &StartError) {
+    if std::env::var_os(REPORTED).is_none() {
+        eprintln!("farmem: {e}; running without farmem");
+    }
+    mmap::stop();
+    alloc::deactivate();
+    // farmem was off: no statistics, as for a bad variable.
+    STATS_OWNER.store(0, Ordering::Relaxed);
+}
+
+/// All signals blocked on the calling thread until dropped.
+struct BlockSignals(libc::sigset_t);
+
+impl BlockSignals {
+    fn new() -> Self {
+        // SAFETY: sigfillset fills a set it was given; pthread_sigmask
+        // changes the calling thread's mask and stores the old one.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            BlockSignals(old)
+        }
+    }
+}
+
+impl Drop for BlockSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+/// Takes the statistics file if this process owns it: the first process
+/// under the shim that finds `FARMEM_STATS` claims it, and leaves its pid in
+/// the environment for what it starts. An image it execs into keeps the
+/// pid, so the statistics are written by whatever program `farmem run`'s
+/// child ends up being (a launcher script exec'd python: python writes);
+/// a process it forks or spawns has another pid and writes nothing. Called
+/// from the constructor, before any thread of the shim starts: setenv is not
+/// thread-safe.
+fn claim_stats(cfg: &ShimConfig) {
+    let pid = std::process::id();
+    let Some(path) = cfg.stats_path.as_ref().filter(|_| cfg.owns_stats(pid)) else { return };
+    let _ = STATS_PATH.set(path.clone());
+    STATS_OWNER.store(pid, Ordering::Relaxed);
+    if cfg.stats_owner.is_none() {
+        std::env::set_var(config::STATS_OWNER_VAR, pid.to_string());
+    }
 }
 
 fn snapshot() -> String {
-    let Some(rt) = RUNTIME.get() else { return "{}".into() };
     let started = STARTED.get().copied().unwrap_or_else(Instant::now);
-    report::snapshot(rt, started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
+    report::snapshot(RUNTIME.get(), started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
 }
 
 /// Testing aid (`FARMEM_EVICT_EVERY`): evicts every registered page, again and
@@ -180,17 +270,22 @@ fn evict_every(rt: &Runtime, every: std::time::Duration) {
 }
 
 extern "C" fn after_fork_child() {
+    // A forked child runs on ordinary memory, and never starts a runtime.
+    lazy::disable();
     mmap::stop();
 }
 
 extern "C" fn at_exit() {
     let _g = guard::enter_owned();
     let _scope = RuntimeScope::enter();
-    if std::process::id() != OWNER_PID.load(Ordering::Relaxed) {
-        return;
+    let pid = std::process::id();
+    if pid == OWNER_PID.load(Ordering::Relaxed) {
+        if let Some(p) = SOCKET_PATH.get() {
+            let _ = std::fs::remove_file(p);
+        }
     }
-    if let Some(p) = SOCKET_PATH.get() {
-        let _ = std::fs::remove_file(p);
+    if pid != STATS_OWNER.load(Ordering::Relaxed) {
+        return;
     }
     if let Some(p) = STATS_PATH.get() {
         if let Err(e) = std::fs::write(p, snapshot() + "\n") {
@@ -212,7 +307,8 @@ extern "C" fn init() {
         eprintln!("farmem: {e}; threads cannot be created in this process");
         return;
     }
-    if let Err(e) = start() {
+    let _ = STARTED.set(Instant::now());
+    if let Err(e) = configure() {
         // One line per process tree: the children of a shell or launcher
         // inherit both the bad value and this mark.
         if std::env::var_os(REPORTED).is_none() {

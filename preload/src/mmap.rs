@@ -14,8 +14,11 @@
 //! A region that goes away whole is left to the UNMAP event, so its evicted
 //! pages are dropped rather than read back.
 //!
-//! Calls from inside the shim or the runtime (jemalloc's own mappings, the
-//! runtime's tables) and calls in a forked child pass straight through.
+//! The first mapping that would be registered starts the runtime if it does
+//! not run yet (see [`crate::lazy`]); until then nothing is registered, so
+//! `munmap` and `mremap` pass straight through. Calls from inside the shim or
+//! the runtime (jemalloc's own mappings, the runtime's tables) and calls in a
+//! forked child pass straight through.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -28,6 +31,8 @@ use crate::{guard, syscall};
 
 /// Whether new mappings are registered (false before start-up and in a forked child).
 static TRACKING: AtomicBool = AtomicBool::new(false);
+/// Whether a mapping that would be registered starts the runtime (before it runs).
+static WATCHING: AtomicBool = AtomicBool::new(false);
 /// The smallest mapping registered, in bytes.
 static MIN_BYTES: AtomicUsize = AtomicUsize::new(1 << 20);
 /// The runtime, once it runs.
@@ -44,9 +49,18 @@ pub fn start(rt: &'static Runtime, min_bytes: usize) {
     TRACKING.store(true, Ordering::Release);
 }
 
-/// Stops for good (in a forked child, whose copy of the runtime is inert).
+/// Before the runtime runs: a mapping of at least `min_bytes` that would be
+/// registered starts it.
+pub fn watch(min_bytes: usize) {
+    MIN_BYTES.store(min_bytes.max(PAGE_SIZE), Ordering::Relaxed);
+    WATCHING.store(true, Ordering::Release);
+}
+
+/// Stops for good (in a forked child, whose copy of the runtime is inert, or
+/// when the runtime could not start).
 pub fn stop() {
     TRACKING.store(false, Ordering::Release);
+    WATCHING.store(false, Ordering::Release);
 }
 
 /// Regions registered through the mmap hooks now.
@@ -60,6 +74,16 @@ fn tracker() -> Option<&'static Runtime> {
         return None;
     }
     RUNTIME.get().copied()
+}
+
+/// Before the runtime runs: starts it for a mapping of the program's that it
+/// would register, and returns it.
+fn starter(len: usize, prot: c_int, flags: c_int) -> Option<&'static Runtime> {
+    if !WATCHING.load(Ordering::Acquire) || !eligible(len, prot, flags) || farmem_runtime::in_runtime() || guard::with(|s| s.busy()) {
+        return None;
+    }
+    crate::lazy::start_now()?;
+    tracker()
 }
 
 fn table() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
@@ -198,7 +222,7 @@ fn to_ptr(r: std::io::Result<*mut c_void>) -> *mut c_void {
 /// As `mmap(2)`: with `MAP_FIXED` the caller gives up what was mapped there.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn mmap(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void {
-    let Some(rt) = tracker() else {
+    let Some(rt) = tracker().or_else(|| starter(len, prot, flags)) else {
         // SAFETY: the caller's own call, passed on.
         return to_ptr(unsafe { syscall::mmap(addr, len, prot, flags, fd, off) });
     };
