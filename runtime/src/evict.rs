@@ -255,9 +255,9 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
                 Err(e) => {
                     match e {
                         TierError::Incompressible { .. } => {
-                            // Stamped as seen, so that the policy does not try
-                            // to compress it again until the rest is older.
-                            region.ages.set_seen(i, now);
+                            // Marked, so that reclaim does not try it again
+                            // until its bytes may have changed.
+                            region.incompressible.mark(i);
                             report.rejected += 1;
                         }
                         TierError::Full { .. } => report.full += 1,

@@ -315,7 +315,7 @@ impl FaultThread {
                     if !region.states.transition(i, state, State::Restoring { slot }) {
                         continue;
                     }
-                    return self.restore_staged(&region, i, slot);
+                    return self.restore_staged(&region, i, slot, true);
                 }
                 State::Evicted { tier, handle } => {
                     if !region.states.transition(i, state, State::Faulting { tier, handle }) {
@@ -370,7 +370,10 @@ impl FaultThread {
     }
 
     /// Copies a staged page back; on EAGAIN the page goes back to `Staged`.
-    fn restore_staged(&mut self, region: &Region, i: usize, slot: u64) -> Served {
+    /// `fault` says a thread touched the page: a page the evictor had just
+    /// taken is in use, and its stamp says so, or the next reclaim would pick
+    /// it again at once (it kept the age that got it picked).
+    fn restore_staged(&mut self, region: &Region, i: usize, slot: u64, fault: bool) -> Served {
         let shared = &self.shared;
         let dst = region.page_addr(i);
         let src = shared.staging.slot_addr(slot);
@@ -394,8 +397,11 @@ impl FaultThread {
         }
         region.states.transition(i, State::Restoring { slot }, State::Resident);
         shared.staging.release(slot);
-        shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
-        self.reclaim_fault = true;
+        if fault {
+            region.ages.set_seen(i, shared.tick.load(Ordering::Relaxed));
+            shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
+            self.reclaim_fault = true;
+        }
         Served::Done
     }
 
@@ -597,7 +603,14 @@ impl FaultThread {
                 }
             }
         }
+        // Pages filled now are in use (or about to be, the neighbours of a
+        // first touch): stamped seen, so that reclaim does not take the
+        // program's newest memory for its oldest (a region's stamps date
+        // from when it was registered).
+        let now = shared.tick.load(Ordering::Relaxed);
         for k in i..end {
+            region.ages.set_seen(k, now);
+            region.incompressible.clear(k);
             region.states.transition(k, State::Filling, State::Resident);
         }
         if let Served::Done = outcome {
@@ -748,7 +761,7 @@ impl FaultThread {
                     if !region.states.transition(page, State::Staged { slot }, State::Restoring { slot }) {
                         continue;
                     }
-                    if let Served::Done = self.restore_staged(&region, page, slot) {
+                    if let Served::Done = self.restore_staged(&region, page, slot, false) {
                         break;
                     }
                     self.pump();
@@ -794,7 +807,7 @@ impl FaultThread {
                         if !region.states.transition(i, s, State::Restoring { slot }) {
                             continue;
                         }
-                        self.restore_staged(region, i, slot)
+                        self.restore_staged(region, i, slot, false)
                     }
                     State::Evicted { tier, handle } => {
                         if !region.states.transition(i, s, State::Faulting { tier, handle }) {

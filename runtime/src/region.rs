@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::pagestate::PageStates;
 use crate::policy::ages::PageAges;
+use crate::policy::incompressible::IncompressiblePages;
 use crate::verify::PageSums;
 use crate::PAGE_SIZE;
 
@@ -19,6 +20,8 @@ pub struct Region {
     pub states: PageStates,
     /// When each page was last seen in use and last left RAM (policy ticks).
     pub ages: PageAges,
+    /// Pages a tier refused as incompressible, which reclaim passes over.
+    pub incompressible: IncompressiblePages,
     /// Held by the evictor for a batch, and by the fault thread to move or
     /// unregister the region, so that neither sees the other half-done.
     pub evict_lock: Mutex<()>,
@@ -44,6 +47,7 @@ impl Region {
             len,
             states: PageStates::new(pages)?,
             ages: PageAges::new(pages, now)?,
+            incompressible: IncompressiblePages::new(pages)?,
             evict_lock: Mutex::new(()),
             evicted: AtomicU64::new(0),
             closed: AtomicBool::new(false),

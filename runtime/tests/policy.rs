@@ -248,6 +248,145 @@ fn limit_mode_holds_the_resident_heap_under_the_cap() {
     verify(&heap, &sums);
 }
 
+/// Resident bytes as the limit counts them: pages in RAM and the sampler's raw copies.
+fn footprint(rt: &Runtime) -> u64 {
+    let s = rt.stats();
+    s.resident_pages() * PAGE as u64 + s.tiers.iter().find(|(n, _)| n == "sampled").map_or(0, |(_, t)| t.bytes_used)
+}
+
+/// Fills pages `order` of the heap with `seed(i)`, about `per_ms` pages a
+/// millisecond, as a program grows; returns their checksums and the peak footprint.
+fn grow(rt: &Runtime, heap: &Heap, order: impl Iterator<Item = usize>, per_ms: usize, seed: impl Fn(usize) -> u64, sums: &mut [u64]) -> u64 {
+    let mut peak = 0;
+    for (n, i) in order.enumerate() {
+        fill_page(heap.page(i), seed(i));
+        sums[i] = checksum(heap.page(i));
+        if n % per_ms == per_ms - 1 {
+            std::thread::sleep(Duration::from_millis(1));
+            if n % (per_ms * 10) == per_ms * 10 - 1 {
+                peak = peak.max(footprint(rt));
+            }
+        }
+    }
+    peak
+}
+
+#[test]
+fn under_a_limit_reclaim_takes_compressible_pages_past_a_run_of_incompressible_ones() {
+    // A program's first 64 MiB are random bytes (a hash table's keys, sort's
+    // line index): the compressed tier refuses them, and with no spill tier
+    // they stay in RAM. Then it grows by 128 MiB of compressible pages under
+    // a 112 MiB limit, and reads them at random: they cannot all fit, so
+    // reclaim takes them again and again, and its hand laps the heap. It must
+    // pass over the refused pages rather than pick them on every lap (they
+    // look as young as the rest), or each check spends itself on pages it
+    // cannot take, and the program runs past its limit and is throttled.
+    const RANDOM: usize = (64usize << 20) / PAGE;
+    const PAGES: usize = (192usize << 20) / PAGE;
+    const LIMIT: u64 = 112 << 20;
+    let heap = Heap::new(PAGES * PAGE);
+    let mut sums = vec![0u64; PAGES];
+    let random = |i: usize| (i as u64) * 4 + 3;
+    for i in 0..RANDOM {
+        fill_page(heap.page(i), random(i));
+        sums[i] = checksum(heap.page(i));
+    }
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_secs(1), ..PolicyConfig::default() }).unwrap();
+    let t0 = Instant::now();
+    let mut peak = grow(&rt, &heap, RANDOM..PAGES, 16, |i| compressible(i, 0), &mut sums);
+    let grown = t0.elapsed();
+    let refused = |rt: &Runtime| -> u64 { rt.stats().tiers.iter().map(|(_, t)| t.rejected_incompressible).sum() };
+    let refused_grown = refused(&rt);
+    let (t1, mut x, mut sum, mut reads) = (Instant::now(), 0x9E3779B97F4A7C15u64, 0u64, 0u64);
+    while t1.elapsed() < Duration::from_secs(3) {
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = RANDOM + (x % (PAGES - RANDOM) as u64) as usize;
+            // SAFETY: the word lies inside the heap, which only this thread touches.
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(heap.ptr.add(i * PAGE + 64) as *const u64) });
+            reads += 1;
+        }
+        if t1.elapsed() > Duration::from_millis(500) {
+            peak = peak.max(footprint(&rt));
+        }
+    }
+    std::hint::black_box(sum);
+    let s = rt.stats();
+    let p = s.policy.clone().unwrap();
+    let random_in = resident(&heap, 0, RANDOM);
+    let refused_all = refused(&rt);
+    eprintln!(
+        "limit {} MiB: grew 128 MiB in {:.2} s, then {reads} random reads in 3 s; peak footprint {} MiB, random pages in RAM {random_in}/{RANDOM}, \
+         {} of {} faults throttled; the tier refused {refused_grown} pages while the heap grew, {refused_all} in all; policy {p:?}",
+        LIMIT >> 20,
+        grown.as_secs_f64(),
+        peak >> 20,
+        s.throttled_faults,
+        s.faults(),
+    );
+    assert!(random_in >= RANDOM * 99 / 100, "only {random_in} of {RANDOM} incompressible pages in RAM: they have nowhere else to go");
+    assert!(refused_grown >= RANDOM as u64 / 2, "reclaim met only {refused_grown} incompressible pages: the test does not test what it says");
+    // Each refused page is tried again once its mark is cleared (every
+    // CLEAR_EVERY ticks, or when the write tracker finds it written: its
+    // first lap finds every page written), not on every lap of the hand.
+    assert!(refused_all <= 2 * RANDOM as u64, "the tier refused {refused_all} pages, {RANDOM} of them incompressible: reclaim keeps picking them");
+    assert!(peak <= LIMIT + LIMIT / 20, "the footprint reached {} MiB under a {} MiB limit", peak >> 20, LIMIT >> 20);
+    assert!(s.throttled_faults * 10 <= s.faults(), "{} of {} faults throttled: reclaim fell behind", s.throttled_faults, s.faults());
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
+
+#[test]
+fn under_a_limit_the_pages_a_program_just_wrote_are_not_taken_first() {
+    // The program grows from the top of its heap down (a stack, a free list
+    // handing out the highest chunks first) and keeps reading the last 8 MiB
+    // it wrote. Reclaim's hand starts at the bottom: the first pages it meets
+    // are the newest. Were new pages as old as the region (stamped when it
+    // was registered), or pages put back from staging as old as when they
+    // were picked, reclaim would take the pages in use and they would come
+    // straight back: faults would outnumber evictions.
+    const PAGES: usize = (256usize << 20) / PAGE;
+    const WINDOW: usize = (8usize << 20) / PAGE;
+    const LIMIT: u64 = 96 << 20;
+    let heap = Heap::new(PAGES * PAGE);
+    let mut sums = vec![0u64; PAGES];
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(100), ..PolicyConfig::default() }).unwrap();
+    let mut sum = 0u64;
+    for (n, i) in (0..PAGES).rev().enumerate() {
+        fill_page(heap.page(i), compressible(i, 0));
+        sums[i] = checksum(heap.page(i));
+        if n % 64 == 63 {
+            // Reads the window written last, one word a page.
+            for k in i..(i + WINDOW).min(PAGES) {
+                // SAFETY: the word lies inside the heap, which only this thread writes.
+                sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(heap.ptr.add(k * PAGE + 64) as *const u64) });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    std::hint::black_box(sum);
+    let s = rt.stats();
+    let p = s.policy.clone().unwrap();
+    let refaults = s.faults_from_staging + s.faults_from_tier;
+    eprintln!(
+        "limit {} MiB over a 256 MiB top-down fill: {} pages evicted, {refaults} faulted back ({} from staging), {} throttled; policy {p:?}",
+        LIMIT >> 20,
+        s.pages_evicted_total,
+        s.faults_from_staging,
+        s.throttled_faults
+    );
+    assert!(s.pages_evicted_total as usize >= (PAGES * PAGE - LIMIT as usize) / PAGE * 9 / 10, "only {} pages evicted", s.pages_evicted_total);
+    assert!(refaults * 20 <= s.pages_evicted_total, "{refaults} of {} evicted pages faulted back: reclaim took pages in use", s.pages_evicted_total);
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
+
 #[test]
 fn the_floor_is_never_reclaimed() {
     const PAGES: usize = (256usize << 20) / PAGE;

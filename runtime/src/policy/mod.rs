@@ -35,6 +35,7 @@
 
 pub mod ages;
 mod config;
+pub mod incompressible;
 mod controller;
 mod probe;
 mod sampler;
@@ -109,6 +110,12 @@ pub struct PolicyStats {
     pub reclaimed_pages: u64,
     /// Of those, pages compressed straight from the sampler's tier.
     pub reclaimed_from_samples: u64,
+    /// Pages reclaim picked but no tier would hold (incompressible with no
+    /// spill tier, or every tier full): they stayed in RAM.
+    pub reclaim_refused_pages: u64,
+    /// Pages marked incompressible when the marks were last cleared (every
+    /// [`incompressible::CLEAR_EVERY`] ticks): memory reclaim cannot take.
+    pub incompressible_pages: u64,
     /// Pages the sampler has taken out since start.
     pub sampled_pages: u64,
     /// Pages the sampler has out now.
@@ -455,6 +462,9 @@ impl Policy {
             }
             _ => 0,
         };
+        if now % incompressible::CLEAR_EVERY == 0 {
+            self.stats.incompressible_pages = shared.regions.all().iter().map(|r| r.incompressible.clear_all()).sum();
+        }
         self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure);
         self.scan.written = written;
         if parts == 1 {
@@ -618,7 +628,9 @@ impl Policy {
         let target = self.ctl.check_limit(resident);
         if target < resident {
             let now = self.shared.tick.load(Relaxed);
-            self.reclaim(resident, target, now);
+            let t0 = Instant::now();
+            let got = self.reclaim(resident, target, now);
+            tracing::trace!(resident_kib = resident >> 10, target_kib = target >> 10, got, us = t0.elapsed().as_micros() as u64, "limit check");
         }
         self.set_throttle();
         self.stats.resident_bytes = resident;
@@ -674,14 +686,35 @@ impl Policy {
         if have == 0 {
             from = GENERATIONS.len() - 1;
         }
+        // Within a generation the hand goes on until enough pages are taken
+        // or it has passed every page once: picked pages may be refused
+        // (incompressible with nowhere else to go, or faulted for), and a
+        // check that stopped at the first refusals would leave the program
+        // over its limit, throttled, while takeable pages wait further on.
+        let lap: usize = shared.regions.all().iter().map(|r| r.pages()).sum();
         let mut g = from;
         while need > 0 {
             let mut got = 0;
-            for Picked { region, idx } in pick_resident(&shared, &mut self.reclaim_hand, need as usize, now, GENERATIONS[g], usize::MAX) {
-                let _pass = shared.fork_gate.enter();
-                match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
-                    Ok(r) => got += r.evicted,
-                    Err(e) => tracing::warn!("reclaiming pages of region {:#x} failed: {e}", region.start()),
+            let mut examined = 0;
+            while need > got && examined < lap {
+                let picks = pick_resident(&shared, &mut self.reclaim_hand, (need - got) as usize, now, GENERATIONS[g], lap - examined);
+                examined += self.reclaim_hand.examined.max(1);
+                if picks.is_empty() {
+                    break;
+                }
+                for Picked { region, idx } in picks {
+                    let _pass = shared.fork_gate.enter();
+                    match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
+                        Ok(r) => {
+                            got += r.evicted;
+                            self.stats.reclaim_refused_pages += r.rejected + r.full;
+                            if r.full > 0 {
+                                // Every tier is full: nothing else can go either.
+                                examined = lap;
+                            }
+                        }
+                        Err(e) => tracing::warn!("reclaiming pages of region {:#x} failed: {e}", region.start()),
+                    }
                 }
             }
             take_oldest(&mut self.scan.generations, got);

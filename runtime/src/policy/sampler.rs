@@ -31,6 +31,8 @@ const SAMPLE_FAULT_CPU_S: f64 = 6e-6;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Hand {
     addr: u64,
+    /// Pages the last walk looked at.
+    pub examined: usize,
 }
 
 /// Pages picked in one region.
@@ -40,8 +42,9 @@ pub(crate) struct Picked {
 }
 
 /// Walks the hand over every region (at most one lap, and at most `examine`
-/// pages), taking pages that are in RAM, in state `Resident`, and last seen at
-/// least `min_seen_age` ticks ago, until `want` are found. The sampler bounds
+/// pages), taking pages that are in RAM, in state `Resident`, not marked
+/// incompressible, and last seen at least `min_seen_age` ticks ago, until
+/// `want` are found; `hand.examined` says how many pages it looked at. The sampler bounds
 /// `examine`: when nearly every page is hot, a full lap each tick would cost
 /// more than the samples are worth; the hand goes on from there next tick.
 pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: u32, min_seen_age: u32, examine: usize) -> Vec<Picked> {
@@ -82,7 +85,11 @@ pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: 
                     break;
                 }
                 let i = w + k;
-                if r & 1 != 0 && region.states.get(i) == State::Resident && region.ages.ages(i, now).0 >= min_seen_age {
+                if r & 1 != 0
+                    && region.states.get(i) == State::Resident
+                    && region.ages.ages(i, now).0 >= min_seen_age
+                    && !region.incompressible.is_marked(i)
+                {
                     idx.push(i);
                     found += 1;
                     end = i + 1;
@@ -98,6 +105,7 @@ pub(crate) fn pick_resident(shared: &Shared, hand: &mut Hand, want: usize, now: 
             break;
         }
     }
+    hand.examined = examined;
     out
 }
 

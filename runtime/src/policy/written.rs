@@ -151,6 +151,7 @@ impl WriteTracker {
                 for i in first..(first + r.pages() as usize).min(region.pages()) {
                     if region.states.get(i) == State::Resident {
                         region.ages.set_seen(i, now);
+                        region.incompressible.clear(i);
                     }
                 }
                 found += r.pages();
