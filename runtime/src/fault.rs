@@ -352,7 +352,9 @@ impl FaultThread {
             return;
         }
         let est = self.shared.resident_est.load(Ordering::Relaxed);
-        if est <= limit {
+        // Reclaim found nothing more it can take: waiting would not help it
+        // catch up, and the policy retries on its own (see `policy::guard`).
+        if est <= limit || self.shared.reclaim_short.load(Ordering::Relaxed) {
             return;
         }
         self.shared.policy_bell.ask_reclaim();

@@ -223,6 +223,7 @@ impl RuntimeBuilder {
             sample_tier,
             tick: AtomicU32::new(0),
             limit_pages: AtomicU64::new(0),
+            reclaim_short: AtomicBool::new(false),
             resident_est: std::sync::atomic::AtomicI64::new(0),
             policy_bell: policy::Bell::default(),
             counters: Counters::default(),
@@ -318,6 +319,9 @@ pub(crate) struct Shared {
     /// fault thread installed and less those reclaimed since: the throttle's
     /// view, kept current even when the policy thread gets no CPU.
     resident_est: std::sync::atomic::AtomicI64,
+    /// The last reclaim under the limit came up short with nothing else it
+    /// could take: the fault thread's throttle would only slow the program.
+    reclaim_short: AtomicBool,
     /// Wakes the policy thread (to reclaim at once when the limit is crossed).
     policy_bell: policy::Bell,
     counters: Counters,

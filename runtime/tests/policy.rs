@@ -287,9 +287,9 @@ fn under_a_limit_reclaim_takes_compressible_pages_past_a_run_of_incompressible_o
     let heap = Heap::new(PAGES * PAGE);
     let mut sums = vec![0u64; PAGES];
     let random = |i: usize| (i as u64) * 4 + 3;
-    for i in 0..RANDOM {
+    for (i, sum) in sums.iter_mut().enumerate().take(RANDOM) {
         fill_page(heap.page(i), random(i));
-        sums[i] = checksum(heap.page(i));
+        *sum = checksum(heap.page(i));
     }
     let rt = Runtime::builder().build().unwrap();
     rt.register(heap.ptr, heap.len).unwrap();
@@ -334,8 +334,45 @@ fn under_a_limit_reclaim_takes_compressible_pages_past_a_run_of_incompressible_o
     // CLEAR_EVERY ticks, or when the write tracker finds it written: its
     // first lap finds every page written), not on every lap of the hand.
     assert!(refused_all <= 2 * RANDOM as u64, "the tier refused {refused_all} pages, {RANDOM} of them incompressible: reclaim keeps picking them");
-    assert!(peak <= LIMIT + LIMIT / 20, "the footprint reached {} MiB under a {} MiB limit", peak >> 20, LIMIT >> 20);
+    // The random reads fault some 30,000 pages a second back, and the rest of
+    // the suite shares the CPUs: the margin is that of the limit test above.
+    assert!(peak <= LIMIT + LIMIT / 10, "the footprint reached {} MiB under a {} MiB limit", peak >> 20, LIMIT >> 20);
     assert!(s.throttled_faults * 10 <= s.faults(), "{} of {} faults throttled: reclaim fell behind", s.throttled_faults, s.faults());
+    rt.stop_policy();
+    verify(&heap, &sums);
+}
+
+#[test]
+fn a_limit_that_cannot_be_held_does_not_slow_the_program() {
+    // 128 MiB of random bytes under a 64 MiB limit, with no spill tier: no
+    // tier will take them, so no reclaim can bring the program under its
+    // limit, and making its faults wait would only slow it. The program then
+    // grows by 32 MiB (its faults are first touches, which the throttle
+    // delays while reclaim can catch up).
+    const RANDOM: usize = (128usize << 20) / PAGE;
+    const PAGES: usize = (160usize << 20) / PAGE;
+    const LIMIT: u64 = 64 << 20;
+    let heap = Heap::new(PAGES * PAGE);
+    let mut sums = vec![0u64; PAGES];
+    for (i, sum) in sums.iter_mut().enumerate().take(RANDOM) {
+        fill_page(heap.page(i), (i as u64) * 4 + 3);
+        *sum = checksum(heap.page(i));
+    }
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(100), ..PolicyConfig::default() }).unwrap();
+    wait_for("the policy finds the limit cannot be held", Duration::from_secs(20), || {
+        let p = rt.stats().policy.unwrap();
+        (p.limit_short, format!("resident {} MiB, refused {}", p.resident_bytes >> 20, p.reclaim_refused_pages))
+    });
+    let t0 = Instant::now();
+    grow(&rt, &heap, RANDOM..PAGES, 64, |i| compressible(i, 0), &mut sums);
+    let grown = t0.elapsed();
+    let s = rt.stats();
+    let p = s.policy.clone().unwrap();
+    eprintln!("grew 32 MiB over 128 MiB of incompressible pages under a 64 MiB limit in {:.2} s: {} of {} faults throttled; policy {p:?}", grown.as_secs_f64(), s.throttled_faults, s.faults());
+    assert!(p.reclaim_refused_pages >= RANDOM as u64 / 2, "reclaim met only {} incompressible pages", p.reclaim_refused_pages);
+    assert!(s.throttled_faults * 20 <= s.faults(), "{} of {} faults throttled, though reclaim could take nothing", s.throttled_faults, s.faults());
     rt.stop_policy();
     verify(&heap, &sums);
 }

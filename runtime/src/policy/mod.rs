@@ -35,6 +35,7 @@
 
 pub mod ages;
 mod config;
+mod guard;
 pub mod incompressible;
 mod controller;
 mod probe;
@@ -58,6 +59,7 @@ use crate::pagestate::State;
 use crate::region::Region;
 use crate::{RuntimeScope, Shared, PAGE_SIZE};
 use ages::generation;
+use guard::Guard;
 use sampler::{pick_resident, Hand, Picked, Rate};
 use written::WriteTracker;
 
@@ -113,6 +115,12 @@ pub struct PolicyStats {
     /// Pages reclaim picked but no tier would hold (incompressible with no
     /// spill tier, or every tier full): they stayed in RAM.
     pub reclaim_refused_pages: u64,
+    /// Whether the last reclaim over the limit found nothing more it could
+    /// take (the throttle is lifted meanwhile; see the log for why).
+    pub limit_short: bool,
+    /// Whether faults back outnumber evictions tenfold (reclaim then leaves
+    /// the newest pages alone; see the log).
+    pub thrashing: bool,
     /// Pages marked incompressible when the marks were last cleared (every
     /// [`incompressible::CLEAR_EVERY`] ticks): memory reclaim cannot take.
     pub incompressible_pages: u64,
@@ -284,6 +292,17 @@ struct Sampled {
     page: usize,
 }
 
+/// What one reclaim did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cut {
+    /// Pages taken out of RAM.
+    pages: u64,
+    /// Fewer pages than asked, and no other page it could take.
+    short: bool,
+    /// Pages picked that no tier would hold.
+    refused: u64,
+}
+
 /// What the aging pass saw.
 #[derive(Default)]
 struct Scan {
@@ -337,6 +356,8 @@ struct Policy {
     unknown_cut_cap: Option<u64>,
     /// Written-page tracking, where the kernel and the configuration allow it.
     written: Option<WriteTracker>,
+    /// Says when the limit cannot be held or the program thrashes.
+    guard: Guard,
     stats: PolicyStats,
     out: Arc<Mutex<PolicyStats>>,
 }
@@ -374,6 +395,7 @@ impl Policy {
             sample_hit: 0.1,
             unknown_cut_cap: None,
             written,
+            guard: Guard::new(&shared),
             stats,
             out,
             shared,
@@ -462,7 +484,7 @@ impl Policy {
             }
             _ => 0,
         };
-        if now % incompressible::CLEAR_EVERY == 0 {
+        if now.is_multiple_of(incompressible::CLEAR_EVERY) {
             self.stats.incompressible_pages = shared.regions.all().iter().map(|r| r.incompressible.clear_all()).sum();
         }
         self.scan = scan(&shared, now, self.config.demote_ticks(), self.stats.ticks as usize % parts, parts, measure);
@@ -526,9 +548,11 @@ impl Policy {
             let headroom = (goal - stall).max(0.0) * wall;
             (headroom / (self.refault_share * self.fault_cost)) as u64
         });
+        self.guard.tick(&shared, wall, resident, self.config.limit);
         let target = self.ctl.tick(resident, stall);
         let cpu1 = thread_cpu();
-        let reclaimed = self.reclaim(resident, target, now);
+        let cut = self.limit_reclaim(resident, target, now);
+        let reclaimed = cut.pages;
         self.recent_cuts.push_back(reclaimed);
         if self.recent_cuts.len() > RECENT_TICKS {
             self.recent_cuts.pop_front();
@@ -626,11 +650,11 @@ impl Policy {
         self.growing = resident > self.last_resident.saturating_add(limit / 50);
         self.last_resident = resident;
         let target = self.ctl.check_limit(resident);
+        let now = self.shared.tick.load(Relaxed);
+        let t0 = Instant::now();
+        let cut = self.limit_reclaim(resident, target, now);
         if target < resident {
-            let now = self.shared.tick.load(Relaxed);
-            let t0 = Instant::now();
-            let got = self.reclaim(resident, target, now);
-            tracing::trace!(resident_kib = resident >> 10, target_kib = target >> 10, got, us = t0.elapsed().as_micros() as u64, "limit check");
+            tracing::trace!(resident_kib = resident >> 10, target_kib = target >> 10, got = cut.pages, short = cut.short, us = t0.elapsed().as_micros() as u64, "limit check");
         }
         self.set_throttle();
         self.stats.resident_bytes = resident;
@@ -638,18 +662,41 @@ impl Policy {
         self.publish();
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.stats.limit_short = self.shared.reclaim_short.load(Relaxed);
+        self.stats.thrashing = self.guard.thrashing();
         *self.out.lock().unwrap_or_else(|e| e.into_inner()) = self.stats.clone();
     }
 
-    /// Reclaims from `resident` down to `target` bytes, oldest first; returns pages reclaimed.
-    fn reclaim(&mut self, resident: u64, target: u64, now: u32) -> u64 {
+    /// Reclaims toward `target` and tells the guard how it went: over the
+    /// limit, a reclaim that came up short lifts the throttle. While the limit
+    /// cannot be held, reclaim is retried only now and then.
+    fn limit_reclaim(&mut self, resident: u64, target: u64, now: u32) -> Cut {
+        let Some(limit) = self.config.limit else {
+            return self.reclaim(resident, target, now);
+        };
+        if resident <= limit {
+            self.guard.under_limit(&self.shared, limit);
+            return self.reclaim(resident, target, now);
+        }
+        if !self.guard.may_reclaim() {
+            return Cut { short: true, ..Cut::default() };
+        }
+        let cut = self.reclaim(resident, target, now);
+        self.guard.reclaimed(&self.shared, cut.short, resident, limit, cut.refused);
+        cut
+    }
+
+    /// Reclaims from `resident` down to `target` bytes, oldest first.
+    fn reclaim(&mut self, resident: u64, target: u64, now: u32) -> Cut {
         if target >= resident {
-            return 0;
+            return Cut::default();
         }
         let shared = Arc::clone(&self.shared);
         let mut need = (resident - target).div_ceil(PAGE_SIZE as u64);
+        let asked = need;
         let mut done = 0;
+        let mut refused = 0;
         // Idle sampled pages first, those out longest first: compressing them
         // costs no page-table work, and they are known to be unused.
         let mut idle: Vec<&Sampled> = self.scan.sampled.iter().filter(|s| s.out_age >= 1).collect();
@@ -692,7 +739,10 @@ impl Policy {
         // check that stopped at the first refusals would leave the program
         // over its limit, throttled, while takeable pages wait further on.
         let lap: usize = shared.regions.all().iter().map(|r| r.pages()).sum();
-        let mut g = from;
+        // While thrashing, the newest generation is left alone (see `guard`).
+        let floor = usize::from(self.guard.thrashing());
+        let mut g = from.max(floor);
+        let mut passed_all = false;
         while need > 0 {
             let mut got = 0;
             let mut examined = 0;
@@ -700,6 +750,7 @@ impl Policy {
                 let picks = pick_resident(&shared, &mut self.reclaim_hand, (need - got) as usize, now, GENERATIONS[g], lap - examined);
                 examined += self.reclaim_hand.examined.max(1);
                 if picks.is_empty() {
+                    examined = lap;
                     break;
                 }
                 for Picked { region, idx } in picks {
@@ -707,7 +758,7 @@ impl Policy {
                     match evict::evict_pages(&shared, &region, &idx, Target::Tiers) {
                         Ok(r) => {
                             got += r.evicted;
-                            self.stats.reclaim_refused_pages += r.rejected + r.full;
+                            refused += r.rejected + r.full;
                             if r.full > 0 {
                                 // Every tier is full: nothing else can go either.
                                 examined = lap;
@@ -720,14 +771,19 @@ impl Policy {
             take_oldest(&mut self.scan.generations, got);
             done += got;
             need = need.saturating_sub(got);
-            if g == 0 {
+            if g == floor {
+                passed_all = examined >= lap;
                 break;
             }
             g -= 1;
         }
         self.stats.reclaimed_pages += done;
+        self.stats.reclaim_refused_pages += refused;
         shared.counters.pages_reclaimed.fetch_add(done, Relaxed);
-        done
+        // Short: under half what was asked, and the last pass looked at every
+        // page (a stall-mode cap or a hand that stopped early is not short;
+        // a few pages the program faulted for meanwhile are not either).
+        Cut { pages: done, short: passed_all && done < asked / 2 && self.unknown_cut_cap.is_none(), refused }
     }
 
     /// Moves pages that stayed in a tier past the demotion age to the tiers
