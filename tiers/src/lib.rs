@@ -124,6 +124,12 @@ pub struct TierStats {
     pub bytes_used: u64,
     /// Pages stored since the tier was made.
     pub stores: u64,
+    /// Of `stores`, the pages T1's fallback codec kept (its first codec left
+    /// them above the threshold): with `lz4+zstd:1`, the zstd ones.
+    pub fallback_stores: u64,
+    /// Pages since the tier was made that T1's fallback codec also left
+    /// above the threshold (then refused, or stored raw, by the tier's rule).
+    pub fallback_failures: u64,
     /// Pages loaded since the tier was made.
     pub loads: u64,
     /// Loads that failed (corruption, I/O).
