@@ -544,7 +544,8 @@ proptest! {
 #[ignore = "timing, not a check"]
 fn load_latency() {
     const PAGES: u64 = 20_000;
-    let sets: [(&str, fn(u64) -> Page); 4] =
+    type Maker = fn(u64) -> Page;
+    let sets: [(&str, Maker); 4] =
         [("heap mix", heap_page), ("text", |i| page(Kind::Text, i)), ("alphanumeric", |i| page(Kind::Alphanumeric, i)), ("random", |i| page(Kind::Random, i))];
     let configs = [CompressedConfig::lz4(), CompressedConfig::zstd(1), CompressedConfig::zstd(3), CompressedConfig::default()];
     for (set, make) in sets {
