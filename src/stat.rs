@@ -81,8 +81,11 @@ pub fn run(args: StatArgs) -> Result<(), String> {
     );
     println!("evicted    {} pages now, {} since start", f(&b, "evicted_pages"), f(&b, "pages_evicted"));
     for t in b.get("tiers").and_then(Value::as_array).into_iter().flatten() {
+        // T1's second codec, when it has one and has been used.
+        let n = f(t, "fallback_stores");
+        let fallback = if n > 0.0 { format!(", {n:.0} stores by the second codec") } else { String::new() };
         println!(
-            "tier {:<6} {} held in {}, ratio {:.2}",
+            "tier {:<8} {} held in {}, ratio {:.2}{fallback}",
             t.get("name").and_then(Value::as_str).unwrap_or("?"),
             mib(f(t, "bytes_in")),
             mib(f(t, "bytes_used")),

@@ -35,6 +35,18 @@ fn a_bad_codec_or_size_is_one_clear_error() {
 }
 
 #[test]
+fn run_takes_a_second_t1_codec_and_names_a_bad_one() {
+    let out = farmem().args(["run", "--tiers", "lz4+zstd:1", "--", "true"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (spec, words) in [("lz4+lz4", "the second codec is the first one again"), ("raw+zstd", "takes no second codec"), ("lz4+zstd:99", "LEVEL 1 to 19")] {
+        let out = farmem().args(["run", "--tiers", spec, "--", "true"]).output().unwrap();
+        assert!(!out.status.success(), "{spec} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("tier spec part 1 `{spec}`")) && err.contains(words), "{spec}: {err}");
+    }
+}
+
+#[test]
 fn bench_fault_writes_the_named_json_keys() {
     let dir = std::env::temp_dir().join(format!("farmem-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -294,6 +294,39 @@ fn python_dict_hash_matches_a_plain_run() {
     assert_farmem_worked(&read_stats(&stats));
 }
 
+/// Values of random alphanumerics, as a cache holds: lz4 finds no repeats in
+/// them, zstd's entropy coding takes them to about 64%.
+const PY_ALNUM: &str = r#"
+import hashlib, random, sys, time
+table = bytes(b"abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] for i in range(256))
+r = random.Random(7)
+vals = [r.randbytes(1000).translate(table) for _ in range(int(sys.argv[1]))]
+time.sleep(1.5)
+h = hashlib.sha256()
+for v in vals:
+    h.update(v)
+print(len(vals), h.hexdigest())
+"#;
+
+#[test]
+fn alphanumeric_values_go_to_t1s_second_codec_not_stay_in_ram() {
+    let dir = scratch("alnum");
+    let stats = dir.join("stats.json");
+    let args = ["-c", PY_ALNUM, "40000"];
+    let plain = ok(&Command::new(python()).args(args).output().unwrap(), "plain python");
+    // The default tiers: no --tiers, no FARMEM_TIERS.
+    let farmem = ok(&under_farmem(&stats, python(), &args).env_remove("FARMEM_TIERS").output().unwrap(), "python under farmem");
+    assert_eq!(plain, farmem);
+    let s = read_stats(&stats);
+    assert_farmem_worked(&s);
+    let t1 = &s["tiers"][0];
+    assert_eq!(t1["name"], "lz4+zstd", "{s}");
+    // 40,000 values are 9,766 pages; each eviction stores them again.
+    assert!(n(t1, "fallback_stores") >= 9_000, "{t1}");
+    assert!(n(t1, "rejected_incompressible") < n(t1, "fallback_stores") / 10, "{t1}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn sort_with_a_large_buffer_matches_plain_sort() {
     let dir = scratch("sort");

@@ -8,12 +8,12 @@
 //! | `limit` | a size (`512M`, `2G`): keep the resident heap under it | `--limit`, `FARMEM_LIMIT` |
 //! | `stall` | a percentage (`0.1%`); bare `stall` means 0.1% | `--stall`, `FARMEM_STALL` |
 //! | `min` | a size: never reclaim below it | `--min`, `FARMEM_MIN` |
-//! | `tiers` | a tier spec (`lz4`, `zstd:3`, `lz4,file:DIR:SIZE`) | `--tiers`, `FARMEM_TIERS` |
+//! | `tiers` | a tier spec (`lz4+zstd:1`, the default; `lz4`, `zstd:3`, `lz4,file:DIR:SIZE`) | `--tiers`, `FARMEM_TIERS` |
 //! | `write_tracking` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect where the kernel has both (on) | `FARMEM_WRITE_TRACKING` |
 //! | `arenas` | 1 to 8: how many farmem arenas (default: one per CPU) | |
 //! | `verify` | `on` or `off`: keep a checksum of every page out of RAM and abort on a page that comes back different (off; for tests and bug hunts) | `FARMEM_VERIFY` |
 //!
-//! The empty string is all defaults: farmem arenas and an lz4 tier, but no
+//! The empty string is all defaults: farmem arenas and an `lz4+zstd:1` tier, but no
 //! reclaim (neither a limit nor a stall target).
 
 use std::str::FromStr;

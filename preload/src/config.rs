@@ -5,7 +5,7 @@
 //! | `FARMEM_LIMIT` | a size (`512M`, `2G`): keep the resident heap under it |
 //! | `FARMEM_STALL` | a percentage (`0.1%`): reclaim while stalls stay under it |
 //! | `FARMEM_MIN` | a size: never reclaim below it |
-//! | `FARMEM_TIERS` | a tier spec (`lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4,file:DIR:SIZE`) |
+//! | `FARMEM_TIERS` | a tier spec (`lz4+zstd:1`, the default; `lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4+zstd:1,file:DIR:SIZE`) |
 //! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
 //! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit, by the process that owns the variable (see `FARMEM_STATS_PID`) |
 //! | `FARMEM_STATS_PID` | set by the shim, not by hand: the pid that owns `FARMEM_STATS`. The first process under the shim that finds `FARMEM_STATS` without it claims the file and sets it; only that pid writes the file, whatever image it execs into (exec keeps the pid), never a child it forks or spawns |
@@ -181,6 +181,8 @@ mod tests {
         assert_eq!(read(&[]).unwrap().start_at, 8 << 20);
         assert!(read(&[]).unwrap().policy.write_tracking, "on by default");
         assert_eq!(c.tiers.to_string(), "zstd:3");
+        assert_eq!(read(&[]).unwrap().tiers.to_string(), "lz4+zstd:1", "T1 falls back to zstd:1 by default");
+        assert_eq!(read(&[("FARMEM_TIERS", "lz4+zstd")]).unwrap().tiers.to_string(), "lz4+zstd:3");
     }
 
     #[test]
@@ -198,7 +200,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -44,6 +44,11 @@ pub fn snapshot(rt: Option<&Runtime>, started: Instant, limit: Option<u64>, mmap
                 "bytes_used": t.bytes_used,
                 "ratio": t.ratio(),
                 "stores": t.stores,
+                "rejected_incompressible": t.rejected_incompressible,
+                // T1's second codec (lz4+zstd): stores it made, and pages it
+                // too left above the threshold.
+                "fallback_stores": t.fallback_stores,
+                "fallback_failures": t.fallback_failures,
                 "loads": t.loads,
                 "load_errors": t.load_errors,
                 "load_p50_ns": t.load_p50_ns,

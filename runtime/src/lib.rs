@@ -136,8 +136,9 @@ pub struct RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// Adds a tier after those already given. Without any, the runtime uses an
-    /// lz4 [`CompressedTier`].
+    /// Adds a tier after those already given. Without any, the runtime uses a
+    /// [`CompressedTier`] with its default config: lz4, and zstd:1 for pages
+    /// lz4 leaves above its threshold (`lz4+zstd:1`).
     pub fn tier(mut self, tier: Arc<dyn Tier>) -> Self {
         self.tiers.push(tier);
         self
@@ -372,7 +373,7 @@ fn check_aligned(addr: u64, len: u64) -> Result<(), RuntimeError> {
 }
 
 impl Runtime {
-    /// A builder with the defaults: one lz4 tier, 1 MiB batches.
+    /// A builder with the defaults: one `lz4+zstd:1` compressed tier, 1 MiB batches.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
     }

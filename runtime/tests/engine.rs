@@ -43,6 +43,39 @@ fn evicted_pages_come_back_byte_exact() {
 }
 
 #[test]
+fn alphanumeric_pages_go_to_the_default_tier_not_stay_in_ram() {
+    // Random text of 36 letters: lz4 finds nothing to repeat and refuses
+    // it; the default T1 (lz4, then zstd:1 for what lz4 leaves) keeps it.
+    let rt = Runtime::builder().build().unwrap();
+    let pages = 512;
+    let heap = Heap::new(pages * PAGE);
+    rt.register(heap.ptr, heap.len).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in heap.bytes().iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize];
+    }
+    let before = checksum(heap.bytes());
+    let mut evicted = 0;
+    for _ in 0..100 {
+        evicted += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+        if evicted == pages as u64 {
+            break;
+        }
+    }
+    assert_eq!(evicted, pages as u64, "pages stayed in RAM");
+    let (name, t1) = rt.stats().tiers[0].clone();
+    assert_eq!(name, "lz4+zstd");
+    assert_eq!((t1.pages, t1.fallback_stores, t1.rejected_incompressible), (pages as u64, pages as u64, 0));
+    assert!(t1.bytes_compressed < (pages * PAGE) as u64 * 7 / 10, "{t1:?}");
+    assert_eq!(checksum(heap.bytes()), before);
+    let s = settled(&rt, |s| s.faults_from_tier == evicted);
+    assert_eq!(s.faults_from_tier, evicted, "every page came back from the tier");
+}
+
+#[test]
 fn untouched_pages_read_as_zeros_and_are_not_counted_as_evicted() {
     let rt = Runtime::builder().build().unwrap();
     let heap = Heap::new(256 * PAGE);

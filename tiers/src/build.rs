@@ -28,9 +28,9 @@ impl TierSpec {
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
         let err = |tier: String| move |source| BuildError { tier, source };
         tiers.push(match self.first {
-            FirstTier::Compressed(codec) => {
-                Arc::new(CompressedTier::new(CompressedConfig { codecs: vec![codec], ..CompressedConfig::default() }).map_err(err(self.first.to_string()))?)
-            }
+            FirstTier::Compressed { codec, fallback } => Arc::new(
+                CompressedTier::new(CompressedConfig { codecs: vec![codec], fallback, ..CompressedConfig::default() }).map_err(err(self.first.to_string()))?,
+            ),
             FirstTier::Raw => Arc::new(RawTier::new(CompressedConfig::default_limit_bytes()).map_err(err("raw".into()))?),
         });
         for s in &self.spill {
@@ -60,5 +60,29 @@ mod tests {
         let e = bad.build().err().expect("a missing directory is refused");
         assert!(e.to_string().contains("file:/nonexistent-farmem-dir"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn t1_gets_the_second_codec_the_spec_names() {
+        let t1 = |spec: &str| spec.parse::<TierSpec>().unwrap().build().unwrap().remove(0);
+        assert_eq!(t1("lz4").name(), "lz4");
+        assert_eq!(t1("lz4+zstd:1").name(), "lz4+zstd");
+        assert_eq!(t1("file:/tmp:4M").name(), "lz4+zstd", "the default T1 has the fallback");
+        assert_eq!(t1("zstd:3").name(), "zstd");
+        assert_eq!(t1("zstd:1+zstd:19").name(), "zstd+zstd");
+        // The fallback is used: lz4 refuses this page (a 36-letter alphabet,
+        // no repeats), lz4+zstd:1 keeps it.
+        let mut page = [0u8; crate::PAGE_SIZE];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for b in page.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize];
+        }
+        assert!(matches!(t1("lz4").store(&page, crate::PageClass::DEFAULT), Err(TierError::Incompressible { .. })));
+        let t = t1("lz4+zstd:1");
+        t.store(&page, crate::PageClass::DEFAULT).unwrap();
+        assert_eq!((t.stats().fallback_stores, t.stats().rejected_incompressible), (1, 0));
     }
 }

@@ -5,9 +5,16 @@
 //!   it counts 8 bytes in `bytes_compressed`).
 //! - Any other page is compressed with its [`PageClass`]'s codec (lz4 by
 //!   default; a config may give colder classes zstd). If the result is larger
-//!   than `threshold_bytes` (default 3072, 75% of a page) the [`Incompressible`]
+//!   than `threshold_bytes` (default 3072, 75% of a page) and the config has a
+//!   fallback codec (by default zstd level 1), the page is compressed again
+//!   with that, as zram's recompression does: lz4 has no entropy coding, so
+//!   text of a small alphabet with no repeats (random alphanumeric keys and
+//!   values) stays near 98% under lz4 and comes to about 64% under zstd,
+//!   while lz4 stays the fast codec for every page it does compress. If that
+//!   too is above the threshold (or there is no fallback) the [`Incompressible`]
 //!   rule decides: refuse the page (the default: the runtime keeps it in RAM,
 //!   since storing it raw would save nothing), or store its 4096 bytes raw.
+//!   Each object's entry records how it was encoded, so loads decode by that.
 //! - Compressed objects live in 128 size classes of 32-byte steps, the last
 //!   (4096) for raw pages; each class cuts its objects out of slabs of 4-16
 //!   pages sized to leave little tail (module `slab`). Memory used
@@ -93,6 +100,13 @@ pub struct CompressedConfig {
     /// The codec for each page class (index = `PageClass.0`); classes beyond
     /// the list use its last entry. Default: `[Lz4]`.
     pub codecs: Vec<Codec>,
+    /// A second codec for pages their class's codec leaves above
+    /// `threshold_bytes`, for every class (skipped for a class whose codec it
+    /// is); only a page it too leaves above the threshold meets the
+    /// `incompressible` rule. Default: zstd level 1, which keeps lz4's speed
+    /// on the pages lz4 compresses and stores the ones only entropy coding
+    /// compresses (`lz4+zstd:1` in a tier spec). `None`: one codec only.
+    pub fallback: Option<Codec>,
     /// The most memory the tier may use, slabs, handle table and metadata
     /// together, in bytes. Default: half of physical RAM
     /// ([`CompressedConfig::default_limit_bytes`]).
@@ -108,6 +122,7 @@ impl Default for CompressedConfig {
     fn default() -> Self {
         CompressedConfig {
             codecs: vec![Codec::Lz4],
+            fallback: Some(DEFAULT_FALLBACK),
             limit_bytes: Self::default_limit_bytes(),
             incompressible: Incompressible::Reject,
             threshold_bytes: 3 * PAGE_SIZE / 4,
@@ -116,14 +131,14 @@ impl Default for CompressedConfig {
 }
 
 impl CompressedConfig {
-    /// lz4 for every class, other settings default.
+    /// lz4 alone for every class (no fallback), other settings default.
     pub fn lz4() -> Self {
-        Self::default()
+        CompressedConfig { fallback: None, ..Self::default() }
     }
 
-    /// zstd at `level` for every class, other settings default.
+    /// zstd at `level` alone for every class (no fallback), other settings default.
     pub fn zstd(level: i32) -> Self {
-        CompressedConfig { codecs: vec![Codec::Zstd { level }], ..Self::default() }
+        CompressedConfig { codecs: vec![Codec::Zstd { level }], fallback: None, ..Self::default() }
     }
 
     /// This config with `class` using `codec` (classes between the old list's
@@ -136,6 +151,11 @@ impl CompressedConfig {
         }
         self.codecs[i] = codec;
         self
+    }
+
+    /// This config with `fallback` as its second codec (`None`: none).
+    pub fn with_fallback(self, fallback: Option<Codec>) -> Self {
+        CompressedConfig { fallback, ..self }
     }
 
     /// This config with a limit of `bytes`.
@@ -170,7 +190,7 @@ impl CompressedConfig {
             return Err("no codec given (codecs is empty)".into());
         }
         let range = zstd::compression_level_range();
-        for c in &self.codecs {
+        for c in self.codecs.iter().chain(&self.fallback) {
             if let Codec::Zstd { level } = c {
                 if !range.contains(level) {
                     return Err(format!("zstd level {level} outside {}..={}", range.start(), range.end()));
@@ -209,6 +229,10 @@ pub struct CompactReport {
     pub objects_left: u64,
 }
 
+/// The fallback of [`CompressedConfig::default`]: zstd's fastest usual level,
+/// which gets most of zstd's gain on the pages lz4 leaves (its entropy coding).
+pub const DEFAULT_FALLBACK: Codec = Codec::Zstd { level: 1 };
+
 /// The most address space reserved for slabs.
 const MAX_SLAB_RESERVATION: u64 = 60 << 30;
 /// The most handle-table entries (4 GiB of table, 1 TiB of pages).
@@ -229,6 +253,20 @@ pub struct CompressedTier {
     compaction: Mutex<()>,
     latency: OpLatency,
     work: CompactionWork,
+}
+
+/// The tier's name: its default class's codec and the fallback, without
+/// levels ("lz4", "zstd", "lz4+zstd"); static, for [`TierError::Full`].
+fn name_of(config: &CompressedConfig) -> &'static str {
+    let first = config.codec(PageClass::DEFAULT);
+    // A fallback equal to the codec is never tried on the default class.
+    match (first, config.fallback.filter(|f| *f != first)) {
+        (Codec::Lz4, None | Some(Codec::Lz4)) => "lz4",
+        (Codec::Lz4, Some(Codec::Zstd { .. })) => "lz4+zstd",
+        (Codec::Zstd { .. }, None) => "zstd",
+        (Codec::Zstd { .. }, Some(Codec::Lz4)) => "zstd+lz4",
+        (Codec::Zstd { .. }, Some(Codec::Zstd { .. })) => "zstd+zstd",
+    }
 }
 
 /// The word every 8 bytes of `page` repeat, if there is one.
@@ -252,10 +290,7 @@ impl CompressedTier {
         let os = |what: &'static str| move |source| TierError::Os { op: what, source };
         let slabs = SlabArena::new(strides as u32).map_err(os("reserving the compressed tier's slabs"))?;
         let handles = HandleTable::new(entries as u32).map_err(os("reserving the compressed tier's handle table"))?;
-        let name = match config.codec(PageClass::DEFAULT) {
-            Codec::Lz4 => "lz4",
-            Codec::Zstd { .. } => "zstd",
-        };
+        let name = name_of(&config);
         Ok(CompressedTier {
             threshold: config.threshold_bytes.min(PAGE_SIZE),
             budget: Budget::new(limit),
@@ -371,6 +406,8 @@ impl Tier for CompressedTier {
             bytes_compressed: c.bytes_compressed.load(Relaxed),
             bytes_used: self.budget.used(),
             stores: c.stores.load(Relaxed),
+            fallback_stores: c.fallback_stores.load(Relaxed),
+            fallback_failures: c.fallback_failures.load(Relaxed),
             load_errors: c.load_errors.load(Relaxed),
             loads: self.readers.exits().saturating_sub(c.load_errors.load(Relaxed)),
             ..TierStats::default()
@@ -386,19 +423,22 @@ impl CompressedTier {
         }
         let codec = self.config.codec(class);
         let mut scratch = [0u8; SCRATCH_BYTES];
-        let compressed = codec::compress(codec, page, &mut scratch).map_err(|source| TierError::Os { op: "compressing a page", source })?;
-        let (encoding, bytes): (Encoding, &[u8]) = match compressed {
-            Some(n) if n <= self.threshold => {
-                let encoding = match codec {
-                    Codec::Lz4 => Encoding::Lz4,
-                    Codec::Zstd { .. } => Encoding::Zstd,
-                };
-                (encoding, &scratch[..n])
+        let mut fitted = self.compress(codec, page, &mut scratch)?.map(|n| (codec, n));
+        let mut by_fallback = false;
+        if let (Err(first_len), Some(fallback)) = (fitted, self.config.fallback.filter(|f| *f != codec)) {
+            // The error reports the smaller size: the best any codec did.
+            fitted = self.compress(fallback, page, &mut scratch)?.map(|n| (fallback, n)).map_err(|len| len.min(first_len));
+            by_fallback = fitted.is_ok();
+            if !by_fallback {
+                self.counters.fallback_failures.fetch_add(1, Relaxed);
             }
-            too_big => match self.config.incompressible {
+        }
+        let (encoding, bytes): (Encoding, &[u8]) = match fitted {
+            Ok((used, n)) => (Encoding::of(used), &scratch[..n]),
+            Err(compressed) => match self.config.incompressible {
                 Incompressible::Reject => {
                     self.counters.rejected_incompressible.fetch_add(1, Relaxed);
-                    return Err(TierError::Incompressible { compressed: too_big.unwrap_or(SCRATCH_BYTES), threshold: self.threshold });
+                    return Err(TierError::Incompressible { compressed, threshold: self.threshold });
                 }
                 Incompressible::StoreRaw => (Encoding::Raw, &page[..]),
             },
@@ -417,7 +457,21 @@ impl CompressedTier {
         c.bytes_compressed.fetch_add(len as u64, Relaxed);
         c.pages.fetch_add(1, Relaxed);
         c.stores.fetch_add(1, Relaxed);
+        if by_fallback {
+            c.fallback_stores.fetch_add(1, Relaxed);
+        }
         Ok(handle)
+    }
+
+    /// Compresses `page` with `codec` into `scratch`: `Ok(length)` if that
+    /// is within the threshold, else `Err` of what it came to (at least
+    /// `SCRATCH_BYTES` when it did not fit the scratch).
+    fn compress(&self, codec: Codec, page: &Page, scratch: &mut [u8; SCRATCH_BYTES]) -> Result<Result<usize, usize>, TierError> {
+        let n = codec::compress(codec, page, scratch).map_err(|source| TierError::Os { op: "compressing a page", source })?;
+        Ok(match n {
+            Some(n) if n <= self.threshold => Ok(n),
+            other => Err(other.unwrap_or(SCRATCH_BYTES)),
+        })
     }
 
     fn load_page(&self, handle: Handle, out: &mut Page) -> Result<(), TierError> {

@@ -5,8 +5,9 @@
 //! drops it when the program's own actions (munmap, MADV_DONTNEED) make the copy
 //! meaningless. Only this crate knows how bytes are stored.
 //!
-//! [`CompressedTier`] is T1: pages compressed with lz4 or zstd, zero-filled and
-//! same-filled pages kept as one word, compressed objects packed in size classes
+//! [`CompressedTier`] is T1: pages compressed with lz4 or zstd (by default
+//! lz4, and zstd level 1 for the pages lz4 leaves above the threshold),
+//! zero-filled and same-filled pages kept as one word, compressed objects packed in size classes
 //! of slabs the tier maps itself, compacted on request. [`RawTier`] keeps pages
 //! as they are. [`MmapTier`] keeps them raw or compressed in a shared mapping
 //! of CXL or DAX memory (or a file, or a memfd), optionally bound to a NUMA
@@ -124,6 +125,12 @@ pub struct TierStats {
     pub bytes_used: u64,
     /// Pages stored since the tier was made.
     pub stores: u64,
+    /// Of `stores`, the pages T1's fallback codec kept (its first codec left
+    /// them above the threshold): with `lz4+zstd:1`, the zstd ones.
+    pub fallback_stores: u64,
+    /// Pages since the tier was made that T1's fallback codec also left
+    /// above the threshold (then refused, or stored raw, by the tier's rule).
+    pub fallback_failures: u64,
     /// Pages loaded since the tier was made.
     pub loads: u64,
     /// Loads that failed (corruption, I/O).

@@ -4,8 +4,14 @@
 //! The string is a comma-separated list of tiers, nearest first:
 //!
 //! - `lz4` | `zstd` | `zstd:LEVEL` (LEVEL 1 to 19, `zstd` alone is level 3) |
-//!   `raw`: how the in-memory first tier (T1) keeps pages (`raw`: as they are).
-//!   At most one, and only as the first part; without one T1 uses lz4.
+//!   `FIRST+SECOND` | `raw`: how the in-memory first tier (T1) keeps pages.
+//!   `FIRST+SECOND` is two different codecs of those three forms, e.g.
+//!   `lz4+zstd:1`: pages are compressed with FIRST, and a page FIRST leaves
+//!   above T1's threshold (75% of a page) is compressed again with SECOND
+//!   before T1 refuses it (lz4 is fast, but has no entropy coding, so text
+//!   of a small alphabet without repeats needs zstd). `raw`: as they are, and
+//!   with no second codec. At most one, and only as the first part; without
+//!   one T1 uses `lz4+zstd:1`.
 //! - `file:DIR[:SIZE]`: a spill file in the directory DIR, SIZE bytes at most
 //!   (4G when not given: a spill tier is never unlimited).
 //! - `mmap:PATH:SIZE[:FORM][:numa=N]`: CXL or DAX memory mapped from PATH (a
@@ -34,6 +40,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::compressed::DEFAULT_FALLBACK;
 use crate::{Codec, PAGE_SIZE};
 
 /// A spill file's size when the spec gives none.
@@ -46,7 +53,10 @@ const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 const MAX_NUMA_NODES: u32 = 1024;
 
 /// Every kind of part, for error messages.
-const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, raw, file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N]";
+const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, FIRST+SECOND (e.g. lz4+zstd:1), raw, file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N]";
+
+/// The T1 codec part's grammar, for error messages.
+const CODECS: &str = "lz4, zstd, zstd:LEVEL (LEVEL 1 to 19), FIRST+SECOND of two different of those (e.g. lz4+zstd:1) and raw";
 
 /// The mmap part's grammar, for error messages.
 const MMAP_FORM: &str = "mmap:PATH:SIZE[:FORM][:numa=N], FORM raw, lz4, zstd or zstd:LEVEL, e.g. mmap:/dev/dax0.0:64G:lz4";
@@ -54,22 +64,38 @@ const MMAP_FORM: &str = "mmap:PATH:SIZE[:FORM][:numa=N], FORM raw, lz4, zstd or 
 /// How the in-memory first tier keeps pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FirstTier {
-    /// Compressed with this codec (T1, `CompressedTier`).
-    Compressed(Codec),
+    /// Compressed (T1, `CompressedTier`): `FIRST` or `FIRST+SECOND` in a spec.
+    Compressed {
+        /// The codec every page is compressed with first.
+        codec: Codec,
+        /// The codec a page `codec` leaves above T1's threshold is
+        /// compressed with next (never equal to `codec`).
+        fallback: Option<Codec>,
+    },
     /// As they are (`RawTier`): no compression.
     Raw,
 }
 
+impl FirstTier {
+    /// T1 with one codec and no fallback.
+    pub fn compressed(codec: Codec) -> Self {
+        FirstTier::Compressed { codec, fallback: None }
+    }
+}
+
 impl Default for FirstTier {
+    /// `lz4+zstd:1`: lz4's speed on the pages lz4 compresses, zstd for the
+    /// ones only entropy coding compresses.
     fn default() -> Self {
-        FirstTier::Compressed(Codec::Lz4)
+        FirstTier::Compressed { codec: Codec::Lz4, fallback: Some(DEFAULT_FALLBACK) }
     }
 }
 
 impl fmt::Display for FirstTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FirstTier::Compressed(c) => c.fmt(f),
+            FirstTier::Compressed { codec, fallback: None } => codec.fmt(f),
+            FirstTier::Compressed { codec, fallback: Some(second) } => write!(f, "{codec}+{second}"),
             FirstTier::Raw => f.write_str("raw"),
         }
     }
@@ -144,7 +170,7 @@ impl fmt::Display for SpillTier {
 /// The tiers a user asked for, nearest first.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TierSpec {
-    /// How T1 keeps pages (lz4 unless the spec names a codec).
+    /// How T1 keeps pages (`lz4+zstd:1` unless the spec names a codec).
     pub first: FirstTier,
     /// The tiers after T1, in order.
     pub spill: Vec<SpillTier>,
@@ -196,10 +222,20 @@ pub enum SpecProblem {
     #[error("unknown tier: accepted are {ACCEPTED}")]
     UnknownKind,
     /// A codec part that does not parse, or a zstd level out of range.
-    #[error("accepted codecs are lz4, zstd, zstd:LEVEL (LEVEL 1 to 19) and raw")]
+    #[error("accepted codecs are {CODECS}")]
     BadCodec,
+    /// What follows `+` in a codec part is not one codec (empty, raw, a
+    /// third codec, a zstd level out of range).
+    #[error("after `+` comes the codec for pages the first one leaves above T1's threshold: lz4, zstd or zstd:LEVEL (LEVEL 1 to 19), e.g. lz4+zstd:1")]
+    BadFallback,
+    /// `raw+...`: raw pages are not compressed, so there is nothing to fall back from.
+    #[error("raw keeps pages as they are and takes no second codec: give raw alone, or two codecs such as lz4+zstd:1")]
+    RawFallback,
+    /// The second codec is the first one again.
+    #[error("the second codec is the first one again: give a different one, e.g. lz4+zstd:1, or the codec alone")]
+    SameFallback,
     /// A codec after another part: it must be the first part, and only one may be given.
-    #[error("the T1 codec (lz4, zstd, zstd:LEVEL, raw) may be given once, as the first part")]
+    #[error("the T1 codec ({CODECS}) may be given once, as the first part")]
     CodecNotFirst,
     /// The path is missing.
     #[error("the {0} is missing: {1}")]
@@ -253,16 +289,18 @@ impl FromStr for TierSpec {
                 Some((k, r)) => (k, Some(r)),
                 None => (text, None),
             };
+            // `lz4+zstd:1` is a codec part: its kind is what comes before `+`.
+            let codec_kind = kind.split('+').next().unwrap_or(kind);
             match kind {
                 "" if rest.is_none() => return Err(err(SpecProblem::Empty)),
-                "lz4" | "zstd" | "raw" => {
+                "file" => spec.spill.push(parse_file(rest.unwrap_or("")).map_err(err)?),
+                "mmap" => spec.spill.push(parse_mmap(rest.unwrap_or("")).map_err(err)?),
+                _ if matches!(codec_kind, "lz4" | "zstd" | "raw") => {
                     if i != 0 {
                         return Err(err(SpecProblem::CodecNotFirst));
                     }
                     spec.first = parse_first(text).map_err(err)?;
                 }
-                "file" => spec.spill.push(parse_file(rest.unwrap_or("")).map_err(err)?),
-                "mmap" => spec.spill.push(parse_mmap(rest.unwrap_or("")).map_err(err)?),
                 _ => return Err(err(SpecProblem::UnknownKind)),
             }
         }
@@ -270,15 +308,38 @@ impl FromStr for TierSpec {
     }
 }
 
+/// Parses T1's part: `raw`, `FIRST` or `FIRST+SECOND`.
 fn parse_first(text: &str) -> Result<FirstTier, SpecProblem> {
-    if text == "raw" {
-        return Ok(FirstTier::Raw);
+    let (first, second) = match text.split_once('+') {
+        Some((a, b)) => (a, Some(b)),
+        None => (text, None),
+    };
+    if first == "raw" {
+        return match second {
+            None => Ok(FirstTier::Raw),
+            Some(_) => Err(SpecProblem::RawFallback),
+        };
     }
-    // Codec's own parser knows the names; the spec narrows zstd to the usual levels.
+    let codec = parse_codec(first).ok_or(SpecProblem::BadCodec)?;
+    let fallback = match second {
+        None => None,
+        // A third `+` leaves `zstd+zstd:9` here, which is no codec.
+        Some(s) => match parse_codec(s).ok_or(SpecProblem::BadFallback)? {
+            same if same == codec => return Err(SpecProblem::SameFallback),
+            other => Some(other),
+        },
+    };
+    Ok(FirstTier::Compressed { codec, fallback })
+}
+
+/// One codec, `lz4`, `zstd` or `zstd:LEVEL` (LEVEL 1 to 19).
+fn parse_codec(text: &str) -> Option<Codec> {
+    // Codec's own parser knows the names (and trims spaces, which a spec
+    // does not allow inside a part); the spec narrows zstd to the usual levels.
     match text.parse::<Codec>() {
-        Ok(Codec::Zstd { level }) if !ZSTD_LEVELS.contains(&level) => Err(SpecProblem::BadCodec),
-        Ok(codec) => Ok(FirstTier::Compressed(codec)),
-        Err(_) => Err(SpecProblem::BadCodec),
+        Ok(Codec::Zstd { level }) if !ZSTD_LEVELS.contains(&level) => None,
+        Ok(codec) if text.trim() == text => Some(codec),
+        _ => None,
     }
 }
 
@@ -386,31 +447,50 @@ mod tests {
 
     #[test]
     fn examples_parse() {
-        assert_eq!(parse("lz4"), TierSpec { first: FirstTier::Compressed(Codec::Lz4), spill: vec![] });
-        assert_eq!(parse("zstd:3"), TierSpec { first: FirstTier::Compressed(Codec::Zstd { level: 3 }), spill: vec![] });
+        let lz4 = FirstTier::compressed(Codec::Lz4);
+        assert_eq!(parse("lz4"), TierSpec { first: lz4, spill: vec![] });
+        assert_eq!(parse("zstd:3"), TierSpec { first: FirstTier::compressed(Codec::Zstd { level: 3 }), spill: vec![] });
         assert_eq!(parse("zstd"), parse("zstd:3"));
         assert_eq!(parse("raw").first, FirstTier::Raw);
         assert_eq!(
             parse("lz4,file:/var/tmp/farmem:16G"),
-            TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp/farmem".into(), size_bytes: 16 * G }] }
+            TierSpec { first: lz4, spill: vec![SpillTier::File { dir: "/var/tmp/farmem".into(), size_bytes: 16 * G }] }
         );
         assert_eq!(
             parse("lz4,mmap:/dev/dax0.0:64G"),
             TierSpec {
-                first: FirstTier::default(),
+                first: lz4,
                 spill: vec![SpillTier::Mmap { path: "/dev/dax0.0".into(), size_bytes: 64 * G, form: MmapForm::Raw, numa: None }]
             }
         );
         assert_eq!(
             parse("zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G"),
             TierSpec {
-                first: FirstTier::Compressed(Codec::Zstd { level: 1 }),
+                first: FirstTier::compressed(Codec::Zstd { level: 1 }),
                 spill: vec![
                     SpillTier::Mmap { path: "/mnt/pmem/f".into(), size_bytes: 8 * G, form: MmapForm::Raw, numa: None },
                     SpillTier::File { dir: "/var/tmp".into(), size_bytes: 100 * G },
                 ]
             }
         );
+    }
+
+    #[test]
+    fn a_second_codec_for_what_the_first_leaves() {
+        let first = |s: &str| parse(s).first;
+        let zstd = |level| Codec::Zstd { level };
+        assert_eq!(first("lz4+zstd:1"), FirstTier::Compressed { codec: Codec::Lz4, fallback: Some(zstd(1)) });
+        assert_eq!(first("lz4+zstd"), FirstTier::Compressed { codec: Codec::Lz4, fallback: Some(zstd(3)) });
+        assert_eq!(first("zstd:1+zstd:19"), FirstTier::Compressed { codec: zstd(1), fallback: Some(zstd(19)) });
+        assert_eq!(first("zstd+lz4"), FirstTier::Compressed { codec: zstd(3), fallback: Some(Codec::Lz4) });
+        // Canonical: zstd's level always given; the second codec after the first.
+        assert_eq!(parse("lz4+zstd").to_string(), "lz4+zstd:3");
+        assert_eq!(parse(" lz4+zstd:1 , file:/a:1G").to_string(), "lz4+zstd:1,file:/a:1G");
+        assert_eq!(parse("lz4+zstd:19,mmap:/d:1G:zstd").to_string(), "lz4+zstd:19,mmap:/d:1G:zstd:3");
+        // The default is lz4 then zstd level 1, and prints as a spec.
+        assert_eq!(FirstTier::default(), first("lz4+zstd:1"));
+        assert_eq!(TierSpec::default().to_string(), "lz4+zstd:1");
+        assert_eq!(parse("file:/a").first, FirstTier::default());
     }
 
     #[test]
@@ -427,20 +507,21 @@ mod tests {
         assert_eq!(mmap("mmap:/d:1G:numa=1023:zstd:1"), (MmapForm::Zstd { level: 1 }, Some(1023)));
         assert_eq!(mmap("mmap:/d:1G:raw:numa=2"), (MmapForm::Raw, Some(2)));
         // Canonical: the form (zstd with its level), then numa; raw left out.
-        assert_eq!(parse("mmap:/d:1G:numa=1:zstd").to_string(), "lz4,mmap:/d:1G:zstd:3:numa=1");
+        assert_eq!(parse("mmap:/d:1G:numa=1:zstd").to_string(), "lz4+zstd:1,mmap:/d:1G:zstd:3:numa=1");
         assert_eq!(parse("zstd:1,mmap:/d:1G:raw:numa=0").to_string(), "zstd:1,mmap:/d:1G:numa=0");
-        assert_eq!(parse("mmap:/d:1G:lz4,file:/a").to_string(), "lz4,mmap:/d:1G:lz4,file:/a:4G");
+        assert_eq!(parse("mmap:/d:1G:lz4,file:/a").to_string(), "lz4+zstd:1,mmap:/d:1G:lz4,file:/a:4G");
     }
 
     #[test]
     fn defaults_units_and_canonical_form() {
-        // No codec: T1 is lz4, and the spill tiers may come first.
+        // No codec: T1 is lz4+zstd:1, and the spill tiers may come first.
         assert_eq!(
             parse("file:/var/tmp"),
             TierSpec { first: FirstTier::default(), spill: vec![SpillTier::File { dir: "/var/tmp".into(), size_bytes: 4 * G }] }
         );
-        assert_eq!(parse("file:/var/tmp").to_string(), "lz4,file:/var/tmp:4G");
-        assert_eq!(parse("mmap:/dev/dax0.0:1T:lz4").to_string(), "lz4,mmap:/dev/dax0.0:1T:lz4");
+        assert_eq!(parse("file:/var/tmp").to_string(), "lz4+zstd:1,file:/var/tmp:4G");
+        assert_eq!(parse("mmap:/dev/dax0.0:1T:lz4").to_string(), "lz4+zstd:1,mmap:/dev/dax0.0:1T:lz4");
+        assert_eq!(parse("lz4,file:/var/tmp").to_string(), "lz4,file:/var/tmp:4G");
         assert_eq!(parse("zstd:1,mmap:/mnt/pmem/f:8G:raw,file:/var/tmp:100G").to_string(), "zstd:1,mmap:/mnt/pmem/f:8G,file:/var/tmp:100G");
         assert_eq!(parse(" zstd:19 , file:/a:512M ").to_string(), "zstd:19,file:/a:512M");
         for (size, bytes) in [("4096K", 4096u64 << 10), ("512m", 512 << 20), ("1T", 1 << 40), ("8192", 8192), ("4k", 4096), ("12K", 12288)] {
@@ -470,6 +551,8 @@ mod tests {
             ("lz4,", 2, Empty, "file:DIR[:SIZE]"),
             ("lz4,,file:/a", 2, Empty, "mmap:PATH:SIZE"),
             ("swap", 1, UnknownKind, "accepted are lz4, zstd"),
+            ("+zstd", 1, UnknownKind, "FIRST+SECOND (e.g. lz4+zstd:1)"),
+            ("file+zstd:/a", 1, UnknownKind, "file:DIR[:SIZE]"),
             ("lz4,disk:/a:1G", 2, UnknownKind, "file:DIR[:SIZE]"),
             (":1G", 1, UnknownKind, "accepted"),
             ("lz4:1", 1, BadCodec, "zstd:LEVEL (LEVEL 1 to 19)"),
@@ -479,7 +562,23 @@ mod tests {
             ("zstd:x", 1, BadCodec, "1 to 19"),
             ("zstd:", 1, BadCodec, "1 to 19"),
             ("raw:1", 1, BadCodec, "raw"),
+            ("lz5+zstd", 1, UnknownKind, "FIRST+SECOND"),
+            ("lz4:1+zstd", 1, BadCodec, "FIRST+SECOND"),
+            ("zstd:99+lz4", 1, BadCodec, "1 to 19"),
+            ("lz4 +zstd", 1, UnknownKind, "lz4+zstd:1"),
+            ("lz4+", 1, BadFallback, "after `+` comes the codec"),
+            ("lz4+zstd:99", 1, BadFallback, "LEVEL 1 to 19"),
+            ("lz4+zstd:0", 1, BadFallback, "1 to 19"),
+            ("lz4+raw", 1, BadFallback, "lz4, zstd or zstd:LEVEL"),
+            ("lz4+gzip", 1, BadFallback, "e.g. lz4+zstd:1"),
+            ("lz4+zstd+zstd:9", 1, BadFallback, "lz4+zstd:1"),
+            ("lz4+ zstd", 1, BadFallback, "after `+`"),
+            ("raw+zstd", 1, RawFallback, "takes no second codec"),
+            ("raw+", 1, RawFallback, "raw alone"),
+            ("lz4+lz4", 1, SameFallback, "the first one again"),
+            ("zstd+zstd:3", 1, SameFallback, "a different one"),
             ("lz4,zstd", 2, CodecNotFirst, "once, as the first part"),
+            ("file:/a,lz4+zstd:1", 2, CodecNotFirst, "FIRST+SECOND"),
             ("file:/a,lz4", 2, CodecNotFirst, "first part"),
             ("lz4,file:/a,raw", 3, CodecNotFirst, "first part"),
             ("file", 1, MissingPath("directory", "file:DIR[:SIZE], e.g. file:/var/tmp:16G"), "file:DIR[:SIZE]"),
@@ -529,8 +628,15 @@ mod tests {
         }
     }
 
+    fn codec() -> impl Strategy<Value = Codec> {
+        prop_oneof![Just(Codec::Lz4), (1..=19i32).prop_map(|level| Codec::Zstd { level })]
+    }
+
     fn first_tier() -> impl Strategy<Value = FirstTier> {
-        prop_oneof![Just(FirstTier::Raw), Just(FirstTier::Compressed(Codec::Lz4)), (1..=19i32).prop_map(|level| FirstTier::Compressed(Codec::Zstd { level })),]
+        prop_oneof![
+            Just(FirstTier::Raw),
+            (codec(), proptest::option::of(codec())).prop_map(|(codec, fallback)| FirstTier::Compressed { codec, fallback: fallback.filter(|f| *f != codec) }),
+        ]
     }
 
     fn path() -> impl Strategy<Value = PathBuf> {

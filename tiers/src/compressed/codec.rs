@@ -80,6 +80,14 @@ pub(crate) enum Encoding {
 }
 
 impl Encoding {
+    /// How an object `codec` compressed is decoded.
+    pub(crate) fn of(codec: Codec) -> Self {
+        match codec {
+            Codec::Lz4 => Encoding::Lz4,
+            Codec::Zstd { .. } => Encoding::Zstd,
+        }
+    }
+
     pub(crate) fn from_bits(bits: u64) -> Option<Self> {
         match bits {
             0 => Some(Encoding::Lz4),

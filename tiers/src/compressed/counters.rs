@@ -88,6 +88,8 @@ pub(super) struct Counters {
     pub rejected_incompressible: AtomicU64,
     pub bytes_compressed: AtomicU64,
     pub stores: AtomicU64,
+    pub fallback_stores: AtomicU64,
+    pub fallback_failures: AtomicU64,
     pub load_errors: AtomicU64,
 }
 

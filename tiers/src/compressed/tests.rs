@@ -31,6 +31,22 @@ fn random_page(seed: u64) -> Page {
     p
 }
 
+/// A page of text from a 36-letter alphabet, each letter uniformly random
+/// (redis values of random alphanumerics): no repeats for lz4 to find, but
+/// only 5.2 bits of each byte carry anything, which zstd's entropy coding
+/// takes out.
+fn alphanumeric_page(seed: u64) -> Page {
+    const LETTERS: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut p = random_page(seed);
+    p.iter_mut().for_each(|b| *b = LETTERS[*b as usize % 36]);
+    p
+}
+
+fn zstd1_len(p: &Page) -> usize {
+    let mut buf = [0u8; SCRATCH_BYTES];
+    codec::compress(Codec::Zstd { level: 1 }, p, &mut buf).unwrap().unwrap()
+}
+
 fn lz4_len(p: &Page) -> usize {
     let mut buf = [0u8; SCRATCH_BYTES];
     lz4_flex::block::compress_into(p, &mut buf).unwrap()
@@ -183,7 +199,11 @@ fn full_changes_nothing_and_fill_pages_still_fit_the_table() {
 
 #[test]
 fn bad_configs_are_refused_with_the_reason() {
-    for (config, words) in [(CompressedConfig { codecs: vec![], ..CompressedConfig::lz4() }, "no codec"), (CompressedConfig::zstd(1000), "zstd level 1000")] {
+    for (config, words) in [
+        (CompressedConfig { codecs: vec![], ..CompressedConfig::lz4() }, "no codec"),
+        (CompressedConfig::zstd(1000), "zstd level 1000"),
+        (CompressedConfig::lz4().with_fallback(Some(Codec::Zstd { level: 1000 })), "zstd level 1000"),
+    ] {
         match CompressedTier::new(config) {
             Err(TierError::Os { source, .. }) => assert!(source.to_string().contains(words), "{source}"),
             Err(e) => panic!("{e}"),
@@ -269,4 +289,91 @@ fn a_slab_that_could_not_be_emptied_is_finished_by_the_next_compaction() {
     let mut out = [0u8; PAGE_SIZE];
     t.load(extra, &mut out).unwrap();
     assert_eq!(out, text_page(999));
+}
+
+#[test]
+fn the_fallback_keeps_what_lz4_refuses_and_only_that() {
+    let mut out = [0u8; PAGE_SIZE];
+    let alnum = alphanumeric_page(3);
+    let (lz4, zstd) = (lz4_len(&alnum), zstd1_len(&alnum));
+    assert!(lz4 > 3072 && zstd <= 2800, "lz4 {lz4}, zstd:1 {zstd} bytes: not the page this test is about");
+
+    // lz4 alone refuses it; lz4+zstd:1 (the default) keeps it as zstd.
+    let alone = CompressedTier::new(CompressedConfig::lz4().with_limit(1 << 30)).unwrap();
+    assert!(matches!(alone.store(&alnum, PageClass::DEFAULT), Err(TierError::Incompressible { .. })));
+    assert_eq!((alone.stats().rejected_incompressible, alone.stats().fallback_failures), (1, 0));
+    let t = CompressedTier::new(CompressedConfig::default().with_limit(1 << 30)).unwrap();
+    assert_eq!((t.config().fallback, t.name()), (Some(Codec::Zstd { level: 1 }), "lz4+zstd"));
+    let h = t.store(&alnum, PageClass::DEFAULT).unwrap();
+    assert!(matches!(t.handles.get(h), Some(Entry::Object { encoding: Encoding::Zstd, len, .. }) if len == zstd));
+    t.load(h, &mut out).unwrap();
+    assert_eq!(out, alnum);
+    let s = t.stats();
+    assert_eq!((s.stores, s.fallback_stores, s.fallback_failures, s.rejected_incompressible, s.bytes_compressed), (1, 1, 0, 0, zstd as u64));
+
+    // A page lz4 compresses never meets the fallback.
+    let text = text_page(5);
+    let h2 = t.store(&text, PageClass::DEFAULT).unwrap();
+    assert!(matches!(t.handles.get(h2), Some(Entry::Object { encoding: Encoding::Lz4, .. })));
+    t.load(h2, &mut out).unwrap();
+    assert_eq!(out, text);
+    assert_eq!((t.stats().stores, t.stats().fallback_stores, t.stats().fallback_failures), (2, 1, 0));
+
+    // Random bytes defeat both: refused, with the smaller of the two sizes.
+    let noise = random_page(9);
+    match t.store(&noise, PageClass::DEFAULT) {
+        Err(TierError::Incompressible { compressed, threshold: 3072 }) => assert_eq!(compressed, lz4_len(&noise).min(zstd1_len(&noise))),
+        other => panic!("{other:?}"),
+    }
+    let s = t.stats();
+    assert_eq!((s.stores, s.fallback_stores, s.fallback_failures, s.rejected_incompressible, s.pages), (2, 1, 1, 1, 2));
+    t.remove(h);
+    t.remove(h2);
+    assert_eq!((t.stats().pages, t.stats().bytes_used), (0, TABLE_PAGE + META_PAGE));
+}
+
+#[test]
+fn store_raw_comes_after_the_fallback_and_a_class_with_the_fallbacks_codec_skips_it() {
+    let mut out = [0u8; PAGE_SIZE];
+    let raw = CompressedTier::new(CompressedConfig::default().with_limit(1 << 30).with_incompressible(Incompressible::StoreRaw)).unwrap();
+    let (noise, alnum) = (random_page(1), alphanumeric_page(2));
+    let hn = raw.store(&noise, PageClass::DEFAULT).unwrap();
+    let ha = raw.store(&alnum, PageClass::DEFAULT).unwrap();
+    assert!(matches!(raw.handles.get(hn), Some(Entry::Object { encoding: Encoding::Raw, .. })));
+    assert!(matches!(raw.handles.get(ha), Some(Entry::Object { encoding: Encoding::Zstd, .. })));
+    for (h, p) in [(hn, noise), (ha, alnum)] {
+        raw.load(h, &mut out).unwrap();
+        assert_eq!(out, p);
+    }
+    let s = raw.stats();
+    assert_eq!((s.stores, s.fallback_stores, s.fallback_failures, s.rejected_incompressible), (2, 1, 1, 0));
+
+    // The cold class already compresses with zstd:1: the same codec again
+    // would only repeat the work, so it is not tried.
+    let cold = Codec::Zstd { level: 1 };
+    let t = CompressedTier::new(CompressedConfig::default().with_limit(1 << 30).with_codec(PageClass::COLD, cold)).unwrap();
+    assert!(matches!(t.store(&noise, PageClass::COLD), Err(TierError::Incompressible { .. })));
+    t.store(&alnum, PageClass::COLD).unwrap();
+    let s = t.stats();
+    assert_eq!((s.stores, s.fallback_stores, s.fallback_failures, s.rejected_incompressible), (1, 0, 0, 1));
+    // A tier named by its default class, whose fallback it never tries.
+    let same = CompressedTier::new(CompressedConfig::zstd(1).with_fallback(Some(cold))).unwrap();
+    assert_eq!(same.name(), "zstd");
+}
+
+#[test]
+fn a_full_tier_does_not_count_a_fallback_store() {
+    let len = zstd1_len(&alphanumeric_page(0));
+    let g = geometry(class_of(len));
+    let limit = g.slab_bytes as u64 + TABLE_PAGE + META_PAGE;
+    let t = CompressedTier::new(CompressedConfig::default().with_limit(limit)).unwrap();
+    let mut seed = 0;
+    let err = loop {
+        match t.store(&alphanumeric_page(seed), PageClass::DEFAULT) {
+            Ok(_) => seed += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, TierError::Full { tier: "lz4+zstd", .. }), "{err}");
+    assert_eq!((t.stats().fallback_stores, t.stats().stores), (seed, seed));
 }

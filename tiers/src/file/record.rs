@@ -35,7 +35,7 @@ pub(super) fn encode(page: &Page, codec: Codec, slot: u32, generation: u32, seq:
     // treated as incompressible: the page is stored raw.
     let compressed = codec::compress(codec, page, room).ok().flatten();
     let (encoding, mut len) = match compressed {
-        Some(n) if n < PAGE_SIZE => (if codec == Codec::Lz4 { Encoding::Lz4 } else { Encoding::Zstd }, n),
+        Some(n) if n < PAGE_SIZE => (Encoding::of(codec), n),
         _ => {
             rec[HEADER..HEADER + PAGE_SIZE].copy_from_slice(page);
             (Encoding::Raw, PAGE_SIZE)

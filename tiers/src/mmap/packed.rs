@@ -186,7 +186,7 @@ impl Packed {
             Some(word) => return self.store_fill(word),
             None => match codec::compress(self.codec, page, &mut scratch).map_err(|source| TierError::Os { op: "compressing a page", source })? {
                 // Below a page's class, or it saves nothing.
-                Some(n) if class_of(n) < CLASSES - 1 => ((if self.codec == Codec::Lz4 { Encoding::Lz4 } else { Encoding::Zstd }) as u64, &scratch[..n]),
+                Some(n) if class_of(n) < CLASSES - 1 => (Encoding::of(self.codec) as u64, &scratch[..n]),
                 _ => (Encoding::Raw as u64, &page[..]),
             },
         };
