@@ -35,9 +35,9 @@
 
 pub mod ages;
 mod config;
+mod controller;
 mod guard;
 pub mod incompressible;
-mod controller;
 mod probe;
 mod sampler;
 mod written;
