@@ -108,8 +108,32 @@ enum Bench {
     /// JSON file a run, a Markdown table and SVG plots.
     Compare {
         /// kv-zipf, kv-uniform, redis, memcached or scan.
+        #[arg(long, required_unless_present = "command", conflicts_with = "command")]
+        workload: Option<farmem_bench::compare::Workload>,
+        /// Your own program instead of a workload, as one string split like
+        /// sh would (no shell runs): e.g. --command 'sqlite3 /tmp/t.db'. Its
+        /// exit status and the sha256 of its stdout (and of --output-file)
+        /// must be the plain run's; WRONG OUTPUT fails the comparison.
         #[arg(long)]
-        workload: farmem_bench::compare::Workload,
+        command: Option<farmem_bench::compare::command::CommandLine>,
+        /// --command: a file to give the program as its standard input.
+        #[arg(long, requires = "command")]
+        stdin: Option<PathBuf>,
+        /// --command: a file the program writes, compared by sha256 with the
+        /// plain run's (removed before each run). May be given more than once.
+        #[arg(long = "output-file", requires = "command")]
+        output_files: Vec<PathBuf>,
+        /// --command: rounds of all variants, taking turns (the summary gives
+        /// medians and the spread).
+        #[arg(long, default_value_t = 1, requires = "command")]
+        rounds: usize,
+        /// --command: keep one CPU busy beside every run (races show under load).
+        #[arg(long, requires = "command")]
+        busy: bool,
+        /// --command: the longest a run may take (default: 20 times the first
+        /// plain run, plus 2 minutes).
+        #[arg(long, value_parser = parse_duration, requires = "command")]
+        timeout: Option<std::time::Duration>,
         /// Memory budget: a share of the plain run's peak resident set (50%)
         /// or a size (512M). May be given more than once.
         #[arg(long = "budget", required = true)]
@@ -183,13 +207,15 @@ fn main() -> ExitCode {
         Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, write_tracking, json, plot } } => {
             farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, write_tracking, json, plot })
         }
-        Command::Bench { which: Bench::Compare { workload, budgets, duration, out, quick, size, variants } } => std::env::current_exe()
-            .map_err(|e| format!("cannot find this executable: {e}"))
-            .and_then(|farmem| {
+        Command::Bench { which: Bench::Compare { workload, command, stdin, output_files, rounds, busy, timeout, budgets, duration, out, quick, size, variants } } => {
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}")).and_then(|farmem| {
                 let duration = duration.unwrap_or(std::time::Duration::from_secs(if quick { 4 } else { 60 }));
-                let cfg = farmem_bench::compare::CompareConfig { workload, budgets, duration, out, quick, size, variants, farmem };
+                let command = command.map(|c| farmem_bench::compare::command::CommandSpec { argv: c.0, stdin, output_files, rounds, busy, timeout });
+                let workload = workload.unwrap_or(farmem_bench::compare::Workload::Command);
+                let cfg = farmem_bench::compare::CompareConfig { workload, budgets, duration, out, quick, size, variants, farmem, command };
                 farmem_bench::compare::run(&cfg).map_err(|e| e.to_string())
-            }),
+            })
+        }
         Command::Bench { which: Bench::Workload { kind, size, duration } } => farmem_bench::compare::run_workload(kind, size, duration).map_err(|e| e.to_string()),
     };
     match r {

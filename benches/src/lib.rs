@@ -12,8 +12,10 @@
 //! - [`policy`]: `farmem bench policy`, a Zipf key-value workload without
 //!   farmem and under each policy mode;
 //! - [`compare`]: `farmem bench compare`, one workload (kv-zipf, kv-uniform,
-//!   redis, scan) run plain, under farmem and under the kernel's zram and
-//!   zswap with the same memory budget, each in a process of its own;
+//!   redis, memcached, scan) or the user's own command ([`compare::command`],
+//!   judged by the sha256 of its outputs) run plain, under farmem and under
+//!   the kernel's zram and zswap with the same memory budget, each in a
+//!   process of its own;
 //! - [`plot`]: the SVG line charts both draw.
 //!
 //! ```no_run

@@ -10,6 +10,10 @@
 //!   (a memory cgroup limit of BUDGET with zram swap, [`crate::kernel`]) and
 //!   `kernel-zswap` (the same limit with zswap over a swap file, [`zswap`]).
 //!
+//! `--command 'PROGRAM ARGS'` runs the user's own program instead, round
+//! after round, and judges each run by the sha256 of what it printed and
+//! wrote ([`command`]).
+//!
 //! Each workload is a process of its own ([`workload`] behind the hidden
 //! `farmem bench workload`, redis-server for [`redis`], memcached for
 //! [`memcached`]), sampled from outside ([`probe`]). Kernel variants that
@@ -18,6 +22,7 @@
 //! and the cgroup before the harness returns. Results go to `--out DIR`
 //! ([`report`]).
 
+pub mod command;
 pub mod memcached;
 pub mod probe;
 pub mod redis;
@@ -109,6 +114,8 @@ pub enum Workload {
     Scan,
     /// memcached driven by the harness's own loopback client: Zipf gets and sets.
     Memcached,
+    /// The user's own program (`--command`, [`command`]).
+    Command,
 }
 
 impl Workload {
@@ -120,6 +127,7 @@ impl Workload {
             Workload::Redis => "redis",
             Workload::Scan => "scan",
             Workload::Memcached => "memcached",
+            Workload::Command => "command",
         }
     }
 
@@ -140,7 +148,7 @@ impl FromStr for Workload {
         [Workload::KvZipf, Workload::KvUniform, Workload::Redis, Workload::Memcached, Workload::Scan]
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis, memcached or scan"))
+            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis, memcached or scan (or --command 'PROGRAM ARGS' for your own)"))
     }
 }
 
@@ -252,6 +260,8 @@ pub struct CompareConfig {
     pub variants: Vec<Variant>,
     /// The `farmem` executable (for `farmem run` and `farmem bench workload`).
     pub farmem: PathBuf,
+    /// The user's command, for [`Workload::Command`].
+    pub command: Option<command::CommandSpec>,
 }
 
 /// One run of one variant: what the JSON file of the run holds.
@@ -267,7 +277,9 @@ pub struct RunRecord {
     pub budget_bytes: Option<u64>,
     /// "ok", "skipped", "failed", or for kernel variants "oom-killed" (the
     /// OOM killer ended the program: the budget was too small for it) or
-    /// "timed-out" (it thrashed past the time limit and was killed).
+    /// "timed-out" (it thrashed past the time limit and was killed), or for
+    /// kernel-zswap "not-comparable" (thrashing because its pool is charged to
+    /// the group, [`zswap::NOT_COMPARABLE`]); for `--command`, "wrong-output".
     pub status: String,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
@@ -304,6 +316,16 @@ pub struct RunRecord {
     pub workload_report: Option<Value>,
     /// The samples, every 250 ms.
     pub samples: Vec<Sample>,
+    /// `--command --rounds N`: which round this run was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<usize>,
+    /// `--command`: how the program ended and what it printed and wrote, as hashes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<command::CommandOutput>,
+    /// The process tree's largest resident set by wait4's ru_maxrss, bytes
+    /// (`--command`, whose runs may be too short for the samples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_rusage_bytes: Option<u64>,
 }
 
 /// The kernel set-up a run holds while it runs: dropped after it.
@@ -328,7 +350,7 @@ impl KernelSetup {
 /// run, is not an OOM kill). A kernel that keeps no count is taken at its word.
 fn oom_killed(setup: &KernelSetup, st: libc::c_int) -> bool {
     let Some(cg) = setup.cgroup() else { return false };
-    libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL && cg.oom_kills().map_or(true, |n| n > 0)
+    libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL && cg.oom_kills().is_none_or(|n| n > 0)
 }
 
 /// A started measured process: the process started (maybe `farmem run`)
@@ -425,12 +447,15 @@ struct Plan<'a> {
     /// Bytes of swap to offer the kernel variants (the plain run's peak and some).
     swap_bytes: u64,
     label: String,
+    /// `--command --rounds N`: the round, part of the file names.
+    round: Option<usize>,
 }
 
 impl Plan<'_> {
     fn file_stem(&self) -> String {
         let b = self.budget.map_or(String::new(), |(b, _)| format!("-{}", b.label().replace('%', "pct")));
-        format!("{}-{}{b}", self.cfg.workload.name(), self.variant.name())
+        let r = self.round.map_or(String::new(), |r| format!("-r{r}"));
+        format!("{}-{}{b}{r}", self.cfg.workload.name(), self.variant.name())
     }
 
     /// Sets up zram or zswap and the cgroup, if the variant wants them.
@@ -510,7 +535,9 @@ impl Plan<'_> {
                 // A zombie: `farmem run` ended before starting the program.
                 if std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z")) {
                     let (st, _) = s.wait(Duration::from_secs(1))?;
-                    return Err(CompareError::Child(format!("`farmem run` {} before starting the program (see its .stderr.log)", describe(st))));
+                    let log = std::fs::read_to_string(self.dir.join(format!("{}.stderr.log", self.file_stem()))).unwrap_or_default();
+                    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(its .stderr.log is empty)");
+                    return Err(CompareError::Child(format!("`farmem run` {} before starting the program: {last}", describe(st))));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             };
@@ -534,12 +561,23 @@ impl Plan<'_> {
             budget: self.budget.map(|(b, _)| b.label()),
             budget_bytes: self.budget.map(|(_, b)| b),
             status: "ok".into(),
+            round: self.round,
             ..RunRecord::default()
         }
     }
 
     /// Runs the variant: set-up, the workload, tear-down (by drop, whatever happens).
     fn run(&self) -> Result<RunRecord, CompareError> {
+        self.run_with(|setup, rec| match self.cfg.workload {
+            Workload::Redis => self.run_redis(setup, rec),
+            Workload::Memcached => self.run_memcached(setup, rec),
+            Workload::Command => self.run_command(setup, rec, None),
+            _ => self.run_workload_process(setup, rec),
+        })
+    }
+
+    /// Runs the variant with `body` as the workload.
+    fn run_with(&self, body: impl FnOnce(&KernelSetup, &mut RunRecord) -> Result<(), CompareError>) -> Result<RunRecord, CompareError> {
         let setup = self.kernel_setup()?;
         let mut rec = self.record();
         rec.compressor = match &setup {
@@ -547,11 +585,7 @@ impl Plan<'_> {
             KernelSetup::Zswap(z, _) => Some(z.compressor().to_string()),
             KernelSetup::None => None,
         };
-        match self.cfg.workload {
-            Workload::Redis => self.run_redis(&setup, &mut rec)?,
-            Workload::Memcached => self.run_memcached(&setup, &mut rec)?,
-            _ => self.run_workload_process(&setup, &mut rec)?,
-        }
+        body(&setup, &mut rec)?;
         if matches!(setup, KernelSetup::Zram(..)) {
             rec.zram = kernel::zram_counters().ok();
         }
@@ -560,7 +594,26 @@ impl Plan<'_> {
             rec.farmem_stats = std::fs::read_to_string(&p).ok().and_then(|t| serde_json::from_str(&t).ok());
         }
         rec.memory = probe::summarise(&rec.samples);
+        if let Some(r) = rec.peak_rss_rusage_bytes {
+            rec.memory.peak_rss_bytes = rec.memory.peak_rss_bytes.max(r);
+        }
         Ok(rec)
+    }
+
+    /// The record of a run that ended with `r`: a failure, or for the kernel
+    /// variants a result (OOM-killed, timed out, or for zswap not comparable).
+    /// Err only when interrupted.
+    fn outcome(&self, r: Result<RunRecord, CompareError>) -> Result<RunRecord, CompareError> {
+        let (status, e) = match r {
+            Ok(r) => return Ok(r),
+            Err(CompareError::Baseline(BaselineError::Interrupted)) => return Err(BaselineError::Interrupted.into()),
+            Err(e @ CompareError::OomKilled(_)) => ("oom-killed", e.to_string()),
+            Err(CompareError::TooSlow(m)) if self.variant == Variant::KernelZswap => ("not-comparable", format!("{m}: {}", zswap::NOT_COMPARABLE)),
+            Err(e @ CompareError::TooSlow(_)) => ("timed-out", e.to_string()),
+            Err(e) => ("failed", format!("{e}")),
+        };
+        eprintln!("{}: {}{e}", self.label, if status == "failed" { "failed: " } else { "" });
+        Ok(RunRecord { status: status.into(), reason: Some(e), ..self.record() })
     }
 
     fn size(&self) -> u64 {
@@ -792,6 +845,9 @@ fn refusal(variant: Variant, workload: Workload) -> Option<String> {
 /// Runs the comparison; prints the table and writes the outputs. Err when
 /// interrupted, or when a run failed (a wrong byte among them).
 pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
+    if cfg.workload == Workload::Command {
+        return command::run(cfg);
+    }
     if cfg.budgets.is_empty() {
         return Err(CompareError::Invalid { what: "--budget", value: "none given: write e.g. --budget 50%".into() });
     }
@@ -811,25 +867,13 @@ pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
             n += 1;
             let budget = b.map(|b| (b, b.bytes(plain_peak)));
             let label = format!("[{n}/{total}] {} {}{}", cfg.workload.name(), v.name(), budget.map_or(String::new(), |(b, bytes)| format!(" {} ({} MiB)", b.label(), bytes >> 20)));
-            let plan = Plan { cfg, dir: &dir, variant: v, budget, swap_bytes: plain_peak * 2 + (64 << 20), label: label.clone() };
+            let plan = Plan { cfg, dir: &dir, variant: v, budget, swap_bytes: plain_peak * 2 + (64 << 20), label: label.clone(), round: None };
             let rec = if let Some(why) = refusal(v, cfg.workload) {
                 eprintln!("{label}: skipped: {why}");
                 RunRecord { status: "skipped".into(), reason: Some(why), ..plan.record() }
             } else {
                 eprintln!("{label}: running");
-                match plan.run() {
-                    Ok(r) => r,
-                    Err(CompareError::Baseline(BaselineError::Interrupted)) => return Err(BaselineError::Interrupted.into()),
-                    Err(e @ (CompareError::OomKilled(_) | CompareError::TooSlow(_))) => {
-                        eprintln!("{label}: {e}");
-                        let status = if matches!(e, CompareError::OomKilled(_)) { "oom-killed" } else { "timed-out" };
-                        RunRecord { status: status.into(), reason: Some(e.to_string()), ..plan.record() }
-                    }
-                    Err(e) => {
-                        eprintln!("{label}: failed: {e}");
-                        RunRecord { status: "failed".into(), reason: Some(e.to_string()), ..plan.record() }
-                    }
-                }
+                plan.outcome(plan.run())?
             };
             if v == Variant::Plain {
                 if rec.status != "ok" {
@@ -878,7 +922,7 @@ pub fn run_workload(kind: Workload, size: u64, duration: Duration) -> Result<(),
         Workload::KvZipf => workload::kv(size, duration, Some(0.99))?,
         Workload::KvUniform => workload::kv(size, duration, None)?,
         Workload::Scan => workload::scan(size, duration)?,
-        Workload::Redis | Workload::Memcached => {
+        Workload::Redis | Workload::Memcached | Workload::Command => {
             return Err(CompareError::Invalid { what: "workload", value: format!("{} runs a server, not a workload process", kind.name()) })
         }
     };
@@ -924,8 +968,8 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("farmem-compare-cg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = CompareConfig { workload: Workload::Scan, budgets: vec![], duration: Duration::from_secs(1), out: None, quick: true, size: None, variants: vec![], farmem: "/bin/false".into() };
-        let plan = Plan { cfg: &cfg, dir: &dir, variant: Variant::KernelZram, budget: Some((Budget::Bytes(64 << 20), 64 << 20)), swap_bytes: 64 << 20, label: "t".into() };
+        let cfg = CompareConfig { workload: Workload::Scan, budgets: vec![], duration: Duration::from_secs(1), out: None, quick: true, size: None, variants: vec![], farmem: "/bin/false".into(), command: None };
+        let plan = Plan { cfg: &cfg, dir: &dir, variant: Variant::KernelZram, budget: Some((Budget::Bytes(64 << 20), 64 << 20)), swap_bytes: 64 << 20, label: "t".into(), round: None };
         let cg_path;
         {
             let setup = plan.kernel_setup().unwrap();

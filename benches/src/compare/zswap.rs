@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 use crate::kernel::{self, ZramLock};
 use crate::BaselineError;
 
+/// Why a kernel-zswap run that thrashes past the time limit is reported as
+/// not comparable rather than as slow.
+pub const NOT_COMPARABLE: &str = "kernel-zswap is not comparable at this budget: zswap's compressed pool is charged to the memory cgroup \
+(cgroup v1 has no memory.zswap.max to bound it), so the pool takes the budget from the program's own pages and the run thrashes, \
+where zram's pool is outside the group and farmem's compressed tier is outside its limit";
+
 /// zswap's parameters.
 pub const ZSWAP_PARAMS: &str = "/sys/module/zswap/parameters";
 /// Where the swap file's directory is made: a disk file system (swap files
