@@ -32,6 +32,9 @@ pub struct RunArgs {
     /// Pages (0 to 64) brought back beside each fault from a spill tier, if they were demoted with it.
     #[arg(long, value_parser = checked(farmem_runtime::parse_prefetch))]
     prefetch: Option<String>,
+    /// The most pages (0 to 64) brought back ahead of a program that faults in order, from any tier (default 32; 0 turns it off).
+    #[arg(long, value_parser = checked(farmem_runtime::parse_readahead))]
+    readahead: Option<String>,
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -119,7 +122,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env("LD_PRELOAD", preload);
-    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch)] {
+    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch), ("FARMEM_READAHEAD", &args.readahead)] {
         if let Some(v) = value {
             cmd.env(var, v);
         }

@@ -34,6 +34,8 @@ pub struct Config {
     pub arenas: Option<usize>,
     /// Pages brought back beside each fault from a spill tier (0: none).
     pub prefetch: usize,
+    /// The largest readahead window in pages (None: the runtime's default, 32; 0: off).
+    pub readahead: Option<usize>,
     /// Verification mode: see `farmem_runtime::Config::verify`.
     pub verify: bool,
 }
@@ -69,10 +71,11 @@ impl FromStr for Config {
                     _ => return Err(err(format!("write a number of arenas from 1 to {MAX_ARENAS}"))),
                 },
                 "prefetch" => c.prefetch = farmem_runtime::parse_prefetch(value).map_err(err)?,
+                "readahead" => c.readahead = Some(farmem_runtime::parse_readahead(value).map_err(err)?),
                 "write_tracking" => c.policy.write_tracking = parse_switch(value).map_err(err)?,
                 "verify" => c.verify = parse_switch(value).map_err(err)?,
                 _ => return Err(err(
-                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES, write_tracking=on|off or verify=on|off, separated by spaces".into(),
+                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES, readahead=PAGES, write_tracking=on|off or verify=on|off, separated by spaces".into(),
                 )),
             }
         }
@@ -86,8 +89,9 @@ mod tests {
 
     #[test]
     fn good_strings() {
-        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 write_tracking=off verify=on".parse().unwrap();
+        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 readahead=0 write_tracking=off verify=on".parse().unwrap();
         assert_eq!(c.prefetch, 8);
+        assert_eq!(c.readahead, Some(0));
         assert!(c.verify);
         assert!(!c.policy.write_tracking);
         assert_eq!(c.policy.limit, Some(64 << 20));
@@ -101,7 +105,7 @@ mod tests {
 
     #[test]
     fn bad_strings_name_the_key_on_one_line() {
-        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("write_tracking=maybe", "write_tracking"), ("verify=maybe", "verify"), ("colour=blue", "colour"), ("limit", "limit")] {
+        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("readahead=99", "readahead"), ("write_tracking=maybe", "write_tracking"), ("verify=maybe", "verify"), ("colour=blue", "colour"), ("limit", "limit")] {
             let e = s.parse::<Config>().unwrap_err();
             assert_eq!(e.key, key);
             let line = e.to_string();

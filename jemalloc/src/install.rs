@@ -64,10 +64,11 @@ pub enum StartError {
 }
 
 /// Makes the tiers `tiers` names, starts a runtime over them (bringing back
-/// `prefetch` neighbours with each spill-tier fault, checking every page that
+/// `prefetch` neighbours with each spill-tier fault and up to `readahead`
+/// pages ahead of a reader in order (None: the runtime's default), checking every page that
 /// comes back when `verify`), and starts its policy when `policy` asks for
 /// reclaim (a limit or a stall target). Shared with the LD_PRELOAD shim.
-pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, verify: bool) -> Result<Runtime, StartError> {
+pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, readahead: Option<usize>, verify: bool) -> Result<Runtime, StartError> {
     let _scope = RuntimeScope::enter();
     // Threads the tiers start (the file tier's compactor) stay in the
     // runtime's scope for life, so they never allocate from the program's
@@ -75,6 +76,9 @@ pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, v
     farmem_tiers::set_thread_hook(|| std::mem::forget(RuntimeScope::enter()));
     let tiers = tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
     let mut builder = Runtime::builder().prefetch(prefetch).verify(verify);
+    if let Some(pages) = readahead {
+        builder = builder.readahead(pages);
+    }
     for t in tiers {
         builder = builder.tier(t);
     }
@@ -140,7 +144,7 @@ unsafe fn start(config: &Config, mallctl: MallctlFn, set: &'static ArenaSet) -> 
         // SAFETY: mallctl is a live jemalloc's, as the caller promised.
         arenas.push(unsafe { extent::create_arena(mallctl, &BACKING) }?);
     }
-    let rt = start_runtime(&config.tiers, &config.policy, config.prefetch, config.verify).map_err(|e| match e {
+    let rt = start_runtime(&config.tiers, &config.policy, config.prefetch, config.readahead, config.verify).map_err(|e| match e {
         StartError::Tier { tier, source } => InstallError::Tier { tier, source },
         StartError::Runtime(e) => InstallError::Runtime(e),
     })?;

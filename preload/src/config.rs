@@ -12,6 +12,7 @@
 //! | `FARMEM_START_AT` | a size: the runtime starts once the farmem arenas have mapped this much for the program, or at its first mmap farmem registers (8M, or half the limit if that is less; `0`: at the first extent) |
 //! | `FARMEM_MMAP_MIN` | a size: the smallest `mmap` brought under farmem (1M) |
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
+//! | `FARMEM_READAHEAD` | pages (0 to 64): the most brought back ahead of a program that faults in order, from any tier (32; 0 turns it off) |
 //! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
 //! | `FARMEM_VERIFY` | `on` or `off`: keep a checksum of every page out of RAM, and abort with one line naming the page if one comes back different (off; for tests and bug hunts) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
@@ -49,6 +50,8 @@ pub struct ShimConfig {
     pub evict_every: Option<Duration>,
     /// Pages brought back beside each fault from a spill tier.
     pub prefetch: usize,
+    /// The largest readahead window in pages (None: the runtime's default).
+    pub readahead: Option<usize>,
     /// Verification mode: a checksum of every page out of RAM, compared when it comes back.
     pub verify: bool,
 }
@@ -114,6 +117,9 @@ impl ShimConfig {
         if let Some(v) = var("FARMEM_PREFETCH")? {
             c.prefetch = farmem_runtime::parse_prefetch(&v).map_err(|reason| ConfigError { var: "FARMEM_PREFETCH", value: v, reason })?;
         }
+        if let Some(v) = var("FARMEM_READAHEAD")? {
+            c.readahead = Some(farmem_runtime::parse_readahead(&v).map_err(|reason| ConfigError { var: "FARMEM_READAHEAD", value: v, reason })?);
+        }
         if let Some(v) = var("FARMEM_WRITE_TRACKING")? {
             c.policy.write_tracking = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_WRITE_TRACKING", value: v, reason })?;
         }
@@ -167,7 +173,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on"), ("FARMEM_START_AT", "0")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_READAHEAD", "8"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on"), ("FARMEM_START_AT", "0")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -175,6 +181,7 @@ mod tests {
         assert_eq!(c.mmap_min, 2 << 20);
         assert_eq!(c.evict_every, Some(Duration::from_millis(250)));
         assert_eq!(c.prefetch, 16);
+        assert_eq!(c.readahead, Some(8));
         assert!(!c.policy.write_tracking);
         assert!(c.verify);
         assert_eq!(c.start_at, 0);
@@ -200,7 +207,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_READAHEAD", "lots"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -168,7 +168,7 @@ pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
     // thread to block them. Threads inherit the mask of the thread that
     // makes them, here whichever program thread crossed the start size.
     let _mask = BlockSignals::new();
-    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.verify).map_err(|e| match e {
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.readahead, cfg.verify).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
     })?;

@@ -43,6 +43,7 @@ mod fork;
 pub mod pagemap;
 mod pagestate;
 pub mod policy;
+mod readahead;
 mod region;
 mod scope;
 mod stats;
@@ -73,6 +74,18 @@ pub const PAGE_SIZE: usize = 4096;
 
 /// The most pages a spill-tier fault brings back beside its own ([`Config::prefetch`]).
 pub const MAX_PREFETCH: usize = 64;
+
+/// Readahead's largest window by default ([`Config::readahead`]).
+pub const DEFAULT_READAHEAD: usize = 32;
+
+/// Parses a readahead window as the command line and the environment write
+/// it: a number of pages from 0 (off) to [`MAX_PREFETCH`].
+pub fn parse_readahead(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_PREFETCH => Ok(n),
+        _ => Err(format!("write a number of pages from 0 (off) to {MAX_PREFETCH} (the most pages brought back ahead of a program reading evicted memory in order)")),
+    }
+}
 
 /// Parses a prefetch depth as the command line and the environment write it:
 /// a number of pages from 0 to [`MAX_PREFETCH`].
@@ -105,6 +118,11 @@ pub struct Config {
     /// tier: pages demoted together lie together in the spill file, and all
     /// their reads are in flight at once. 0 (the default) turns it off.
     pub prefetch: usize,
+    /// The most pages brought back ahead of a program whose faults come in
+    /// order, from any tier but the sampler's (the `readahead` module): the window
+    /// starts at 4 on the second fault in a row and doubles up to this.
+    /// 0 turns it off.
+    pub readahead: usize,
     /// Verification mode: a checksum of every page out of RAM, compared when
     /// it comes back; a mismatch aborts the process with one line saying
     /// which page (see the `verify` module). For tests and bug hunts.
@@ -119,6 +137,7 @@ impl std::fmt::Debug for Config {
             .field("zero_fill_batch", &self.zero_fill_batch)
             .field("spin", &self.spin)
             .field("prefetch", &self.prefetch)
+            .field("readahead", &self.readahead)
             .field("verify", &self.verify)
             .finish()
     }
@@ -132,6 +151,7 @@ pub struct RuntimeBuilder {
     zero_fill_batch: Option<usize>,
     spin: Option<Duration>,
     prefetch: usize,
+    readahead: Option<usize>,
     verify: bool,
 }
 
@@ -169,6 +189,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The largest readahead window, in pages (default 32, at most 64, 0
+    /// off): see [`Config::readahead`].
+    pub fn readahead(mut self, pages: usize) -> Self {
+        self.readahead = Some(pages.min(MAX_PREFETCH));
+        self
+    }
+
     /// Verification mode (default off): see [`Config::verify`].
     pub fn verify(mut self, on: bool) -> Self {
         self.verify = on;
@@ -193,6 +220,7 @@ impl RuntimeBuilder {
             zero_fill_batch: self.zero_fill_batch.unwrap_or(8),
             spin: self.spin.unwrap_or(fault::DEFAULT_SPIN),
             prefetch: self.prefetch,
+            readahead: self.readahead.unwrap_or(DEFAULT_READAHEAD),
             verify: self.verify,
         };
         let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;

@@ -10,7 +10,9 @@ use farmem_runtime::Runtime;
 
 #[test]
 fn evicted_pages_come_back_byte_exact() {
-    let rt = Runtime::builder().build().unwrap();
+    // One fault a page: readahead, which would bring most of them back ahead
+    // of this reader in order, has a test of its own.
+    let rt = Runtime::builder().readahead(0).build().unwrap();
     let pages = 4096;
     let heap = Heap::new(pages * PAGE);
     rt.register(heap.ptr, heap.len).unwrap();
@@ -46,7 +48,7 @@ fn evicted_pages_come_back_byte_exact() {
 fn alphanumeric_pages_go_to_the_default_tier_not_stay_in_ram() {
     // Random text of 36 letters: lz4 finds nothing to repeat and refuses
     // it; the default T1 (lz4, then zstd:1 for what lz4 leaves) keeps it.
-    let rt = Runtime::builder().build().unwrap();
+    let rt = Runtime::builder().readahead(0).build().unwrap();
     let pages = 512;
     let heap = Heap::new(pages * PAGE);
     rt.register(heap.ptr, heap.len).unwrap();
@@ -170,4 +172,62 @@ fn writes_racing_eviction_are_never_lost() {
     assert!(evicted.load(Ordering::Relaxed) >= 2_000, "the evictor took only {} pages", evicted.load(Ordering::Relaxed));
     let s = rt.stats();
     assert!(s.faults_from_tier + s.faults_from_staging > 0, "{s:?}");
+}
+
+/// Evicts `pages` filled pages, reads them back in `order` from one thread
+/// and checks every byte; returns (faults from the tier, pages brought back
+/// ahead of a fault).
+fn read_back(readahead: usize, pages: usize, order: &[usize]) -> (u64, u64) {
+    let rt = Runtime::builder().readahead(readahead).build().unwrap();
+    let heap = Heap::new(pages * PAGE);
+    rt.register(heap.ptr, heap.len).unwrap();
+    // Compressible pages only (fill_page's kinds 0, 1 and 2), so every page goes out.
+    let seed = |i: usize| (i as u64) * 4 + [0, 1, 2][i % 3];
+    let sums: Vec<u64> = (0..pages)
+        .map(|i| {
+            fill_page(heap.page(i), seed(i));
+            checksum(heap.page(i))
+        })
+        .collect();
+    let mut evicted = 0;
+    for _ in 0..100 {
+        evicted += rt.evict(heap.ptr, heap.len).unwrap().evicted;
+        if evicted == pages as u64 {
+            break;
+        }
+    }
+    assert_eq!(evicted, pages as u64);
+    for &i in order {
+        assert_eq!(checksum(heap.page(i)), sums[i], "page {i} came back wrong");
+    }
+    let s = settled(&rt, |s| s.faults_from_tier + s.pages_prefetched == evicted);
+    assert_eq!(s.faults_from_tier + s.pages_prefetched, evicted, "every page came back once, by a fault or ahead of one");
+    (s.faults_from_tier, s.pages_prefetched)
+}
+
+#[test]
+fn a_reader_in_order_has_pages_brought_back_ahead_of_it_and_a_random_reader_does_not() {
+    const PAGES: usize = 8192;
+    let in_order: Vec<usize> = (0..PAGES).collect();
+    let (faults, ahead) = read_back(32, PAGES, &in_order);
+    eprintln!("in order, readahead 32: {faults} faults, {ahead} pages brought back ahead");
+    // 1, 1+4, +8, +16, then a fault each 33 pages.
+    assert!(faults <= PAGES as u64 / 30, "{faults} faults for {PAGES} pages read in order");
+    let (faults, ahead) = read_back(0, PAGES, &in_order);
+    assert_eq!((faults, ahead), (PAGES as u64, 0), "readahead 0 is off");
+    // Two streams in turn, as a merge reads its runs.
+    let merge: Vec<usize> = (0..PAGES / 2).flat_map(|i| [i, PAGES / 2 + i]).collect();
+    let (faults, _) = read_back(32, PAGES, &merge);
+    assert!(faults <= PAGES as u64 / 25, "{faults} faults for two streams read in turn");
+    let mut random: Vec<usize> = (0..PAGES).collect();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for k in (1..PAGES).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        random.swap(k, (x % (k as u64 + 1)) as usize);
+    }
+    let (faults, ahead) = read_back(32, PAGES, &random);
+    eprintln!("random, readahead 32: {faults} faults, {ahead} pages brought back ahead");
+    assert!(ahead <= PAGES as u64 / 100, "a random reader had {ahead} pages brought back ahead of it");
 }

@@ -10,7 +10,8 @@ use farmem_runtime::Runtime;
 fn a_lazy_region_costs_no_fault_until_it_is_first_evicted_and_then_keeps_its_bytes() {
     const PAGES: usize = 4096;
     let heap = Heap::new(PAGES * PAGE);
-    let rt = Runtime::builder().build().unwrap();
+    // One fault a page (readahead has a test of its own).
+    let rt = Runtime::builder().readahead(0).build().unwrap();
     rt.register_lazy(heap.ptr, heap.len).unwrap();
     let sums = fill(&heap, |i| i as u64 + 11);
     // First touches went to the kernel, not to farmem's fault thread.

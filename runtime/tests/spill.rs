@@ -58,8 +58,10 @@ fn pages_demoted_to_the_file_tier_come_back_byte_for_byte() {
     for i in 0..PAGES {
         assert_eq!(got[i % 2][i / 2], sums[i], "page {i}");
     }
-    // The fault thread counts a fault just after it wakes the thread.
-    assert_eq!(common::settled(&rt, |s| s.faults_from_tier == ev.evicted).faults_from_tier, ev.evicted);
+    // The fault thread counts a fault just after it wakes the thread; pages
+    // brought back ahead of a fault (readahead) are counted apart.
+    let s = common::settled(&rt, |s| s.faults_from_tier + s.pages_prefetched == ev.evicted);
+    assert_eq!(s.faults_from_tier + s.pages_prefetched, ev.evicted);
     drop(rt);
     std::fs::remove_dir_all(&dir).unwrap();
 }
