@@ -130,6 +130,11 @@ enum Bench {
         /// --command: keep one CPU busy beside every run (races show under load).
         #[arg(long, requires = "command")]
         busy: bool,
+        /// --workload redis: load the server from this file of commands (as
+        /// `redis-cli --pipe` takes them; timed and set beside the kernel's),
+        /// then GET over its keys; the digest must be plain's.
+        #[arg(long = "redis-load")]
+        redis_load: Option<PathBuf>,
         /// --command: the longest a run may take (default: 20 times the first
         /// plain run, plus 2 minutes).
         #[arg(long, value_parser = parse_duration, requires = "command")]
@@ -207,12 +212,12 @@ fn main() -> ExitCode {
         Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, write_tracking, json, plot } } => {
             farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, write_tracking, json, plot })
         }
-        Command::Bench { which: Bench::Compare { workload, command, stdin, output_files, rounds, busy, timeout, budgets, duration, out, quick, size, variants } } => {
+        Command::Bench { which: Bench::Compare { workload, command, stdin, output_files, rounds, busy, timeout, redis_load, budgets, duration, out, quick, size, variants } } => {
             std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}")).and_then(|farmem| {
                 let duration = duration.unwrap_or(std::time::Duration::from_secs(if quick { 4 } else { 60 }));
                 let command = command.map(|c| farmem_bench::compare::command::CommandSpec { argv: c.0, stdin, output_files, rounds, busy, timeout });
                 let workload = workload.unwrap_or(farmem_bench::compare::Workload::Command);
-                let cfg = farmem_bench::compare::CompareConfig { workload, budgets, duration, out, quick, size, variants, farmem, command };
+                let cfg = farmem_bench::compare::CompareConfig { workload, budgets, duration, out, quick, size, variants, farmem, command, redis_load };
                 farmem_bench::compare::run(&cfg).map_err(|e| e.to_string())
             })
         }

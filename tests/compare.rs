@@ -229,3 +229,65 @@ fn a_run_that_prints_something_else_than_plain_fails_the_comparison() {
     assert!(r["output"]["stdout_head"].as_str().unwrap().contains("libfarmem.so"), "{r}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--workload redis --redis-load FILE`: the server is loaded from a file of
+/// inline commands through `redis-cli --pipe`, and the load is timed and set
+/// beside the kernel's at the same budget; the digest after the load and the
+/// GETs must be the plain run's.
+#[test]
+fn a_redis_load_from_a_file_is_timed_and_its_digest_compared() {
+    if !have("redis-server") || !have("redis-cli") || !have("redis-benchmark") {
+        eprintln!("SKIPPED: redis missing (apt-get install redis-server redis-tools; .ci/run installs them)");
+        return;
+    }
+    let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
+    let dir = std::env::temp_dir().join(format!("farmem-compare-redis-load-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // As the reproduction's load: random alphanumeric values of 100 to 900
+    // bytes, and APPENDs to older keys.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut load = String::new();
+    for i in 0..40_000u64 {
+        let len = 100 + next() % 800;
+        let v: String = (0..len).map(|_| b"abcdefghijklmnopqrstuvwxyz0123456789"[(next() % 36) as usize] as char).collect();
+        load += &format!("SET key:{i} {v}\r\n");
+        if i % 7 == 0 {
+            load += &format!("APPEND key:{} {}\r\n", i / 2, &v[..50]);
+        }
+    }
+    let file = dir.join("load.txt");
+    std::fs::write(&file, load).unwrap();
+    let out = dir.join("out");
+    let run = Command::new(&farmem)
+        .args(["bench", "compare", "--workload", "redis", "--redis-load"])
+        .arg(&file)
+        .args(["--quick", "--budget", "50%", "--variant", "farmem-limit", "--variant", "kernel-zram", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "compare failed ({}):\n{stdout}\n{stderr}", run.status);
+    assert!(stdout.contains("Load at 50%: farmem-limit"), "the load is set beside the kernel's:\n{stdout}");
+    let read = |stem: &str| -> Value {
+        let p = out.join(format!("redis-{stem}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    };
+    let (plain, limit) = (read("plain"), read("farmem-limit-50pct"));
+    for r in [&plain, &limit] {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["load_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["workload_report"]["keys"], 40_000, "DBSIZE after the load: {r}");
+        assert_eq!(r["checked"], 40_000 + 40_000 / 7 + 1, "a reply for every command: {r}");
+    }
+    assert_eq!(limit["digest"], plain["digest"]);
+    assert!(limit["farmem_stats"]["pages_evicted"].as_u64().unwrap() > 0, "{}", limit["farmem_stats"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

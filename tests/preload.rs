@@ -36,12 +36,37 @@ fn check_library() {
     assert!(lib.is_file(), "{} is missing: build it with `cargo build -p farmem-preload --release` (or the whole workspace) first", lib.display());
 }
 
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh scratch directory for one test, removed when the test passes
+/// (kept, for a look, when it fails).
+fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("farmem-preload-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
+}
+
+/// See [`scratch`].
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// `farmem run --limit LIMIT --stats STATS -- program args`, evicting often.

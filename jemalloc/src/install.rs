@@ -70,6 +70,12 @@ pub enum StartError {
 /// reclaim (a limit or a stall target). Shared with the LD_PRELOAD shim.
 pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, readahead: Option<usize>, verify: bool) -> Result<Runtime, StartError> {
     let _scope = RuntimeScope::enter();
+    // farmem's threads take no signal meant for the program: a handler run
+    // on the fault thread could touch farmem memory, and a program that
+    // blocks signals in its threads to take them in one (sigwait) expects
+    // every thread to block them. Threads inherit the mask of the thread
+    // that makes them.
+    let _mask = SignalsBlocked::new();
     // Threads the tiers start (the file tier's compactor) stay in the
     // runtime's scope for life, so they never allocate from the program's
     // farmem arenas (hard rule 2).
@@ -87,6 +93,38 @@ pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, r
         rt.start_policy(policy.clone())?;
     }
     Ok(rt)
+}
+
+/// All signals blocked on the calling thread until dropped, so that the
+/// threads it starts meanwhile take none of the program's.
+pub struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    /// Blocks every signal on this thread, keeping the old mask.
+    pub fn new() -> Self {
+        // SAFETY: sigfillset fills a set it was given; pthread_sigmask
+        // changes the calling thread's mask and stores the old one.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsBlocked(old)
+        }
+    }
+}
+
+impl Default for SignalsBlocked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
 
 /// The process's runtime, once installed; never dropped.

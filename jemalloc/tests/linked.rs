@@ -15,6 +15,11 @@ fn heap_is_evicted_faulted_back_intact_and_purges_drop_farmem_copies() {
     rust_kv::print("checked", &r.checked);
     rust_kv::print("purged", &r.purged);
 
+    // farmem's threads block the program's signals (a handler run on the
+    // fault thread could touch farmem memory); this test's own threads do
+    // not. The policy thread is gone with the uninstall; the fault thread stays.
+    let blocked = farmem_threads_blocking(libc::SIGTERM);
+    assert!(!blocked.is_empty() && blocked.iter().all(|(_, b)| *b), "farmem threads and whether they block SIGTERM: {blocked:?}");
     // The program's values were served from farmem arenas.
     assert!(r.values_in_farmem, "a value lies outside the registered extents");
     assert!(r.settled.registered_bytes >= o.heap as u64, "only {} bytes registered", r.settled.registered_bytes);
@@ -35,4 +40,20 @@ fn heap_is_evicted_faulted_back_intact_and_purges_drop_farmem_copies() {
     assert_eq!(r.mismatches_after_uninstall, 0);
     assert!(farmem_jemalloc::runtime().unwrap().stats().regions == 0, "regions left after uninstall");
     assert!(matches!(farmem_jemalloc::install(""), Err(farmem_jemalloc::InstallError::AlreadyInstalled)));
+}
+
+/// Each of this process's threads named farmem-*, and whether it blocks `sig`
+/// (the SigBlk mask of /proc/self/task/TID/status).
+fn farmem_threads_blocking(sig: i32) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default().trim().to_string();
+        if !name.starts_with("farmem") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(|m| u64::from_str_radix(m.trim(), 16).unwrap_or(0)).unwrap_or(0);
+        out.push((name, mask & (1u64 << (sig - 1)) != 0));
+    }
+    out
 }

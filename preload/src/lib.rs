@@ -162,12 +162,10 @@ pub(crate) fn runtime() -> Option<&'static Runtime> {
 pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
     let _g = guard::enter_owned();
     let cfg = CONFIG.get().expect("configured before any start");
-    // farmem's threads take no signal meant for the program: a handler run on
-    // the fault thread could touch farmem memory, and a program that blocks
-    // signals in its threads to take them in one (sigwait) expects every
-    // thread to block them. Threads inherit the mask of the thread that
-    // makes them, here whichever program thread crossed the start size.
-    let _mask = BlockSignals::new();
+    // The shim's own threads (statistics, evict-every) block every signal,
+    // as the runtime's do (see `farmem_jemalloc::start_runtime`): they
+    // inherit the mask of whichever program thread crossed the start size.
+    let _mask = farmem_jemalloc::SignalsBlocked::new();
     let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.readahead, cfg.verify).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
@@ -206,30 +204,6 @@ pub(crate) fn start_failed(e: &StartError) {
     alloc::deactivate();
     // farmem was off: no statistics, as for a bad variable.
     STATS_OWNER.store(0, Ordering::Relaxed);
-}
-
-/// All signals blocked on the calling thread until dropped.
-struct BlockSignals(libc::sigset_t);
-
-impl BlockSignals {
-    fn new() -> Self {
-        // SAFETY: sigfillset fills a set it was given; pthread_sigmask
-        // changes the calling thread's mask and stores the old one.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            BlockSignals(old)
-        }
-    }
-}
-
-impl Drop for BlockSignals {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
-    }
 }
 
 /// Takes the statistics file if this process owns it: the first process

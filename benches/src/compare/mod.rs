@@ -262,6 +262,10 @@ pub struct CompareConfig {
     pub farmem: PathBuf,
     /// The user's command, for [`Workload::Command`].
     pub command: Option<command::CommandSpec>,
+    /// redis: load the server from this file of commands (`redis-cli
+    /// --pipe`, timed) instead of the harness's own keys; the GETs then go
+    /// over `DBSIZE` keys, and the digest, not a sample of values, is checked.
+    pub redis_load: Option<PathBuf>,
 }
 
 /// One run of one variant: what the JSON file of the run holds.
@@ -316,6 +320,9 @@ pub struct RunRecord {
     pub workload_report: Option<Value>,
     /// The samples, every 250 ms.
     pub samples: Vec<Sample>,
+    /// redis and memcached: seconds the load took (the server filled before the timed part).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_s: Option<f64>,
     /// `--command --rounds N`: which round this run was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round: Option<usize>,
@@ -696,13 +703,30 @@ impl Plan<'_> {
         let body = (|| -> Result<(), CompareError> {
             let mut c = redis::Conn::connect(port, Duration::from_secs(20))?;
             let tf = Instant::now();
-            c.load(keys, VALUE)?;
+            let (keys, requests) = match &self.cfg.redis_load {
+                Some(file) => {
+                    let p = redis::pipe(port, file, t0 + self.time_limit())?;
+                    let n = match c.call(&[b"DBSIZE"])? {
+                        redis::Reply::Int(n) if n > 0 => n as u64,
+                        r => return Err(CompareError::Redis(format!("DBSIZE after loading {} answered {r:?}", file.display()))),
+                    };
+                    rec.checked = p.replies;
+                    (n, if self.cfg.quick { requests } else { 200_000 })
+                }
+                None => {
+                    c.load(keys, VALUE)?;
+                    (keys, requests)
+                }
+            };
             let fill = tf.elapsed().as_secs_f64();
+            rec.load_s = Some(fill);
             let before = c.digest()?;
             kernel::interrupted()?;
             let b = redis::benchmark(port, keys, requests)?;
             kernel::interrupted()?;
-            rec.checked = c.verify(keys, VALUE, if self.cfg.quick { 2_000 } else { 20_000 }, 99)?;
+            if self.cfg.redis_load.is_none() {
+                rec.checked = c.verify(keys, VALUE, if self.cfg.quick { 2_000 } else { 20_000 }, 99)?;
+            }
             let after = c.digest()?;
             if after != before {
                 return Err(CompareError::WrongBytes(format!("redis: DEBUG DIGEST went from {before} to {after} over a read-only benchmark")));
@@ -710,7 +734,7 @@ impl Plan<'_> {
             rec.digest = Some(after);
             (rec.throughput, rec.p50_us, rec.p99_us, rec.p999_us) = (b.rps, b.p50_us, b.p99_us, b.p999_us);
             rec.unit = "op".into();
-            rec.workload_report = Some(serde_json::json!({"keys": keys, "value_bytes": VALUE, "requests": requests, "clients": 8, "fill_seconds": fill, "rps": b.rps}));
+            rec.workload_report = Some(serde_json::json!({"keys": keys, "value_bytes": VALUE, "load_file": self.cfg.redis_load, "requests": requests, "clients": 8, "fill_seconds": fill, "rps": b.rps}));
             c.shutdown();
             Ok(())
         })();
@@ -745,6 +769,7 @@ impl Plan<'_> {
                 return Err(CompareError::Memcached(format!("evicted {:?} items with -m {mib}: the check needs every key kept", stat("evictions"))));
             }
             rec.throughput = o.ops as f64 / o.seconds.max(1e-9);
+            rec.load_s = Some(o.fill_seconds);
             (rec.p50_us, rec.p99_us, rec.p999_us) = (o.latency.p50_us, o.latency.p99_us, o.latency.p999_us);
             rec.checked = o.checked;
             rec.unit = "op".into();
@@ -847,6 +872,12 @@ fn refusal(variant: Variant, workload: Workload) -> Option<String> {
 pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
     if cfg.workload == Workload::Command {
         return command::run(cfg);
+    }
+    if let Some(f) = &cfg.redis_load {
+        if cfg.workload != Workload::Redis {
+            return Err(CompareError::Invalid { what: "--redis-load", value: format!("{}: only --workload redis loads from a file", f.display()) });
+        }
+        std::fs::File::open(f).map_err(|source| CompareError::Io { what: format!("opening --redis-load {}", f.display()), source })?;
     }
     if cfg.budgets.is_empty() {
         return Err(CompareError::Invalid { what: "--budget", value: "none given: write e.g. --budget 50%".into() });
@@ -968,7 +999,7 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("farmem-compare-cg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = CompareConfig { workload: Workload::Scan, budgets: vec![], duration: Duration::from_secs(1), out: None, quick: true, size: None, variants: vec![], farmem: "/bin/false".into(), command: None };
+        let cfg = CompareConfig { workload: Workload::Scan, budgets: vec![], duration: Duration::from_secs(1), out: None, quick: true, size: None, variants: vec![], farmem: "/bin/false".into(), command: None, redis_load: None };
         let plan = Plan { cfg: &cfg, dir: &dir, variant: Variant::KernelZram, budget: Some((Budget::Bytes(64 << 20), 64 << 20)), swap_bytes: 64 << 20, label: "t".into(), round: None };
         let cg_path;
         {

@@ -44,6 +44,57 @@ pub fn server_args(port: u16, dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// What `redis-cli --pipe` said of a load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piped {
+    /// Replies the server sent.
+    pub replies: u64,
+    /// Of them, errors.
+    pub errors: u64,
+}
+
+/// Reads `redis-cli --pipe`'s last line: `errors: 0, replies: 685715`.
+pub fn parse_pipe(out: &str) -> Option<Piped> {
+    let line = out.lines().rev().find(|l| l.contains("errors:") && l.contains("replies:"))?;
+    let num = |key: &str| -> Option<u64> { line.split(key).nth(1)?.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok() };
+    Some(Piped { errors: num("errors:")?, replies: num("replies:")? })
+}
+
+/// Streams the commands of `file` (inline or RESP, as `redis-cli --pipe`
+/// takes them) into the server on `port`, all of them, with `redis-cli
+/// --pipe`, and waits for the last reply; killed at `deadline`
+/// ([`CompareError::TooSlow`]). An error reply fails the load.
+pub fn pipe(port: u16, file: &std::path::Path, deadline: Instant) -> Result<Piped, CompareError> {
+    let input = std::fs::File::open(file).map_err(|source| CompareError::Io { what: format!("opening --redis-load {}", file.display()), source })?;
+    let mut child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
+        .stdin(input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| CompareError::Io { what: "running redis-cli --pipe (apt-get install redis-tools)".into(), source })?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CompareError::TooSlow(format!("the load of {} had not finished by the run's time limit", file.display())));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(source) => return Err(CompareError::Io { what: "waiting for redis-cli --pipe".into(), source }),
+        }
+        crate::kernel::interrupted()?;
+    }
+    let out = child.wait_with_output().map_err(|source| CompareError::Io { what: "reading redis-cli --pipe's output".into(), source })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let p = parse_pipe(&text).ok_or_else(|| proto(format!("redis-cli --pipe ({}) printed no count of replies: {}", out.status, text.trim())))?;
+    if p.errors > 0 || !out.status.success() {
+        return Err(proto(format!("the load of {} had {} error replies of {} ({})", file.display(), p.errors, p.replies, out.status)));
+    }
+    Ok(p)
+}
+
 /// A reply of the server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -251,6 +302,13 @@ mod tests {
     use super::*;
 
     const OUTPUT: &str = "GET key:__rand_int__: rps=0.0 (overall: 0.0) avg_msec=-nan (overall: -nan)\r\n====== GET key:__rand_int__ ======\n  2000 requests completed in 0.07 seconds\n\nLatency by percentile distribution:\n0.000% <= 0.151 milliseconds (cumulative count 1)\n50.000% <= 1.047 milliseconds (cumulative count 1010)\n99.805% <= 7.639 milliseconds (cumulative count 1997)\n99.902% <= 7.735 milliseconds (cumulative count 1999)\n100.000% <= 7.903 milliseconds (cumulative count 2000)\n\nCumulative distribution of latencies:\n99.350% <= 7.103 milliseconds (cumulative count 1987)\n\nSummary:\n  throughput summary: 29411.76 requests per second\n  latency summary (msec):\n          avg       min       p50       p95       p99       max\n        1.202     0.144     1.047     1.927     6.719     7.903\n";
+
+    #[test]
+    fn redis_cli_pipe_output_parses() {
+        let out = "All data transferred. Waiting for the last reply...\nLast reply received from server.\nerrors: 2, replies: 685715\n";
+        assert_eq!(parse_pipe(out), Some(Piped { errors: 2, replies: 685715 }));
+        assert_eq!(parse_pipe("Error writing to the server: Connection reset by peer"), None);
+    }
 
     #[test]
     fn redis_benchmark_output_parses() {

@@ -22,8 +22,8 @@ fn us(v: f64) -> String {
 /// runs saying why.
 pub fn markdown(title: &str, runs: &[RunRecord]) -> String {
     let mut s = format!("## {title}\n\n");
-    s += "| variant | budget | throughput | p50 µs | p99 µs | p99.9 µs | peak RSS MiB | avg RSS MiB | avg footprint MiB | peak tiers MiB | peak swap MiB | zram/zswap MiB | CPU s | wall s | status |\n";
-    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    s += "| variant | budget | throughput | p50 µs | p99 µs | p99.9 µs | peak RSS MiB | avg RSS MiB | avg footprint MiB | peak tiers MiB | peak swap MiB | zram/zswap MiB | CPU s | wall s | load s | status |\n";
+    s += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for r in runs {
         let budget = match (&r.budget, r.budget_bytes) {
             (Some(b), Some(bytes)) => format!("{b} ({} MiB)", mib(bytes)),
@@ -31,12 +31,12 @@ pub fn markdown(title: &str, runs: &[RunRecord]) -> String {
             _ => "-".into(),
         };
         if r.status != "ok" {
-            s += &format!("| {} | {budget} | | | | | | | | | | | | | {}: {} |\n", r.variant, r.status, r.reason.as_deref().unwrap_or("").replace('|', "/"));
+            s += &format!("| {} | {budget} | | | | | | | | | | | | | | {}: {} |\n", r.variant, r.status, r.reason.as_deref().unwrap_or("").replace('|', "/"));
             continue;
         }
         let m = &r.memory;
         s += &format!(
-            "| {} | {budget} | {:.0} {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | ok |\n",
+            "| {} | {budget} | {:.0} {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | ok |\n",
             r.variant,
             r.throughput,
             r.unit,
@@ -51,7 +51,22 @@ pub fn markdown(title: &str, runs: &[RunRecord]) -> String {
             mib(m.peak_zram_bytes.max(m.peak_zswap_bytes)),
             r.cpu_user_s + r.cpu_sys_s,
             r.wall_s,
+            r.load_s.map_or("-".into(), |l| format!("{l:.1}")),
         );
+    }
+    // The load beside the kernel's at each budget: the phase a limit that
+    // cannot keep up with a growing program shows first.
+    for r in runs.iter().filter(|r| r.status == "ok" && r.variant == "farmem-limit") {
+        let (Some(load), Some(b)) = (r.load_s, r.budget.as_deref()) else { continue };
+        let kernel = runs.iter().find(|k| k.variant == "kernel-zram" && k.budget.as_deref() == Some(b));
+        s += &match kernel {
+            Some(k) if k.status == "ok" && k.load_s.is_some() => {
+                let kl = k.load_s.unwrap_or(0.0);
+                format!("\nLoad at {b}: farmem-limit {load:.1} s, kernel-zram {kl:.1} s ({:.2}x).\n", load / kl.max(1e-9))
+            }
+            Some(k) => format!("\nLoad at {b}: farmem-limit {load:.1} s; kernel-zram {}.\n", k.status),
+            None => format!("\nLoad at {b}: farmem-limit {load:.1} s.\n"),
+        };
     }
     s += "\nRSS is the measured process's resident set (farmem's compressed tier lives inside it); footprint adds the pool the kernel keeps outside the process (zram or zswap); CPU is user + system of the whole run (for farmem, `farmem run` and the program).\n";
     s
