@@ -159,6 +159,12 @@ pub(crate) struct FaultThread {
 /// a stuck reclaim slows the program, it never stops it.
 const MAX_THROTTLE: Duration = Duration::from_millis(2);
 
+/// Where the throttle's waits begin, in pages, for a limit of `limit` pages:
+/// 3% over, so that a heap growing at full speed settles within 5% of it.
+fn throttle_from(limit: i64) -> i64 {
+    limit + limit / 32
+}
+
 /// Tier copies freed at once when the fault thread is busy for a long time.
 const REMOVE_BATCH: usize = 512;
 
@@ -376,9 +382,7 @@ impl FaultThread {
             return;
         }
         self.shared.policy_bell.ask_reclaim();
-        // Waits begin at 3% over, so that a heap growing at full speed
-        // settles within 5% of its limit.
-        let high = limit + limit / 32;
+        let high = throttle_from(limit);
         if est <= high {
             return;
         }
@@ -594,9 +598,10 @@ impl FaultThread {
         }
         let head = shared.config.zero_fill_batch.clamp(1, MAX_ZERO_BATCH);
         let (stream, window) = self.grow.on_fault(region.start() as usize, i);
-        // Over a limit, growing ahead would only hand reclaim more to do.
+        // Where the throttle makes faults wait, growing ahead would only hand
+        // reclaim more to do; short of it, reclaim is keeping up.
         let limit = shared.limit_pages.load(Ordering::Relaxed) as i64;
-        let over = limit > 0 && shared.resident_est.load(Ordering::Relaxed) > limit;
+        let over = limit > 0 && shared.resident_est.load(Ordering::Relaxed) > throttle_from(limit);
         let want = if over { head } else { head.max(window + 1).min(MAX_GROW_BATCH) };
         let mut end = i + 1;
         while end < region.pages() && end - i < want && region.states.transition(end, State::Resident, State::Filling) {
