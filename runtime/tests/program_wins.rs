@@ -22,8 +22,8 @@ fn filled(rt: &Runtime, pages: usize) -> Heap {
 fn madvise_dontneed_after_eviction_gives_zeros() {
     let rt = Runtime::builder().build().unwrap();
     let heap = filled(&rt, 128);
-    let r = rt.evict(heap.ptr, heap.len).unwrap();
-    assert!(r.evicted > 100, "{r:?}");
+    let out = common::evict_until(&rt, heap.ptr, heap.len, 128);
+    assert_eq!(out, 128, "pages not evicted");
     // Drop the middle 64 pages while they are evicted.
     // SAFETY: the range lies inside the test's mapping.
     assert_eq!(unsafe { libc::madvise(heap.ptr.add(32 * PAGE).cast(), 64 * PAGE, libc::MADV_DONTNEED) }, 0);
@@ -162,15 +162,8 @@ fn a_tier_failure_raises_sigbus_not_zeros() {
         // The child: evict a page into the broken tier and read it.
         let rt = Runtime::builder().tier(Arc::new(BrokenTier::default())).build().unwrap();
         let heap = filled(&rt, 4);
-        // Pages zero-filled a moment ago can still be busy for an instant: evict
-        // until all four are out, so the read below must fault.
-        let mut out = 0;
-        for _ in 0..1000 {
-            out += rt.evict(heap.ptr, heap.len).unwrap().evicted;
-            if out == 4 {
-                break;
-            }
-        }
+        // All four out, so the read below must fault.
+        let out = common::evict_until(&rt, heap.ptr, heap.len, 4);
         assert_eq!(out, 4, "pages not evicted");
         let b = std::hint::black_box(heap.bytes()[PAGE + 5]);
         // Reaching here means the access returned bytes the tier never gave.

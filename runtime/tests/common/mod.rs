@@ -113,3 +113,20 @@ pub fn settled(rt: &farmem_runtime::Runtime, ok: impl Fn(&farmem_runtime::Stats)
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// Evicts `[ptr, ptr+len)` until `want` pages have gone out in all, or 2 s
+/// have passed; returns how many went out. Pages filled an instant ago can
+/// be busy for the kernel's move for a while (seen: over a thousand
+/// back-to-back attempts), so attempts that take nothing are spaced 1 ms apart.
+pub fn evict_until(rt: &farmem_runtime::Runtime, ptr: *mut u8, len: usize, want: u64) -> u64 {
+    let t0 = std::time::Instant::now();
+    let mut out = 0;
+    while out < want && t0.elapsed() < std::time::Duration::from_secs(2) {
+        let r = rt.evict(ptr, len).unwrap();
+        out += r.evicted;
+        if r.evicted == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    out
+}
