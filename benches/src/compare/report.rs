@@ -161,7 +161,7 @@ mod tests {
         assert!(rows[1].starts_with("| plain | - | 1000000 op/s | 1.2 | 30.0 | 250 | 512 | 256 | 300 |"), "{}", rows[1]);
         assert!(rows[2].contains("| 50% (256 MiB) |") && rows[2].ends_with("| ok |"), "{}", rows[2]);
         assert!(rows[3].contains("skipped: the kernel baseline needs root / really"), "{}", rows[3]);
-        assert!(rows.iter().all(|r| r.matches('|').count() == 16), "every row has every column:\n{md}");
+        assert!(rows.iter().all(|r| r.matches('|').count() == 17), "every row has every column:\n{md}");
     }
 
     #[test]
