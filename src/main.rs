@@ -102,9 +102,9 @@ enum Bench {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// One workload run plain, under farmem (--limit, --stall) and under the
-    /// kernel's zram and zswap with the same memory budget, one after
-    /// another: throughput, latency, resident memory, tiers, swap, CPU; a
+    /// One workload, or your own program (--command), run plain, under
+    /// farmem (--limit, --stall) and under the kernel's zram and zswap with
+    /// the same memory budget, one after another: throughput, latency, resident memory, tiers, swap, CPU; a
     /// JSON file a run, a Markdown table and SVG plots.
     Compare {
         /// kv-zipf, kv-uniform, redis, memcached or scan.
