@@ -29,7 +29,8 @@ use crate::{Shared, MAX_PREFETCH, PAGE_SIZE};
 #[repr(C, align(4096))]
 pub(crate) struct AlignedPage(pub Page);
 
-/// The most neighbours a zero-fill covers at once.
+/// The most pages a zero-fill fault fills before it wakes the faulting
+/// thread (the cap on `zero_fill_batch`).
 pub(crate) const MAX_ZERO_BATCH: usize = 16;
 /// The most pages one zero-fill fault fills for a program growing its heap
 /// page after page (the `grow` streams of [`FaultThread`]).

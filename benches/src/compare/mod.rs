@@ -734,7 +734,7 @@ impl Plan<'_> {
             rec.digest = Some(after);
             (rec.throughput, rec.p50_us, rec.p99_us, rec.p999_us) = (b.rps, b.p50_us, b.p99_us, b.p999_us);
             rec.unit = "op".into();
-            rec.workload_report = Some(serde_json::json!({"keys": keys, "value_bytes": VALUE, "load_file": self.cfg.redis_load, "requests": requests, "clients": 8, "fill_seconds": fill, "rps": b.rps}));
+            rec.workload_report = Some(serde_json::json!({"keys": keys, "value_bytes": self.cfg.redis_load.is_none().then_some(VALUE), "load_file": self.cfg.redis_load, "requests": requests, "clients": 8, "fill_seconds": fill, "rps": b.rps}));
             c.shutdown();
             Ok(())
         })();
