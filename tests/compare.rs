@@ -13,10 +13,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-#[test]
-fn quick_kv_zipf_comparison_writes_json_markdown_and_svg() {
+/// The farmem binary, with libfarmem.so beside it.
+fn farmem() -> PathBuf {
     let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
     assert!(farmem.with_file_name("libfarmem.so").is_file(), "build libfarmem.so first: cargo build -p farmem-preload --release");
+    farmem
+}
+
+/// The JSON file of one run, `dir/STEM.json`.
+fn run_json(dir: &std::path::Path, stem: &str) -> Value {
+    let p = dir.join(format!("{stem}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn quick_kv_zipf_comparison_writes_json_markdown_and_svg() {
+    let farmem = farmem();
     let out = std::env::temp_dir().join(format!("farmem-compare-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let t0 = Instant::now();
@@ -39,8 +51,7 @@ fn quick_kv_zipf_comparison_writes_json_markdown_and_svg() {
     let runs: Vec<Value> = ["plain", "farmem-stall", "farmem-limit-50pct", "kernel-zram-50pct", "kernel-zswap-50pct"]
         .iter()
         .map(|stem| {
-            let p = out.join(format!("kv-zipf-{stem}.json"));
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+            run_json(&out, &format!("kv-zipf-{stem}"))
         })
         .collect();
     for r in &runs {
@@ -85,8 +96,7 @@ fn quick_memcached_comparison_checks_every_value_under_a_farmem_limit() {
         eprintln!("SKIPPED: memcached missing (apt-get install memcached; .ci/run installs it)");
         return;
     }
-    let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
-    assert!(farmem.with_file_name("libfarmem.so").is_file(), "build libfarmem.so first: cargo build -p farmem-preload --release");
+    let farmem = farmem();
     let out = std::env::temp_dir().join(format!("farmem-compare-memcached-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let t0 = Instant::now();
@@ -106,10 +116,7 @@ fn quick_memcached_comparison_checks_every_value_under_a_farmem_limit() {
         assert!(md.lines().any(|l| l.starts_with(&format!("| {v} |"))), "no row for {v}:\n{md}");
     }
 
-    let read = |stem: &str| -> Value {
-        let p = out.join(format!("memcached-{stem}.json"));
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-    };
+    let read = |stem: &str| run_json(&out, &format!("memcached-{stem}"));
     let (plain, limit, zram) = (read("plain"), read("farmem-limit-50pct"), read("kernel-zram-50pct"));
     for r in [&plain, &limit] {
         assert_eq!(r["status"], "ok", "{r}");
@@ -158,8 +165,7 @@ fn numbers(path: &std::path::Path, n: u64) {
 /// summary gives each variant's rounds.
 #[test]
 fn a_real_program_is_compared_by_the_sha256_of_what_it_prints_and_writes() {
-    let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
-    assert!(farmem.with_file_name("libfarmem.so").is_file(), "build libfarmem.so first: cargo build -p farmem-preload --release");
+    let farmem = farmem();
     let dir = std::env::temp_dir().join(format!("farmem-compare-command-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -180,10 +186,7 @@ fn a_real_program_is_compared_by_the_sha256_of_what_it_prints_and_writes() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "compare failed ({}):\n{stdout}\n{stderr}", run.status);
     assert!(stdout.contains("| plain | - | 2/2 |") && stdout.contains("| farmem-limit | 50% | 2/2 |"), "both rounds right:\n{stdout}");
-    let read = |stem: &str| -> Value {
-        let p = out.join(format!("command-{stem}.json"));
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-    };
+    let read = |stem: &str| run_json(&out, &format!("command-{stem}"));
     let plain = read("plain-r1");
     let sorted_sha = plain["output"]["files"][0][1].as_str().unwrap().to_string();
     assert_eq!(sorted_sha.len(), 64, "{plain}");
@@ -210,7 +213,7 @@ fn a_real_program_is_compared_by_the_sha256_of_what_it_prints_and_writes() {
 /// exits non-zero.
 #[test]
 fn a_run_that_prints_something_else_than_plain_fails_the_comparison() {
-    let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
+    let farmem = farmem();
     let out = std::env::temp_dir().join(format!("farmem-compare-wrong-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(&farmem)
@@ -224,7 +227,7 @@ fn a_run_that_prints_something_else_than_plain_fails_the_comparison() {
     assert!(!run.status.success(), "a wrong output must fail the comparison:\n{stdout}\n{stderr}");
     assert!(stderr.contains("WRONG OUTPUT"), "{stderr}");
     assert!(stdout.contains("| farmem-limit | 64M | 0/1 (wrong-output) |"), "{stdout}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("command-farmem-limit-64M-r1.json")).unwrap()).unwrap();
+    let r = run_json(&out, "command-farmem-limit-64M-r1");
     assert_eq!(r["status"], "wrong-output", "{r}");
     assert!(r["output"]["stdout_head"].as_str().unwrap().contains("libfarmem.so"), "{r}");
     let _ = std::fs::remove_dir_all(&out);
@@ -240,7 +243,7 @@ fn a_redis_load_from_a_file_is_timed_and_its_digest_compared() {
         eprintln!("SKIPPED: redis missing (apt-get install redis-server redis-tools; .ci/run installs them)");
         return;
     }
-    let farmem = PathBuf::from(env!("CARGO_BIN_EXE_farmem"));
+    let farmem = farmem();
     let dir = std::env::temp_dir().join(format!("farmem-compare-redis-load-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -276,10 +279,7 @@ fn a_redis_load_from_a_file_is_timed_and_its_digest_compared() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "compare failed ({}):\n{stdout}\n{stderr}", run.status);
     assert!(stdout.contains("Load at 50%: farmem-limit"), "the load is set beside the kernel's:\n{stdout}");
-    let read = |stem: &str| -> Value {
-        let p = out.join(format!("redis-{stem}.json"));
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-    };
+    let read = |stem: &str| run_json(&out, &format!("redis-{stem}"));
     let (plain, limit) = (read("plain"), read("farmem-limit-50pct"));
     for r in [&plain, &limit] {
         assert_eq!(r["status"], "ok", "{r}");

@@ -188,9 +188,7 @@ fn limit_mode_holds_the_resident_heap_under_the_cap() {
     const PAGES: usize = (1usize << 30) / PAGE;
     const LIMIT: u64 = 256 << 20;
     let heap = Arc::new(Heap::new(PAGES * PAGE));
-    let rt = Runtime::builder().build().unwrap();
-    rt.register(heap.ptr, heap.len).unwrap();
-    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(200), ..PolicyConfig::default() }).unwrap();
+    let rt = under_limit(&heap, LIMIT, Duration::from_millis(200));
     // The program grows past the cap, then writes at random for three seconds;
     // each write's page gets a new version whose checksum is kept.
     let mut sums = vec![0u64; PAGES];
@@ -248,6 +246,14 @@ fn limit_mode_holds_the_resident_heap_under_the_cap() {
     verify(&heap, &sums);
 }
 
+/// A runtime over `heap` with the limit policy at `limit` bytes, ticking every `tick`.
+fn under_limit(heap: &Heap, limit: u64, tick: Duration) -> Runtime {
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    rt.start_policy(PolicyConfig { limit: Some(limit), tick, ..PolicyConfig::default() }).unwrap();
+    rt
+}
+
 /// Resident bytes as the limit counts them: pages in RAM and the sampler's raw copies.
 fn footprint(rt: &Runtime) -> u64 {
     let s = rt.stats();
@@ -282,9 +288,7 @@ fn a_heap_filled_at_full_speed_beside_a_busy_cpu_stays_within_5_percent_of_its_l
     const LIMIT: u64 = 96 << 20;
     let heap = Heap::new(PAGES * PAGE);
     let mut sums = vec![0u64; PAGES];
-    let rt = Runtime::builder().build().unwrap();
-    rt.register(heap.ptr, heap.len).unwrap();
-    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(200), ..PolicyConfig::default() }).unwrap();
+    let rt = under_limit(&heap, LIMIT, Duration::from_millis(200));
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
         let stop = Arc::clone(&stop);
@@ -342,9 +346,7 @@ fn under_a_limit_reclaim_takes_compressible_pages_past_a_run_of_incompressible_o
         fill_page(heap.page(i), random(i));
         *sum = checksum(heap.page(i));
     }
-    let rt = Runtime::builder().build().unwrap();
-    rt.register(heap.ptr, heap.len).unwrap();
-    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_secs(1), ..PolicyConfig::default() }).unwrap();
+    let rt = under_limit(&heap, LIMIT, Duration::from_secs(1));
     let t0 = Instant::now();
     let mut peak = grow(&rt, &heap, RANDOM..PAGES, 16, |i| compressible(i, 0), &mut sums);
     let grown = t0.elapsed();
@@ -409,9 +411,7 @@ fn a_limit_that_cannot_be_held_does_not_slow_the_program() {
         fill_page(heap.page(i), (i as u64) * 4 + 3);
         *sum = checksum(heap.page(i));
     }
-    let rt = Runtime::builder().build().unwrap();
-    rt.register(heap.ptr, heap.len).unwrap();
-    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(100), ..PolicyConfig::default() }).unwrap();
+    let rt = under_limit(&heap, LIMIT, Duration::from_millis(100));
     wait_for("the policy finds the limit cannot be held", Duration::from_secs(20), || {
         let p = rt.stats().policy.unwrap();
         (p.limit_short, format!("resident {} MiB, refused {}", p.resident_bytes >> 20, p.reclaim_refused_pages))
@@ -442,9 +442,7 @@ fn under_a_limit_the_pages_a_program_just_wrote_are_not_taken_first() {
     const LIMIT: u64 = 96 << 20;
     let heap = Heap::new(PAGES * PAGE);
     let mut sums = vec![0u64; PAGES];
-    let rt = Runtime::builder().build().unwrap();
-    rt.register(heap.ptr, heap.len).unwrap();
-    rt.start_policy(PolicyConfig { limit: Some(LIMIT), tick: Duration::from_millis(100), ..PolicyConfig::default() }).unwrap();
+    let rt = under_limit(&heap, LIMIT, Duration::from_millis(100));
     let mut sum = 0u64;
     for (n, i) in (0..PAGES).rev().enumerate() {
         fill_page(heap.page(i), compressible(i, 0));
