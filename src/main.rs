@@ -62,10 +62,14 @@ enum Bench {
         /// Skip the kernel zram run (it needs root, zram and a memory cgroup).
         #[arg(long)]
         no_kernel: bool,
-        /// How long the fault thread spins before sleeping, in microseconds
+        /// How long the fault handlers spins before sleeping, in microseconds
         /// (the runtime's default is 0; 50 shows the latency a spare core buys).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// Fault handler threads: 0 (the runtime's default) is one per CPU,
+        /// each pinned to its CPU; 1 is one unpinned handler.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=farmem_runtime::MAX_FAULT_HANDLERS as u64))]
+        fault_handlers: u64,
         /// A second tier to measure beside T1: mmap:PATH (a /dev/dax device,
         /// or a new or empty file), mmap:memfd, or file:DIR (the io_uring
         /// spill file, beside bare O_DIRECT reads of it and the rate of
@@ -199,13 +203,13 @@ fn main() -> ExitCode {
         Command::Demo { size, threads, codec } => demo::run(size, threads, &codec),
         Command::Run(args) => return run::run(args),
         Command::Stat(args) => stat::run(args),
-        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, tiers } } => {
+        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, fault_handlers, tiers } } => {
             farmem_bench::fault::run(&farmem_bench::fault::FaultBenchConfig {
                 size: size as usize,
                 accesses: accesses as usize,
                 json,
                 kernel: !no_kernel,
-                spin: std::time::Duration::from_micros(spin_us),
+                service: farmem_bench::farmem_runs::Service { spin: std::time::Duration::from_micros(spin_us), fault_handlers: fault_handlers as usize },
                 spill: tiers,
             })
         }

@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// The most pages (0 to 64) brought back ahead of a program that faults in order, from any tier (default 32; 0 turns it off).
     #[arg(long, value_parser = checked(farmem_runtime::parse_readahead))]
     readahead: Option<String>,
+    /// Fault handler threads: 0 (the default) is one per CPU the program may run on, each pinned to its CPU; 1 is one unpinned handler.
+    #[arg(long, value_parser = checked(farmem_runtime::parse_fault_handlers))]
+    fault_handlers: Option<String>,
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -122,7 +125,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env("LD_PRELOAD", preload);
-    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch), ("FARMEM_READAHEAD", &args.readahead)] {
+    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch), ("FARMEM_READAHEAD", &args.readahead), ("FARMEM_FAULT_HANDLERS", &args.fault_handlers)] {
         if let Some(v) = value {
             cmd.env(var, v);
         }

@@ -29,8 +29,13 @@ pub struct FarmemRun {
     pub p999_us: f64,
     /// Faults served per second from one program thread.
     pub faults_per_s: f64,
-    /// The fault thread's own service time (read to wake), p50 in microseconds.
+    /// The fault handler's own service time (read to wake), p50 in microseconds.
     pub service_p50_us: f64,
+    /// Fault handler threads that served the run.
+    pub fault_handlers: usize,
+    /// CPU time of all fault handlers over the run, per fault timed, in
+    /// microseconds (eviction's faults included).
+    pub handler_cpu_us_per_fault: f64,
     /// Uncompressed bytes per byte the tier really uses.
     pub ratio: f64,
     /// Tier memory beyond the sum of compressed sizes, as a fraction of it.
@@ -39,6 +44,22 @@ pub struct FarmemRun {
     pub pages_evicted: u64,
     /// Eviction throughput, MB/s of pages.
     pub evict_mb_per_s: f64,
+}
+
+/// How the runtimes of a bench serve faults.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Service {
+    /// How long a fault handler spins before sleeping.
+    pub spin: Duration,
+    /// Fault handler threads (0: the runtime's default, one per CPU, pinned).
+    pub fault_handlers: usize,
+}
+
+impl Service {
+    /// A runtime builder over `tier` serving faults this way.
+    pub fn builder(&self, tier: Arc<dyn Tier>) -> farmem_runtime::RuntimeBuilder {
+        Runtime::builder().tier(tier).spin(self.spin).fault_handlers(self.fault_handlers)
+    }
 }
 
 pub(crate) fn hist() -> Histogram<u64> {
@@ -56,8 +77,8 @@ fn read_word(base: *const u8, page: usize) -> u64 {
 
 /// Evicts a `size`-byte heap of [`heap::fill`] pages into `tier` and reads one
 /// word from `accesses` distinct random pages, each a fault.
-pub fn random_faults(tier: Arc<dyn Tier>, label: &str, size: usize, accesses: usize, seed: u64, spin: Duration) -> Result<FarmemRun, String> {
-    random_faults_with(tier, label, size, accesses, seed, spin, &mut || Ok(()))
+pub fn random_faults(tier: Arc<dyn Tier>, label: &str, size: usize, accesses: usize, seed: u64, service: Service) -> Result<FarmemRun, String> {
+    random_faults_with(tier, label, size, accesses, seed, service, &mut || Ok(()))
 }
 
 /// As [`random_faults`], calling `after_evict` between the eviction and the
@@ -68,10 +89,10 @@ pub fn random_faults_with(
     size: usize,
     accesses: usize,
     seed: u64,
-    spin: Duration,
+    service: Service,
     after_evict: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<FarmemRun, String> {
-    let rt = Runtime::builder().tier(tier).spin(spin).build().map_err(|e| e.to_string())?;
+    let rt = service.builder(tier).build().map_err(|e| e.to_string())?;
     let map = Mapping::anonymous(size).map_err(|e| e.to_string())?;
     let base = map.addr();
     rt.register(base, size).map_err(|e| e.to_string())?;
@@ -111,6 +132,8 @@ pub fn random_faults_with(
         p999_us: us(&h, 0.999),
         faults_per_s: evicted_set as f64 / walk,
         service_p50_us: stats.fault_latency_us(0.5),
+        fault_handlers: stats.fault_handlers,
+        handler_cpu_us_per_fault: stats.fault_handler_cpu.as_secs_f64() * 1e6 / evicted_set.max(1) as f64,
         ratio: tier_stats.ratio(),
         tier_overhead: tier_stats.overhead(),
         pages_evicted: report.evicted,
@@ -148,8 +171,8 @@ pub struct CappedRun {
 /// Random reads over a `heap_bytes` heap whose resident part is held near
 /// `cap_bytes` by a background reclaimer evicting the oldest faulted-in pages
 /// (FIFO): the same shape as the kernel's zram run under a memory cgroup limit.
-pub fn capped_random_reads(tier: Arc<dyn Tier>, heap_bytes: usize, cap_bytes: usize, accesses: usize, seed: u64, spin: Duration) -> Result<CappedRun, String> {
-    let rt = Arc::new(Runtime::builder().tier(tier).spin(spin).build().map_err(|e| e.to_string())?);
+pub fn capped_random_reads(tier: Arc<dyn Tier>, heap_bytes: usize, cap_bytes: usize, accesses: usize, seed: u64, service: Service) -> Result<CappedRun, String> {
+    let rt = Arc::new(service.builder(tier).build().map_err(|e| e.to_string())?);
     let map = Mapping::anonymous(heap_bytes).map_err(|e| e.to_string())?;
     let base = map.addr();
     rt.register(base, heap_bytes).map_err(|e| e.to_string())?;

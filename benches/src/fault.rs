@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use farmem_tiers::{Codec, CompressedConfig, CompressedTier, MmapTier, RawTier, Tier};
 use serde::Serialize;
@@ -22,8 +21,8 @@ pub struct FaultBenchConfig {
     pub json: Option<PathBuf>,
     /// Whether to run the kernel's zram baseline.
     pub kernel: bool,
-    /// The fault thread's spin before sleeping.
-    pub spin: Duration,
+    /// How the fault handlers serve faults.
+    pub service: farmem_runs::Service,
     /// Second tiers to measure beside T1, each a fresh tier per run.
     pub spill: Vec<SpillBench>,
 }
@@ -88,6 +87,10 @@ pub struct FaultBenchReport {
     pub ratio: f64,
     /// The engine's own floor: a fault served with no decompression, p50.
     pub floor_p50_us: f64,
+    /// Fault handler threads that served the lz4 run.
+    pub fault_handlers: usize,
+    /// The lz4 run's fault handler CPU time per fault, microseconds.
+    pub handler_cpu_us_per_fault: f64,
     /// A plain first-touch anonymous page fault, p50.
     pub first_touch_p50_us: f64,
     /// The first `--tier` run's fault-back p50 (None without `--tier`).
@@ -190,7 +193,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
     ];
     for (label, make) in &configs {
         eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
-        runs.push(farmem_runs::random_faults(make()?, label, size, cfg.accesses, SEED, cfg.spin)?);
+        runs.push(farmem_runs::random_faults(make()?, label, size, cfg.accesses, SEED, cfg.service)?);
     }
     let mut spill_runs = Vec::new();
     let mut file_runs = Vec::new();
@@ -198,19 +201,19 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         let label = spill.label();
         if let SpillBench::File(dir) = spill {
             eprintln!("farmem: {label}, {} MiB heap evicted into the file, {} random faults, then as many bare 4 KiB preads of it; then T1 demoted into a new file...", size >> 20, cfg.accesses.min(size / 4096));
-            let f = crate::spill::run(dir, size, cfg.accesses, SEED, cfg.spin)?;
+            let f = crate::spill::run(dir, size, cfg.accesses, SEED, cfg.service)?;
             spill_runs.push(f.faults.clone());
             runs.push(f.faults.clone());
             file_runs.push(f);
             continue;
         }
         eprintln!("farmem: {label}, {} MiB heap evicted, {} random faults...", size >> 20, cfg.accesses.min(size / 4096));
-        let run = farmem_runs::random_faults(spill.make(size as u64)?, &label, size, cfg.accesses, SEED, cfg.spin)?;
+        let run = farmem_runs::random_faults(spill.make(size as u64)?, &label, size, cfg.accesses, SEED, cfg.service)?;
         spill_runs.push(run.clone());
         runs.push(run);
     }
     eprintln!("farmem: lz4, {} MiB heap held to {} MiB resident, {} random reads...", size >> 20, (size / 4) >> 20, cfg.accesses);
-    let capped = farmem_runs::capped_random_reads(compressed(Codec::Lz4)?, size, size / 4, cfg.accesses, SEED, cfg.spin)?;
+    let capped = farmem_runs::capped_random_reads(compressed(Codec::Lz4)?, size, size / 4, cfg.accesses, SEED, cfg.service)?;
 
     let lz4 = runs.iter().find(|r| r.label == "lz4").expect("lz4 run").clone();
     let floor = runs[0].clone();
@@ -221,6 +224,8 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         faults_per_s: lz4.faults_per_s,
         ratio: lz4.ratio,
         floor_p50_us: floor.p50_us,
+        fault_handlers: lz4.fault_handlers,
+        handler_cpu_us_per_fault: lz4.handler_cpu_us_per_fault,
         spill_p50_us: spill_runs.first().map(|r| r.p50_us),
         spill_p99_us: spill_runs.first().map(|r| r.p99_us),
         spill_over_t1_p50: spill_runs.first().map(|r| r.p50_us / lz4.p50_us),
@@ -287,6 +292,7 @@ fn print_table(r: &FaultBenchReport) {
         opt(r.kernel_zram_p99_us)
     );
     println!("compression on the same pages: farmem lz4 {:.2}x, zram lzo-rle {}x", r.ratio, opt(r.zram_lzo_rle_ratio));
+    println!("fault handlers: {} (lz4 run), their CPU {:.1} us per fault", r.fault_handlers, r.handler_cpu_us_per_fault);
     let lz4 = r.runs.iter().find(|x| x.label == "lz4");
     if let Some(l) = lz4 {
         println!(

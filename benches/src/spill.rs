@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use farmem_runtime::mem::Mapping;
 use farmem_runtime::{Runtime, PAGE_SIZE};
@@ -66,13 +66,13 @@ fn bare_preads(fd: i32, n: usize, direct: bool, seed: u64) -> Result<LatencySumm
 }
 
 /// Runs the file tier's part of the fault bench in `dir`.
-pub fn run(dir: &Path, size: usize, accesses: usize, seed: u64, spin: Duration) -> Result<FileTierRun, String> {
+pub fn run(dir: &Path, size: usize, accesses: usize, seed: u64, service: crate::farmem_runs::Service) -> Result<FileTierRun, String> {
     let file = Arc::new(FileTier::open(FileConfig::new(dir, 2 * size as u64)).map_err(|e| e.to_string())?);
     let direct = file.direct_io();
     let mut bare = None;
     let tier: Arc<dyn Tier> = file.clone();
     let label = format!("file ({}, {})", dir.display(), if direct { "O_DIRECT" } else { "buffered" });
-    let faults = farmem_runs::random_faults_with(tier, &label, size, accesses, seed, spin, &mut || {
+    let faults = farmem_runs::random_faults_with(tier, &label, size, accesses, seed, service, &mut || {
         file.flush().map_err(|e| e.to_string())?;
         bare = Some(bare_preads(file.fd().as_raw_fd(), accesses.min(size / PAGE_SIZE), direct, seed ^ 0x5eed)?);
         Ok(())

@@ -38,6 +38,15 @@ pub struct Config {
     pub readahead: Option<usize>,
     /// Verification mode: see `farmem_runtime::Config::verify`.
     pub verify: bool,
+    /// Fault handler threads (None: one per CPU, pinned; see `farmem_runtime::Config::fault_handlers`).
+    pub fault_handlers: Option<usize>,
+}
+
+impl Config {
+    /// How the runtime serves faults, from this config.
+    pub fn fault_options(&self) -> crate::FaultOptions {
+        crate::FaultOptions { prefetch: self.prefetch, readahead: self.readahead, fault_handlers: self.fault_handlers, verify: self.verify }
+    }
 }
 
 /// A key or value `Config::from_str` cannot use, with what it accepts.
@@ -72,10 +81,11 @@ impl FromStr for Config {
                 },
                 "prefetch" => c.prefetch = farmem_runtime::parse_prefetch(value).map_err(err)?,
                 "readahead" => c.readahead = Some(farmem_runtime::parse_readahead(value).map_err(err)?),
+                "fault_handlers" => c.fault_handlers = Some(farmem_runtime::parse_fault_handlers(value).map_err(err)?),
                 "write_tracking" => c.policy.write_tracking = parse_switch(value).map_err(err)?,
                 "verify" => c.verify = parse_switch(value).map_err(err)?,
                 _ => return Err(err(
-                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES, readahead=PAGES, write_tracking=on|off or verify=on|off, separated by spaces".into(),
+                    "unknown key: write limit=SIZE, stall=PCT, min=SIZE, tiers=SPEC, arenas=N, prefetch=PAGES, readahead=PAGES, fault_handlers=N, write_tracking=on|off or verify=on|off, separated by spaces".into(),
                 )),
             }
         }
@@ -89,7 +99,8 @@ mod tests {
 
     #[test]
     fn good_strings() {
-        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 readahead=0 write_tracking=off verify=on".parse().unwrap();
+        let c: Config = "limit=64M stall=1%;min=8M  tiers=zstd:3 arenas=2 prefetch=8 readahead=0 fault_handlers=1 write_tracking=off verify=on".parse().unwrap();
+        assert_eq!(c.fault_handlers, Some(1));
         assert_eq!(c.prefetch, 8);
         assert_eq!(c.readahead, Some(0));
         assert!(c.verify);
@@ -105,7 +116,7 @@ mod tests {
 
     #[test]
     fn bad_strings_name_the_key_on_one_line() {
-        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("readahead=99", "readahead"), ("write_tracking=maybe", "write_tracking"), ("verify=maybe", "verify"), ("colour=blue", "colour"), ("limit", "limit")] {
+        for (s, key) in [("limit=lots", "limit"), ("stall=fast", "stall"), ("tiers=gzip", "tiers"), ("arenas=9", "arenas"), ("prefetch=65", "prefetch"), ("prefetch=some", "prefetch"), ("readahead=99", "readahead"), ("fault_handlers=65", "fault_handlers"), ("fault_handlers=all", "fault_handlers"), ("write_tracking=maybe", "write_tracking"), ("verify=maybe", "verify"), ("colour=blue", "colour"), ("limit", "limit")] {
             let e = s.parse::<Config>().unwrap_err();
             assert_eq!(e.key, key);
             let line = e.to_string();

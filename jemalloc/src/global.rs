@@ -48,7 +48,7 @@ pub fn layout_flags(layout: &Layout) -> c_int {
 /// Until [`install`](crate::install) it is plain jemalloc. After it, each
 /// program thread is bound to a farmem arena on its first allocation (its
 /// heap extents are registered with farmem), and allocations made inside the
-/// runtime's scope go to arena 0 without a thread cache, so the fault thread
+/// runtime's scope go to arena 0 without a thread cache, so the fault handlers
 /// never touches farmem memory (hard rule 2).
 pub struct Jemalloc;
 

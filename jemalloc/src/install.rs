@@ -1,7 +1,7 @@
 //! Starting farmem inside a program that links jemalloc, and stopping it.
 //!
 //! One installation per process: the runtime lives in a `static` and is never
-//! dropped, so the fault thread serves farmem memory for as long as any of it
+//! dropped, so the fault handlers serve farmem memory for as long as any of it
 //! is registered, exit handlers included.
 
 use std::io;
@@ -63,15 +63,27 @@ pub enum StartError {
     Runtime(#[from] RuntimeError),
 }
 
-/// Makes the tiers `tiers` names, starts a runtime over them (bringing back
-/// `prefetch` neighbours with each spill-tier fault and up to `readahead`
-/// pages ahead of a reader in order (None: the runtime's default), checking every page that
-/// comes back when `verify`), and starts its policy when `policy` asks for
+/// How a runtime started by [`start_runtime`] serves faults (each as the
+/// runtime's builder method of the same name; see `farmem_runtime::Config`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultOptions {
+    /// Neighbours brought back with each spill-tier fault.
+    pub prefetch: usize,
+    /// The largest readahead window in pages (None: the runtime's default).
+    pub readahead: Option<usize>,
+    /// Fault handler threads (None: the runtime's default, one per CPU).
+    pub fault_handlers: Option<usize>,
+    /// Check every page that comes back.
+    pub verify: bool,
+}
+
+/// Makes the tiers `tiers` names, starts a runtime over them that serves
+/// faults as `options` says, and starts its policy when `policy` asks for
 /// reclaim (a limit or a stall target). Shared with the LD_PRELOAD shim.
-pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, readahead: Option<usize>, verify: bool) -> Result<Runtime, StartError> {
+pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, options: FaultOptions) -> Result<Runtime, StartError> {
     let _scope = RuntimeScope::enter();
     // farmem's threads take no signal meant for the program: a handler run
-    // on the fault thread could touch farmem memory, and a program that
+    // on a fault handler could touch farmem memory, and a program that
     // blocks signals in its threads to take them in one (sigwait) expects
     // every thread to block them. Threads inherit the mask of the thread
     // that makes them.
@@ -81,9 +93,12 @@ pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, prefetch: usize, r
     // farmem arenas (hard rule 2).
     farmem_tiers::set_thread_hook(|| std::mem::forget(RuntimeScope::enter()));
     let tiers = tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
-    let mut builder = Runtime::builder().prefetch(prefetch).verify(verify);
-    if let Some(pages) = readahead {
+    let mut builder = Runtime::builder().prefetch(options.prefetch).verify(options.verify);
+    if let Some(pages) = options.readahead {
         builder = builder.readahead(pages);
+    }
+    if let Some(n) = options.fault_handlers {
+        builder = builder.fault_handlers(n);
     }
     for t in tiers {
         builder = builder.tier(t);
@@ -182,7 +197,7 @@ unsafe fn start(config: &Config, mallctl: MallctlFn, set: &'static ArenaSet) -> 
         // SAFETY: mallctl is a live jemalloc's, as the caller promised.
         arenas.push(unsafe { extent::create_arena(mallctl, &BACKING) }?);
     }
-    let rt = start_runtime(&config.tiers, &config.policy, config.prefetch, config.readahead, config.verify).map_err(|e| match e {
+    let rt = start_runtime(&config.tiers, &config.policy, config.fault_options()).map_err(|e| match e {
         StartError::Tier { tier, source } => InstallError::Tier { tier, source },
         StartError::Runtime(e) => InstallError::Runtime(e),
     })?;

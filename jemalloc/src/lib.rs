@@ -45,7 +45,7 @@ pub mod sys;
 
 pub use config::{Config, ConfigError};
 pub use global::{layout_flags, Jemalloc, PlainJemalloc};
-pub use install::{bind_current_thread, install_into, runtime, start_runtime, uninstall, Guard, InstallError, SignalsBlocked, StartError};
+pub use install::{bind_current_thread, install_into, runtime, start_runtime, uninstall, FaultOptions, Guard, InstallError, SignalsBlocked, StartError};
 
 /// Installs farmem into this program's jemalloc (the `_rjem_` one of
 /// tikv-jemalloc-sys), configured by a string such as `"limit=512M

@@ -8,7 +8,7 @@
 //! allocation after start-up, and from then on takes jemalloc's ordinary fast
 //! path. Allocations made inside the shim or the runtime (the re-entry guard
 //! is held, or `in_runtime()`) go to arena 0, which farmem never registers,
-//! without a thread cache, so no object the fault thread touches can be
+//! without a thread cache, so no object the fault handlers touch can be
 //! handed out of farmem memory (hard rule 2).
 //! Before start-up, after a failed start, and for threads that never reach a
 //! farmem arena, every arena is plain jemalloc. Frees need no routing: jemalloc

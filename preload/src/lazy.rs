@@ -9,7 +9,7 @@
 //! default, half the limit if that is less). The program's allocation that
 //! crosses it starts the runtime on its way out of malloc, outside
 //! jemalloc's locks, and the noted extents are registered then (with a
-//! limit, armed at once: the program's next touches reach the fault thread).
+//! limit, armed at once: the program's next touches reach the fault handlers).
 //! A mapping the mmap hook would register (`FARMEM_MMAP_MIN`) starts the
 //! runtime at once, before it is registered.
 //!

@@ -68,7 +68,7 @@ use config::{ConfigError, ShimConfig};
 #[global_allocator]
 static GLOBAL: farmem_jemalloc::PlainJemalloc = farmem_jemalloc::PlainJemalloc;
 
-/// The process's runtime, once started; never dropped, so the fault thread
+/// The process's runtime, once started; never dropped, so the fault handlers
 /// serves until the process is gone, exit handlers included.
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// The process that started the runtime (a forked child's copy is inert).
@@ -166,7 +166,8 @@ pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
     // as the runtime's do (see `farmem_jemalloc::start_runtime`): they
     // inherit the mask of whichever program thread crossed the start size.
     let _mask = farmem_jemalloc::SignalsBlocked::new();
-    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, cfg.prefetch, cfg.readahead, cfg.verify).map_err(|e| match e {
+    let options = farmem_jemalloc::FaultOptions { prefetch: cfg.prefetch, readahead: cfg.readahead, fault_handlers: cfg.fault_handlers, verify: cfg.verify };
+    let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, options).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
     })?;

@@ -4,7 +4,7 @@
 //!
 //! A mapping of at least the threshold (`FARMEM_MMAP_MIN`, 1 MiB by default),
 //! private, anonymous, read-write, not a stack, is registered as it is made.
-//! The kernel tells the fault thread about `madvise` drops and about unmaps
+//! The kernel tells the fault handlers about `madvise` drops and about unmaps
 //! and moves of whole regions (userfaultfd events). What it cannot express is
 //! a region cut in two: a hole left registered would let the policy evict a
 //! page of whatever is mapped there next, which farmem could never bring back.

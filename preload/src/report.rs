@@ -76,6 +76,8 @@ pub fn snapshot(rt: Option<&Runtime>, started: Instant, limit: Option<u64>, mmap
         "faults_from_tier": count(|s| s.faults_from_tier),
         "faults_from_samples": count(|s| s.sample_faults),
         "faults_deferred": count(|s| s.faults_deferred),
+        "faults_raced": count(|s| s.faults_raced),
+        "installs_retried": count(|s| s.installs_retried),
         "faults_throttled": count(|s| s.throttled_faults),
         "pages_reclaimed": count(|s| s.pages_reclaimed),
         "pages_put_back": count(|s| s.pages_put_back),
@@ -96,6 +98,8 @@ pub fn snapshot(rt: Option<&Runtime>, started: Instant, limit: Option<u64>, mmap
         "tier_bytes_stored": count(|s| s.tiers.iter().map(|(_, t)| t.bytes_in).sum::<u64>()),
         "tiers": tiers,
         "stall_seconds": s.map_or(0.0, |s| s.stall.as_secs_f64()),
+        "fault_handlers": s.map(|s| s.fault_handlers),
+        "fault_handler_cpu_seconds": s.map(|s| s.fault_handler_cpu.as_secs_f64()),
         "fault_p50_us": s.map_or(0.0, |s| s.fault_latency_us(0.5)),
         "fault_p99_us": s.map_or(0.0, |s| s.fault_latency_us(0.99)),
     })

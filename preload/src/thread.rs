@@ -3,9 +3,9 @@
 //!
 //! A new thread runs library code before the function it was started for:
 //! Rust's thread start-up registers thread-local destructors, and glibc
-//! allocates for them with `calloc`. For the fault thread that first
+//! allocates for them with `calloc`. For the fault handlers that first
 //! allocation must already come from plain memory (hard rule 2): served from
-//! a farmem arena, the fault thread would fault on memory only it can serve.
+//! a farmem arena, the fault handlers would fault on memory only they can serve.
 //! So a thread created by a thread that is inside the shim, or inside the
 //! runtime's scope, starts inside the shim's guard and never leaves it. Threads
 //! the program creates are started exactly as they would be without the shim.

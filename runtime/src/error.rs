@@ -55,8 +55,8 @@ pub enum RuntimeError {
         /// What the kernel said.
         source: io::Error,
     },
-    /// The fault thread has stopped.
-    #[error("the fault thread has stopped")]
+    /// The fault handlers have stopped.
+    #[error("the fault handlers have stopped")]
     Stopped,
     /// Called in a forked child: the runtime belongs to the parent.
     #[error("this farmem runtime belongs to the parent process; a forked child runs without it (its memory is complete)")]

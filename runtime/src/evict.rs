@@ -5,8 +5,8 @@
 //! thread that touches a page from then on faults and waits, and no write can
 //! slip in between the copy and the unmapping), stored in a tier from staging,
 //! and only then marked `Evicted`. A fault during the batch is served from
-//! staging. Pages a tier refuses go back through the fault thread, the only
-//! thread that installs pages.
+//! staging. Pages a tier refuses go back through the fault handlers, the only
+//! threads that install pages.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,7 +103,7 @@ impl Staging {
 
     fn page(&self, slot: usize) -> &Page {
         // SAFETY: the slot lies inside the mapping and holds a moved-in page that
-        // nobody writes while the evictor reads it (the fault thread only reads).
+        // nobody writes while the evictor reads it (the fault handlers only read).
         unsafe { &*(self.slot_addr(slot as u64) as *const Page) }
     }
 }
@@ -166,7 +166,7 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
         }
         // Only pages in the page tables are claimed. A page a thread is
         // faulting for is not, and must not be: claiming it again and again
-        // would keep the fault thread retrying that thread's fault forever.
+        // would keep the fault handlers retrying that thread's fault forever.
         // States are read before residency: a `Dropping` page seen out of the
         // page tables after its drop was recorded has been zapped (only the
         // fault thread puts pages back, and it ends `Dropping` first).
@@ -268,7 +268,7 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
             }
         }
     }
-    // Put refused pages back through the fault thread, then wait until no page
+    // Put refused pages back through the fault handlers, then wait until no page
     // of this batch needs staging any more before the area is reused.
     for &i in &refused {
         shared.requests.push(Request::Restore { region: Arc::clone(region), page: i });
@@ -352,8 +352,8 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
         }
         // SAFETY: the page lies in a registered region; MADV_POPULATE_WRITE only
         // faults it in writable (a present page keeps its bytes; a page the
-        // program dropped meanwhile is zero-filled by the fault thread, which
-        // never waits on this thread for a `Resident` page).
+        // program dropped meanwhile is zero-filled by the fault handlers, which
+        // never wait on this thread for a `Resident` page).
         let r = unsafe { libc::madvise(region.page_addr(i) as *mut libc::c_void, PAGE_SIZE, MADV_POPULATE_WRITE) };
         if r != 0 || !region.states.transition(i, State::Resident, State::Claimed) {
             report.busy += 1;

@@ -1,20 +1,35 @@
-//! The fault thread: the one place pages come back into the program's memory.
+//! The fault handlers: the one place pages come back into the program's memory.
 //!
-//! It reads the userfaultfd's messages in the kernel's order and serves each in
-//! turn: faults (from a tier, from staging, or with zeros), the kernel's events
-//! for what the program did to its memory (REMOVE, UNMAP, REMAP), and requests
-//! from the runtime (put a staged page back, unregister a region). Because one
-//! thread does all of it in order, a page the program dropped is never brought
-//! back, and a page is never installed twice.
+//! There is one handler thread per CPU the process may run on, each pinned to
+//! its CPU, all reading the one userfaultfd. When a thread faults, the kernel
+//! wakes every handler; the one on the faulting thread's CPU runs as soon as
+//! that thread blocks, with no idle CPU to wake (on a VM that wake-up costs
+//! several times the kernel's own swap-in), and serves the fault.
+//!
+//! The messages come in the kernel's order, and [`Turns`] keeps that order
+//! where it matters:
+//! - a handler reads under `read`, and keeps it until the events among what it
+//!   read (REMOVE, UNMAP, REMAP) are applied, so no handler reads a later
+//!   message before an earlier event is applied;
+//! - faults are served under `order` shared, so several handlers serve
+//!   faults at once; events and the runtime's requests (put a staged page
+//!   back, unregister a region, bring everything back before a fork) take it
+//!   exclusive, after every fault read before them is served.
+//!
+//! So a page the program dropped is never brought back. Within faults the
+//! page states order the handlers: a handler claims a page by compare-and-swap
+//! (`Evicted` → `Faulting`, `Staged` → `Restoring`, `Resident` → `Filling`),
+//! and a handler that finds a page another one holds retries the fault once
+//! that one is done; so a page is never installed twice.
 //!
 //! Nothing here allocates from the program's heap on the fault path, and nothing
-//! touches registered memory: the page buffer is on this thread's stack and the
-//! zero buffer is static.
+//! touches registered memory: the page buffer is on the handler's own heap
+//! (made at start) and the zero buffer is static.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use farmem_tiers::{Handle, Page};
@@ -33,14 +48,14 @@ pub(crate) struct AlignedPage(pub Page);
 /// thread (the cap on `zero_fill_batch`).
 pub(crate) const MAX_ZERO_BATCH: usize = 16;
 /// The most pages one zero-fill fault fills for a program growing its heap
-/// page after page (the `grow` streams of [`FaultThread`]).
+/// page after page (the `grow` streams of [`Turns`]).
 const MAX_GROW_BATCH: usize = 64;
 
 #[repr(C, align(4096))]
 struct Zeros([u8; PAGE_SIZE * MAX_GROW_BATCH]);
 static ZEROS: Zeros = Zeros([0; PAGE_SIZE * MAX_GROW_BATCH]);
 
-/// What a caller asks of the fault thread.
+/// What a caller asks of the fault handlers.
 pub(crate) enum Request {
     /// Copy a staged page back into its region (a tier refused it).
     Restore { region: Arc<Region>, page: usize },
@@ -77,7 +92,7 @@ impl Completion {
     }
 }
 
-/// The queue of requests, with the eventfd that wakes the fault thread.
+/// The queue of requests, with the eventfd that wakes the fault handlers.
 pub(crate) struct Requests {
     queue: Mutex<VecDeque<Request>>,
     eventfd: std::os::fd::OwnedFd,
@@ -101,7 +116,7 @@ impl Requests {
         self.kick();
     }
 
-    /// Wakes the fault thread if it sleeps in poll.
+    /// Wakes the fault handlers that sleep in poll.
     pub fn kick(&self) {
         use std::os::fd::AsRawFd;
         let one: u64 = 1;
@@ -129,34 +144,80 @@ impl Requests {
 /// How a fault came out.
 enum Served {
     Done,
-    /// Not now: the kernel said EAGAIN (an event is pending), or the evictor
-    /// holds the page. Retried after the next messages are read.
+    /// Not now: the kernel said EAGAIN (an event is pending), the evictor
+    /// holds the page, or another handler is installing it. Retried after
+    /// the next messages are read.
     Again,
 }
 
-/// The fault thread's loop and its state.
-pub(crate) struct FaultThread {
+/// How the fault handlers take turns (see the module doc), and what they
+/// share beyond the page states.
+pub(crate) struct Turns {
+    /// Held while reading the userfaultfd, and on until the events read are applied.
+    read: Mutex<()>,
+    /// Shared while serving faults; exclusive for events and requests.
+    order: RwLock<()>,
+    /// Drop events (REMOVE) applied so far: numbers each `Dropping` state.
+    drops: AtomicU64,
+    /// Who faults in order, and how far ahead to bring pages back for them.
+    /// Shared: a reader's faults reach whichever handler runs on its CPU,
+    /// and a thread moves between CPUs.
+    readahead: Mutex<Readahead>,
+    /// Who first-touches new memory in order (a heap growing page after
+    /// page), and how far ahead to zero-fill for them.
+    grow: Mutex<Readahead>,
+}
+
+impl Turns {
+    /// Turns for handlers that read ahead at most `readahead` pages.
+    pub fn new(readahead: usize) -> Self {
+        Turns {
+            read: Mutex::new(()),
+            order: RwLock::new(()),
+            drops: AtomicU64::new(0),
+            readahead: Mutex::new(Readahead::new(readahead)),
+            grow: Mutex::new(Readahead::new(MAX_GROW_BATCH)),
+        }
+    }
+
+    fn readahead(&self) -> std::sync::MutexGuard<'_, Readahead> {
+        self.readahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn grow(&self) -> std::sync::MutexGuard<'_, Readahead> {
+        self.grow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.order.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.order.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One fault handler's loop and its own state.
+pub(crate) struct FaultHandler {
     shared: Arc<Shared>,
     deferred: Vec<(u64, bool)>,
-    /// Tier copies of pages already back in RAM, freed when the thread is idle:
-    /// freeing can cost a TLB shootdown, which must not delay the next fault.
+    /// Tier copies of pages already back in RAM, freed when no message is
+    /// pending: freeing can cost a TLB shootdown, which must not delay the
+    /// next fault.
     to_remove: Vec<(u8, u64)>,
     buf: Box<AlignedPage>,
-    /// Drop events (REMOVE) read so far: numbers each `Dropping` state.
-    drops: u64,
     /// The fault just served brought a page back from a tier or staging: its
     /// wait is stall caused by reclaim (not a first touch).
     reclaim_fault: bool,
     /// Buffers for prefetched pages, made on the first prefetch.
     prefetch_bufs: Vec<AlignedPage>,
-    /// Who faults in order, and how far ahead to bring pages back for them.
-    readahead: Readahead,
-    /// Who first-touches new memory in order (a heap growing page after
-    /// page), and how far ahead to zero-fill for them.
-    grow: Readahead,
 }
 
-/// The longest one fault waits for reclaim to catch up ([`FaultThread::throttle`]):
+/// The longest one fault waits for reclaim to catch up ([`FaultHandler::throttle`]):
 /// a stuck reclaim slows the program, it never stops it.
 const MAX_THROTTLE: Duration = Duration::from_millis(2);
 
@@ -166,20 +227,18 @@ fn throttle_from(limit: i64) -> i64 {
     limit + limit / 32
 }
 
-/// Tier copies freed at once when the fault thread is busy for a long time.
+/// Tier copies freed at once when a handler is busy for a long time.
 const REMOVE_BATCH: usize = 512;
 
-impl FaultThread {
+
+impl FaultHandler {
     pub fn new(shared: Arc<Shared>) -> Self {
-        FaultThread {
+        FaultHandler {
             deferred: Vec::with_capacity(1024),
             to_remove: Vec::with_capacity(REMOVE_BATCH),
             buf: Box::new(AlignedPage([0; PAGE_SIZE])),
-            drops: 0,
             reclaim_fault: false,
             prefetch_bufs: Vec::new(),
-            readahead: Readahead::new(shared.config.readahead),
-            grow: Readahead::new(MAX_GROW_BATCH),
             shared,
         }
     }
@@ -199,29 +258,55 @@ impl FaultThread {
 
     /// Runs until the runtime stops.
     pub fn run(mut self) {
-        let spin = self.shared.config.spin;
+        let shared = Arc::clone(&self.shared);
+        let turns = &shared.turns;
+        let spin = shared.config.spin;
         let mut events = [Event::Unknown(0); 64];
         let mut idle_since = Instant::now();
-        while !self.shared.stopping.load(Ordering::Acquire) {
-            while let Some(r) = self.shared.requests.pop() {
+        while !shared.stopping.load(Ordering::Acquire) {
+            let read = turns.read();
+            if let Some(r) = shared.requests.pop() {
+                let _exclusive = turns.exclusive();
+                self.flush_removes();
                 self.serve_request(r);
+                while let Some(r) = shared.requests.pop() {
+                    self.serve_request(r);
+                }
+                continue;
             }
-            let n = match self.shared.uffd.read_events(&mut events) {
+            let n = match shared.uffd.read_events(&mut events) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::error!("reading userfaultfd failed: {e}; the fault thread stops");
+                    tracing::error!("reading userfaultfd failed: {e}; the fault handler stops");
                     break;
                 }
             };
             if n > 0 {
                 let t0 = Instant::now();
-                for ev in &events[..n] {
-                    self.serve_event(*ev, t0);
+                let batch = &events[..n];
+                if batch.iter().all(|ev| matches!(ev, Event::Fault { .. })) {
+                    // Faults only: served beside the other handlers. `order`
+                    // is taken before `read` is let go, so an event read next
+                    // waits for these faults, which came before it.
+                    let _shared = turns.shared();
+                    drop(read);
+                    for ev in batch {
+                        self.serve_event(*ev, t0);
+                    }
+                    self.retry_deferred();
+                } else {
+                    let exclusive = turns.exclusive();
+                    for ev in batch {
+                        self.serve_event(*ev, t0);
+                    }
+                    self.retry_deferred();
+                    drop(exclusive);
+                    drop(read);
                 }
-                self.retry_deferred();
                 idle_since = Instant::now();
                 continue;
             }
+            drop(read);
             if !self.to_remove.is_empty() {
                 self.flush_removes();
                 continue;
@@ -229,7 +314,10 @@ impl FaultThread {
             if !self.deferred.is_empty() {
                 // A claimed page is released within microseconds, and a pending
                 // event is read at the top of the loop: keep going, politely.
-                self.retry_deferred();
+                {
+                    let _shared = turns.shared();
+                    self.retry_deferred();
+                }
                 if !self.deferred.is_empty() {
                     std::thread::yield_now();
                 }
@@ -239,18 +327,20 @@ impl FaultThread {
                 std::hint::spin_loop();
                 continue;
             }
-            match self.shared.uffd.poll(self.shared.requests.raw_fd(), -1) {
+            // No timeout: arming a timer costs a VM exit on every sleep.
+            match shared.uffd.poll(shared.requests.raw_fd(), -1) {
                 Ok((_, woken)) => {
-                    if woken {
-                        self.shared.requests.drain_eventfd();
+                    // Drained before the queue is looked at (top of the loop),
+                    // so a request pushed after that look kicks again.
+                    if woken && !shared.stopping.load(Ordering::Acquire) {
+                        shared.requests.drain_eventfd();
                     }
                 }
                 Err(e) => {
-                    tracing::error!("poll on userfaultfd failed: {e}; the fault thread stops");
+                    tracing::error!("poll on userfaultfd failed: {e}; the fault handler stops");
                     break;
                 }
             }
-            idle_since = Instant::now();
         }
         self.flush_removes();
     }
@@ -355,8 +445,11 @@ impl FaultThread {
                 // thread never waits on the evictor (the evictor may itself need a
                 // fault served): retry once more messages are read.
                 State::Claimed | State::ClaimedDropped { .. } => return Served::Again,
+                // Another handler is installing it: once it is in, this
+                // fault finds it present and only wakes its thread.
                 State::Faulting { .. } | State::Filling | State::Restoring { .. } => {
-                    unreachable!("page {addr:#x} is {state:?}, a state only the fault thread holds, between its steps")
+                    shared.counters.faults_raced.fetch_add(1, Ordering::Relaxed);
+                    return Served::Again;
                 }
             }
         }
@@ -369,8 +462,9 @@ impl FaultThread {
     /// most [`MAX_THROTTLE`]. One step was not enough: a program reading a
     /// file into its heap grew faster than 32 KiB each 50 µs (the zero-fill
     /// batch), and sqlite3's heap went 20% over its limit in its first
-    /// seconds. The fault thread judges by the resident estimate it keeps
-    /// itself, so this holds even when the policy thread is starved.
+    /// seconds. The handler judges by the resident estimate the handlers keep
+    /// themselves, so this holds even when the policy thread is starved. It
+    /// sleeps on its own handler: the other handlers go on serving faults.
     fn throttle(&self) {
         let limit = self.shared.limit_pages.load(Ordering::Relaxed) as i64;
         if limit == 0 {
@@ -423,11 +517,13 @@ impl FaultThread {
         let r = unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, true) };
         match r {
             Ok(()) => {}
-            Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => self.unexpected("copy from staging", dst, &p),
+            Err(p) => {
+                // EAGAIN: an event is pending. Anything else leaves the page
+                // where it is too: see `not_installed`.
                 region.states.transition(i, State::Restoring { slot }, State::Staged { slot });
-                return Served::Again;
+                return self.not_installed("copy from staging", dst, &p);
             }
-            Err(p) => self.unexpected("copy from staging", dst, &p),
         }
         if let Some(sums) = &region.sums {
             sums.release(i);
@@ -476,11 +572,11 @@ impl FaultThread {
         // SAFETY: `buf` is a page-aligned page on this thread, not written during the call.
         match unsafe { shared.uffd.copy(dst, self.buf.0.as_ptr(), PAGE_SIZE as u64, true) } {
             Ok(()) => {}
-            Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => self.unexpected("copy from tier", dst, &p),
+            Err(p) => {
                 region.states.transition(i, faulting, State::Evicted { tier, handle });
-                return Served::Again;
+                return self.not_installed("copy from tier", dst, &p);
             }
-            Err(p) => self.unexpected("copy from tier", dst, &p),
         }
         if let Some(sums) = &region.sums {
             sums.release(i);
@@ -507,11 +603,11 @@ impl FaultThread {
             if tier != shared.sample_tier {
                 // A spill tier's pages demoted together lie together in its
                 // file, so its prefetch does not wait for a reader in order.
-                let (stream, window) = self.readahead.on_fault(region.start() as usize, i);
+                let (stream, window) = shared.turns.readahead().on_fault(region.start() as usize, i);
                 let n = if tier != 0 { window.max(shared.config.prefetch) } else { window };
                 if n > 0 {
                     let end = self.prefetch_after(region, i, tier, n);
-                    self.readahead.ran_to(stream, end);
+                    shared.turns.readahead().ran_to(stream, end);
                 }
             }
         } else {
@@ -598,7 +694,7 @@ impl FaultThread {
             return self.serve_fault(region.page_addr(i), write);
         }
         let head = shared.config.zero_fill_batch.clamp(1, MAX_ZERO_BATCH);
-        let (stream, window) = self.grow.on_fault(region.start() as usize, i);
+        let (stream, window) = shared.turns.grow().on_fault(region.start() as usize, i);
         // Where the throttle makes faults wait, growing ahead would only hand
         // reclaim more to do; short of it, reclaim is keeping up.
         let limit = shared.limit_pages.load(Ordering::Relaxed) as i64;
@@ -608,8 +704,9 @@ impl FaultThread {
         while end < region.pages() && end - i < want && region.states.transition(end, State::Resident, State::Filling) {
             end += 1;
         }
+        let mut suspect = false;
         if let Some(sums) = &region.sums {
-            sums.check_faulted_for_zero(i, region.page_addr(i));
+            suspect = sums.zero_fill_suspect(i, region.page_addr(i));
             for k in i + 1..end {
                 sums.check_no_copy(k, region.page_addr(k));
             }
@@ -631,6 +728,9 @@ impl FaultThread {
             };
             let mark = |from: usize, to: usize| {
                 if let Some(sums) = &region.sums {
+                    if (from..to).contains(&i) {
+                        sums.confirm_zero_fill(i, region.page_addr(i), suspect);
+                    }
                     (from..to).for_each(|k| sums.filled(k));
                 }
             };
@@ -670,7 +770,7 @@ impl FaultThread {
         // first touch): stamped seen, so that reclaim does not take the
         // program's newest memory for its oldest (a region's stamps date
         // from when it was registered).
-        self.grow.ran_to(stream, end);
+        shared.turns.grow().ran_to(stream, end);
         let now = shared.tick.load(Ordering::Relaxed);
         for k in i..end {
             region.ages.set_seen(k, now);
@@ -683,6 +783,31 @@ impl FaultThread {
             shared.resident_est.fetch_add(filled as i64, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// A copy into the region failed and the page stays where it was (in its
+    /// tier or in staging), to be tried again once the next messages are read.
+    /// EAGAIN means an event is pending. ENOENT means no mapping is at the
+    /// address any more: the program moved the range (mremap) or unmapped it,
+    /// and the kernel's event for that is on its way, unread or read by a
+    /// handler that waits to apply it. Until then the region's address is
+    /// the old one. Marking the page installed there would throw away its
+    /// only copy, and the program would read zeros at the new address: a
+    /// put-back racing realloc's mremap did that.
+    fn not_installed(&self, what: &str, addr: u64, p: &Partial) -> Served {
+        match p.error.raw_os_error() {
+            Some(libc::EAGAIN) => {}
+            Some(libc::ENOENT) => {
+                self.shared.counters.installs_retried.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                tracing::warn!("{what} at {addr:#x} failed: {}; the page stays out and is tried again", p.error);
+                self.shared.counters.installs_retried.fetch_add(1, Ordering::Relaxed);
+                // Not a stale address: do not spin on it.
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        Served::Again
     }
 
     fn unexpected(&self, what: &str, addr: u64, p: &Partial) {
@@ -709,10 +834,10 @@ impl FaultThread {
             let rs = region.start();
             let first = ((start.max(rs) - rs) / PAGE_SIZE as u64) as usize;
             let last = (((end.min(rs + region.len())) - rs) as usize).div_ceil(PAGE_SIZE);
-            self.drops += 1;
-            let to = if unmap { State::Resident } else { State::Dropping { drop: self.drops } };
+            let drop = self.shared.turns.drops.fetch_add(1, Ordering::Relaxed) + 1;
+            let to = if unmap { State::Resident } else { State::Dropping { drop } };
             for i in first..last {
-                self.forget_page(&region, i, to, self.drops);
+                self.forget_page(&region, i, to, drop);
             }
             if unmap && start <= rs && end >= rs + region.len() {
                 region.closed.store(true, Ordering::Release);
@@ -760,8 +885,10 @@ impl FaultThread {
                         return;
                     }
                 }
+                // Events are applied with `Turns::order` exclusive: no handler
+                // is between the steps of an install.
                 State::Restoring { .. } | State::Faulting { .. } | State::Filling => {
-                    unreachable!("page {i} is {s:?} between the fault thread's steps")
+                    unreachable!("page {i} is {s:?} while an event is applied")
                 }
             }
         }
@@ -914,6 +1041,6 @@ impl FaultThread {
     }
 }
 
-/// How long the fault thread spins before sleeping in poll, by default: not
+/// How long a fault handler spins before sleeping in poll, by default: not
 /// at all (see `Config::spin`).
 pub(crate) const DEFAULT_SPIN: Duration = Duration::ZERO;

@@ -5,13 +5,13 @@
 //! zeros. So before any fork (a `pthread_atfork` handler), every runtime of the
 //! process holds off eviction and brings every evicted page back; after the
 //! fork, the parent lets eviction resume. The child keeps its copy of each
-//! runtime only as inert memory: it has no fault thread, and every call on it
+//! runtime only as inert memory: it has no fault handler, and every call on it
 //! fails with [`RuntimeError::Forked`](crate::RuntimeError::Forked).
 //! `vfork` and `posix_spawn` share or replace memory and need none of this.
 //! This costs the fork the time to fault back what was evicted; the LD_PRELOAD
 //! shim will serve the child instead, without bringing pages back.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 
 use crate::fault::{Completion, Request};
@@ -23,8 +23,11 @@ static INSTALL: Once = Once::new();
 /// What a runtime needs to take part in the fork protocol.
 #[derive(Default)]
 pub(crate) struct ForkGate {
-    /// Set from before a fork until the parent resumes.
-    forking: AtomicBool,
+    /// Forks between their prepare handler and the parent's resume. A count,
+    /// not a flag: when two threads fork at once, the first to resume must not
+    /// let eviction go on while the second has yet to fork (its child read
+    /// zeros where the first's resume let pages go out).
+    forking: AtomicUsize,
     /// Eviction calls in progress.
     evicting: AtomicUsize,
 }
@@ -36,11 +39,11 @@ impl ForkGate {
     /// Waits out a fork in progress, then counts an eviction in.
     pub fn enter(&self) -> EvictPass<'_> {
         loop {
-            while self.forking.load(Ordering::Acquire) {
+            while self.forking.load(Ordering::Acquire) > 0 {
                 std::thread::yield_now();
             }
             self.evicting.fetch_add(1, Ordering::AcqRel);
-            if !self.forking.load(Ordering::Acquire) {
+            if self.forking.load(Ordering::Acquire) == 0 {
                 return EvictPass(self);
             }
             self.evicting.fetch_sub(1, Ordering::AcqRel);
@@ -77,7 +80,7 @@ fn live() -> Vec<Arc<Shared>> {
 extern "C" fn prepare() {
     let _scope = crate::RuntimeScope::enter();
     for shared in live() {
-        shared.fork_gate.forking.store(true, Ordering::Release);
+        shared.fork_gate.forking.fetch_add(1, Ordering::AcqRel);
         while shared.fork_gate.evicting.load(Ordering::Acquire) > 0 {
             std::thread::yield_now();
         }
@@ -94,6 +97,8 @@ extern "C" fn prepare() {
 
 extern "C" fn parent() {
     for shared in live() {
-        shared.fork_gate.forking.store(false, Ordering::Release);
+        // Saturating: a runtime made between this fork's prepare and now was
+        // never counted in.
+        let _ = shared.fork_gate.forking.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }

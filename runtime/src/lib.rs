@@ -36,6 +36,7 @@
 //! runtime is inert. Not yet done: write-protect based dirty tracking (an
 //! evicted page's tier copy is dropped when it faults back).
 
+mod cpus;
 mod error;
 mod evict;
 mod fault;
@@ -64,7 +65,7 @@ pub use scope::{in_runtime, RuntimeScope};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
 use evict::{Staging, Target};
-use fault::{Completion, FaultThread, Request, Requests};
+use fault::{Completion, FaultHandler, Request, Requests, Turns};
 use region::{Region, RegionTable};
 use stats::Counters;
 use uffd::{feature, mode, Userfaultfd};
@@ -87,6 +88,16 @@ pub fn parse_readahead(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses a number of fault handlers as the command line and the environment
+/// write it: 0 (one per CPU the process may run on, the default) to
+/// [`MAX_FAULT_HANDLERS`].
+pub fn parse_fault_handlers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_FAULT_HANDLERS => Ok(n),
+        _ => Err(format!("write a number of fault handler threads from 0 (one per CPU, pinned) to {MAX_FAULT_HANDLERS}; 1 is one unpinned handler")),
+    }
+}
+
 /// Parses a prefetch depth as the command line and the environment write it:
 /// a number of pages from 0 to [`MAX_PREFETCH`].
 pub fn parse_prefetch(s: &str) -> Result<usize, String> {
@@ -105,8 +116,8 @@ pub struct Config {
     pub batch_pages: usize,
     /// Pages zero-filled per fault on never-evicted memory, the faulting page included.
     pub zero_fill_batch: usize,
-    /// How long the fault thread keeps polling after its last message before it
-    /// sleeps in poll(2). Spinning saves the wake-up of a sleeping fault thread
+    /// How long a fault handler keeps polling after its last message before it
+    /// sleeps in poll(2). Spinning saves the wake-up of a sleeping fault handler
     /// (an isolated fault here: 12 µs with a 50 µs spin, 18 µs without), but
     /// only where a core is idle: beside a busy program it takes the core the
     /// program needs. On 2 vCPUs a 50 µs spin cost Redis 12-15% of its GETs
@@ -127,6 +138,11 @@ pub struct Config {
     /// it comes back; a mismatch aborts the process with one line saying
     /// which page (see the `verify` module). For tests and bug hunts.
     pub verify: bool,
+    /// Fault handler threads. 0 (the default): one per CPU the process may
+    /// run on, each pinned to its CPU, so that a fault is served on the CPU
+    /// where it happened. 1: one handler, not pinned. More: pinned to the
+    /// allowed CPUs in turn.
+    pub fault_handlers: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -139,6 +155,7 @@ impl std::fmt::Debug for Config {
             .field("prefetch", &self.prefetch)
             .field("readahead", &self.readahead)
             .field("verify", &self.verify)
+            .field("fault_handlers", &self.fault_handlers)
             .finish()
     }
 }
@@ -153,6 +170,7 @@ pub struct RuntimeBuilder {
     prefetch: usize,
     readahead: Option<usize>,
     verify: bool,
+    fault_handlers: usize,
 }
 
 impl RuntimeBuilder {
@@ -176,7 +194,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How long the fault thread spins before sleeping (default 0: see [`Config::spin`]).
+    /// How long each fault handler spins before sleeping (default 0: see [`Config::spin`]).
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = Some(spin);
         self
@@ -202,7 +220,14 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Opens the userfaultfd, checks the kernel's features, and starts the fault thread.
+    /// Fault handler threads (default 0: one per allowed CPU, pinned; at
+    /// most [`MAX_FAULT_HANDLERS`]): see [`Config::fault_handlers`].
+    pub fn fault_handlers(mut self, n: usize) -> Self {
+        self.fault_handlers = n.min(MAX_FAULT_HANDLERS);
+        self
+    }
+
+    /// Opens the userfaultfd, checks the kernel's features, and starts the fault handlers.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         let _scope = RuntimeScope::enter();
         let mut tiers = self.tiers;
@@ -222,6 +247,7 @@ impl RuntimeBuilder {
             prefetch: self.prefetch,
             readahead: self.readahead.unwrap_or(DEFAULT_READAHEAD),
             verify: self.verify,
+            fault_handlers: self.fault_handlers,
         };
         let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
         // Async write-protect is wanted, not required: without it the policy
@@ -262,29 +288,13 @@ impl RuntimeBuilder {
             fork_gate: fork::ForkGate::default(),
             evict_quiet_since_us: AtomicU64::new(1),
             epoch: std::time::Instant::now(),
+            turns: Turns::new(config.readahead),
             config,
         });
-        let thread_shared = Arc::clone(&shared);
-        // Unnamed for std: a std thread name is copied into a fresh allocation as
-        // the thread starts, before it can enter the runtime's scope, and so could
-        // land in registered memory. The kernel's name is set from inside instead.
-        let fault_thread = std::thread::Builder::new()
-            .spawn(move || {
-                let _scope = RuntimeScope::enter();
-                set_thread_name(c"farmem-fault");
-                let stopping = Arc::clone(&thread_shared);
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FaultThread::new(thread_shared).run()));
-                if r.is_err() || !stopping.stopping.load(Ordering::Acquire) {
-                    // Without its fault thread, every later fault on farmem memory
-                    // would wait forever: a clear end beats a silent hang.
-                    eprintln!("farmem: the fault thread stopped unexpectedly; aborting rather than leaving the program's threads blocked on their memory");
-                    std::process::abort();
-                }
-            })
-            .map_err(|source| RuntimeError::Os { op: "starting the fault thread", source })?;
+        let fault_threads = start_fault_handlers(&shared)?;
         fork::track(&shared);
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
-        Ok(Runtime { shared, fault_thread: Some(fault_thread), policy: Mutex::new(None) })
+        Ok(Runtime { shared, fault_threads, policy: Mutex::new(None) })
     }
 }
 
@@ -321,12 +331,80 @@ fn is_present(addr: u64) -> bool {
 }
 
 /// Names the calling thread for ps and debuggers, without allocating.
+/// The most fault handler threads a runtime starts.
+pub const MAX_FAULT_HANDLERS: usize = 64;
+
+/// Starts the fault handlers `shared.config.fault_handlers` asks for (see
+/// [`Config::fault_handlers`]).
+fn start_fault_handlers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
+    let cpus = cpus::allowed().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the CPUs this process may run on: {e}; one fault handler, not pinned");
+        Vec::new()
+    });
+    let n = match shared.config.fault_handlers {
+        0 => cpus.len().clamp(1, MAX_FAULT_HANDLERS),
+        n => n,
+    };
+    let pinned = n > 1 && !cpus.is_empty();
+    let mut threads = Vec::with_capacity(n);
+    for k in 0..n {
+        let cpu = pinned.then(|| cpus[k % cpus.len()]);
+        let thread_shared = Arc::clone(shared);
+        // Made here, inside the runtime's scope: see below.
+        let name = std::ffi::CString::new(format!("farmem-fault-{k}")).expect("no NUL in a thread name");
+        // Unnamed for std: a std thread name is copied into a fresh allocation as
+        // the thread starts, before it can enter the runtime's scope, and so could
+        // land in registered memory. The kernel's name is set from inside instead.
+        let t = std::thread::Builder::new()
+            .spawn(move || {
+                let _scope = RuntimeScope::enter();
+                set_thread_name(&name);
+                if let Some(cpu) = cpu {
+                    if let Err(e) = cpus::pin(cpu) {
+                        tracing::warn!("cannot pin fault handler {k} to CPU {cpu}: {e}; it runs unpinned");
+                    }
+                }
+                let stopping = Arc::clone(&thread_shared);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FaultHandler::new(thread_shared).run()));
+                if r.is_err() || !stopping.stopping.load(Ordering::Acquire) {
+                    // Without its fault handlers, later faults on farmem memory
+                    // could wait forever: a clear end beats a silent hang.
+                    eprintln!("farmem: fault handler {k} stopped unexpectedly; aborting rather than leaving the program's threads blocked on their memory");
+                    std::process::abort();
+                }
+            })
+            .map_err(|source| RuntimeError::Os { op: "starting a fault handler thread", source });
+        match t {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop_fault_handlers(shared, threads);
+                return Err(e);
+            }
+        }
+    }
+    Ok(threads)
+}
+
+/// Stops the fault handlers and waits for them. The eventfd is kicked until
+/// every one is gone: a handler that was about to sleep when `stopping` was
+/// set may have missed the first kick.
+fn stop_fault_handlers(shared: &Shared, threads: Vec<JoinHandle<()>>) {
+    shared.stopping.store(true, Ordering::Release);
+    while threads.iter().any(|t| !t.is_finished()) {
+        shared.requests.kick();
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 fn set_thread_name(name: &std::ffi::CStr) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
-/// What the fault thread and the callers share.
+/// What the fault handlers and the callers share.
 pub(crate) struct Shared {
     uffd: Userfaultfd,
     /// /proc/self/pagemap, when the kernel has PAGEMAP_SCAN and the userfaultfd
@@ -342,14 +420,14 @@ pub(crate) struct Shared {
     sample_tier: u8,
     /// The policy's clock: ticks since start (see `policy::ages`).
     tick: AtomicU32,
-    /// The policy's limit in pages (0: none), for the fault thread's throttle.
+    /// The policy's limit in pages (0: none), for the fault handlers' throttle.
     limit_pages: AtomicU64,
     /// Resident pages as the policy last measured them, plus the pages the
-    /// fault thread installed and less those reclaimed since: the throttle's
+    /// fault handlers installed and less those reclaimed since: the throttle's
     /// view, kept current even when the policy thread gets no CPU.
     resident_est: std::sync::atomic::AtomicI64,
     /// The last reclaim under the limit came up short with nothing else it
-    /// could take: the fault thread's throttle would only slow the program.
+    /// could take: the fault handlers' throttle would only slow the program.
     reclaim_short: AtomicBool,
     /// Wakes the policy thread (to reclaim at once when the limit is crossed).
     policy_bell: policy::Bell,
@@ -361,9 +439,11 @@ pub(crate) struct Shared {
     /// Holds eviction off across a fork.
     fork_gate: fork::ForkGate,
     /// When the last eviction batch ended (or 0 while one runs), in
-    /// microseconds since `epoch`: the fault thread does not spin near one.
+    /// microseconds since `epoch`: the fault handlers do not spin near one.
     evict_quiet_since_us: AtomicU64,
     epoch: std::time::Instant,
+    /// How the fault handlers take turns.
+    turns: Turns,
     config: Config,
 }
 
@@ -380,13 +460,13 @@ impl Shared {
     }
 }
 
-/// The far-memory runtime of one process: regions, the fault thread, the tiers.
+/// The far-memory runtime of one process: regions, the fault handlers, the tiers.
 ///
 /// Dropping it brings every evicted page back, unregisters every region and
-/// stops the fault thread.
+/// stops the fault handlers.
 pub struct Runtime {
     shared: Arc<Shared>,
-    fault_thread: Option<JoinHandle<()>>,
+    fault_threads: Vec<JoinHandle<()>>,
     policy: Mutex<Option<policy::PolicyHandle>>,
 }
 
@@ -406,7 +486,7 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    /// Fails in a forked child, whose copy of the runtime has no fault thread.
+    /// Fails in a forked child, whose copy of the runtime has no fault handlers.
     fn check_process(&self) -> Result<(), RuntimeError> {
         if std::process::id() != self.shared.owner_pid {
             return Err(RuntimeError::Forked);
@@ -444,7 +524,7 @@ impl Runtime {
     /// ordinary page faults, so memory that never goes cold costs nothing.
     ///
     /// While a policy with a limit runs, the range is armed at once instead:
-    /// the first touches of a fast fill must reach the fault thread, which
+    /// the first touches of a fast fill must reach the fault handlers, which
     /// counts them and asks for reclaim as the limit is crossed; a range no
     /// fault thread sees would only be caught by the next check.
     ///
@@ -528,7 +608,7 @@ impl Runtime {
     }
 
     fn unregister_region(&self, region: Arc<Region>) -> Result<(), RuntimeError> {
-        if self.fault_thread.as_ref().is_none_or(|t| t.is_finished()) {
+        if self.fault_threads.is_empty() || self.fault_threads.iter().any(|t| t.is_finished()) {
             return Err(RuntimeError::Stopped);
         }
         let (addr, len) = (region.start(), region.len());
@@ -637,6 +717,7 @@ impl Runtime {
 
     /// A snapshot of the statistics.
     pub fn stats(&self) -> Stats {
+        use std::os::unix::thread::JoinHandleExt;
         let c = &self.shared.counters;
         let regions = self.shared.regions.all();
         Stats {
@@ -665,12 +746,16 @@ impl Runtime {
             faults_zero_filled: c.faults_zero_filled.load(Ordering::Relaxed),
             pages_zero_filled: c.pages_zero_filled.load(Ordering::Relaxed),
             faults_deferred: c.faults_deferred.load(Ordering::Relaxed),
+            faults_raced: c.faults_raced.load(Ordering::Relaxed),
+            installs_retried: c.installs_retried.load(Ordering::Relaxed),
             pages_poisoned: c.pages_poisoned.load(Ordering::Relaxed),
             pages_dropped_by_program: c.pages_dropped_by_program.load(Ordering::Relaxed),
             evict_skipped_busy: c.evict_skipped_busy.load(Ordering::Relaxed),
             evict_rejected: c.evict_rejected.load(Ordering::Relaxed),
             evict_tier_full: c.evict_tier_full.load(Ordering::Relaxed),
             stall: Duration::from_nanos(c.stall_ns.load(Ordering::Relaxed)),
+            fault_handlers: self.fault_threads.len(),
+            fault_handler_cpu: self.fault_threads.iter().filter_map(|t| cpus::thread_cpu_time(t.as_pthread_t()).ok()).sum(),
             fault_latency_ns: c.fault_latency.to_hdr(),
             tiers: self.shared.tiers.iter().map(|t| (t.name().to_string(), t.stats())).collect(),
             policy: self.policy.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.stats()),
@@ -682,9 +767,9 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _scope = RuntimeScope::enter();
         if self.check_process().is_err() {
-            // A forked child's copy: no fault thread to stop; its memory is the
+            // A forked child's copy: no fault handlers to stop; its memory is the
             // child's own, complete since the fork.
-            if let Some(t) = self.fault_thread.take() {
+            for t in self.fault_threads.drain(..) {
                 std::mem::forget(t);
             }
             return;
@@ -696,10 +781,6 @@ impl Drop for Runtime {
                 tracing::error!("could not release region {a:#x}+{l:#x}: {e}");
             }
         }
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.requests.kick();
-        if let Some(t) = self.fault_thread.take() {
-            let _ = t.join();
-        }
+        stop_fault_handlers(&self.shared, std::mem::take(&mut self.fault_threads));
     }
 }

@@ -6,20 +6,22 @@
 //! |---|---|---|---|
 //! | `Resident` | `Claimed` | evictor | before moving the page out of the region |
 //! | `Claimed` | `Staged` / `Resident` | evictor | after the move: the page is in staging / was a hole |
-//! | `Claimed` | `ClaimedDropped` | fault thread | the program dropped or unmapped the page while the evictor held it |
+//! | `Claimed` | `ClaimedDropped` | fault handler | the program dropped or unmapped the page while the evictor held it |
 //! | `ClaimedDropped` | `Resident` / `Dropping` | evictor | its copy is thrown away; `Dropping` if the page never left the page tables |
 //! | `Staged` | `Evicted` | evictor | its copy is in a tier |
-//! | `Staged` | `Restoring` → `Resident` | fault thread | a fault (or a put-back request) copies it back from staging |
-//! | `Evicted` | `Faulting` → `Resident` | fault thread | a fault copies it back from its tier |
-//! | `Faulting` | `Poisoned` | fault thread | the tier could not give it back |
-//! | `Resident` | `Filling` → `Resident` | fault thread | zero-filling a page never evicted |
-//! | any but the transient ones | `Resident` | fault thread | the program unmapped the page (UNMAP) |
-//! | any but the transient ones | `Dropping` | fault thread | the program dropped the page (REMOVE): the kernel zaps it only after the event is read |
-//! | `Dropping` | `Resident` | evictor, fault thread | the page is out of the page tables (zapped), or a thread faults on it |
+//! | `Staged` | `Restoring` → `Resident` | fault handler | a fault (or a put-back request) copies it back from staging |
+//! | `Evicted` | `Faulting` → `Resident` | fault handler | a fault copies it back from its tier |
+//! | `Faulting` | `Poisoned` | fault handler | the tier could not give it back |
+//! | `Resident` | `Filling` → `Resident` | fault handler | zero-filling a page never evicted |
+//! | any but the transient ones | `Resident` | fault handler | the program unmapped the page (UNMAP) |
+//! | any but the transient ones | `Dropping` | fault handler | the program dropped the page (REMOVE): the kernel zaps it only after the event is read |
+//! | `Dropping` | `Resident` | evictor, fault handler | the page is out of the page tables (zapped), or a thread faults on it |
 //!
-//! The fault thread never waits for the evictor (a fault on a `Claimed` or
+//! A fault handler never waits for the evictor (a fault on a `Claimed` or
 //! `ClaimedDropped` page is retried later), while the evictor may wait for the
-//! fault thread; so neither can end up waiting for the other.
+//! handlers; so neither can end up waiting for the other. A handler that finds
+//! a page in a state another handler holds (`Faulting`, `Restoring`,
+//! `Filling`) retries the fault later too.
 //!
 //! Only the evictor ends a claim. A drop during a claim does not end it: the
 //! evictor's move out of the page tables may still be on its way, and if a
@@ -32,9 +34,10 @@
 //! the kernel over a range whose page table a drop freed, until something is
 //! mapped there again; without it the kernel stops at the hole (see `evict`).
 //!
-//! Only the fault thread installs pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
-//! and it also handles the kernel's REMOVE/UNMAP/REMAP events, in the order the
-//! kernel reports them; so a page the program dropped is never brought back.
+//! Only the fault handlers install pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
+//! and they also apply the kernel's REMOVE/UNMAP/REMAP events, in the order the
+//! kernel reports them (see `fault::Turns`); so a page the program dropped is
+//! never brought back.
 //! The evictor only takes pages out, and only pages it has claimed, so a write
 //! that lands during eviction either happens before the move (and is in the
 //! copy) or faults and waits for the page to come back.
@@ -62,7 +65,7 @@ pub enum State {
         /// The staging slot.
         slot: u64,
     },
-    /// The fault thread is copying it back from staging slot `slot`.
+    /// A fault handler is copying it back from staging slot `slot`.
     Restoring {
         /// The staging slot.
         slot: u64,
@@ -74,14 +77,14 @@ pub enum State {
         /// The tier's handle.
         handle: u64,
     },
-    /// The fault thread is loading it back from its tier.
+    /// A fault handler is loading it back from its tier.
     Faulting {
         /// Index of the tier.
         tier: u8,
         /// The tier's handle.
         handle: u64,
     },
-    /// The fault thread is zero-filling it.
+    /// A fault handler is zero-filling it.
     Filling,
     /// Its tier lost it: every access raises SIGBUS.
     Poisoned,

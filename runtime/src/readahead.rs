@@ -1,9 +1,9 @@
 //! Readahead for programs that read evicted memory in order.
 //!
-//! A fault costs the program a round trip to the fault thread (on a VM, the
+//! A fault costs the program a round trip to the fault handlers (on a VM, the
 //! wake-up of an idle vCPU is most of it), while bringing one more page back
 //! from T1 costs a decompression and a copy. So when the faults of a region
-//! come one page after another, the fault thread brings back the pages ahead
+//! come one page after another, the fault handlers bring back the pages ahead
 //! of the reader with the one it faulted on, as the kernel's swap readahead
 //! does: nothing on a first fault, then a window that doubles with each fault
 //! that lands where the last run ended, up to the configured most
@@ -28,7 +28,7 @@ struct Stream {
     used: u64,
 }
 
-/// The fault thread's view of who reads in order.
+/// The fault handlers' view of who reads in order.
 #[derive(Debug)]
 pub(crate) struct Readahead {
     streams: [Stream; STREAMS],

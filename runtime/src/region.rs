@@ -1,4 +1,4 @@
-//! Registered regions and the table the fault thread looks addresses up in.
+//! Registered regions and the table the fault handlers look addresses up in.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,7 +22,7 @@ pub struct Region {
     pub ages: PageAges,
     /// Pages a tier refused as incompressible, which reclaim passes over.
     pub incompressible: IncompressiblePages,
-    /// Held by the evictor for a batch, and by the fault thread to move or
+    /// Held by the evictor for a batch, and by the fault handlers to move or
     /// unregister the region, so that neither sees the other half-done.
     pub evict_lock: Mutex<()>,
     /// Pages whose only copy is in a tier.

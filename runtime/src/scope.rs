@@ -3,7 +3,7 @@
 //! The runtime allocates with the ordinary Rust allocator. Where that allocator's
 //! memory may itself be registered with farmem (the LD_PRELOAD shim, the jemalloc
 //! hook, or a program that registers its own arena), the runtime's objects must be
-//! served from somewhere else, or the fault thread would fault on itself (hard
+//! served from somewhere else, or the fault handlers would fault on themselves (hard
 //! rule 2). So every runtime thread, and every runtime call on a program thread,
 //! runs inside a [`RuntimeScope`]; an allocator that feeds farmem memory asks
 //! [`in_runtime`] and serves those allocations from memory farmem never registers.

@@ -1,6 +1,6 @@
 //! What the runtime counts, and the snapshot it hands out.
 //!
-//! The fault thread records into atomics only: no lock and no allocation on the
+//! The fault handlers record into atomics only: no lock and no allocation on the
 //! fault path. Latencies go into a fixed log-linear bucket array (32 linear
 //! sub-buckets per power of two, so each bucket is within ~3% of its values);
 //! [`Stats`] turns it into an `hdrhistogram::Histogram` when a snapshot is taken.
@@ -84,6 +84,8 @@ pub(crate) struct Counters {
     pub faults_zero_filled: AtomicU64,
     pub pages_zero_filled: AtomicU64,
     pub faults_deferred: AtomicU64,
+    pub faults_raced: AtomicU64,
+    pub installs_retried: AtomicU64,
     pub pages_poisoned: AtomicU64,
     pub pages_dropped_by_program: AtomicU64,
     pub evict_skipped_busy: AtomicU64,
@@ -149,8 +151,16 @@ pub struct Stats {
     pub faults_zero_filled: u64,
     /// Pages zero-filled (fault pages and their neighbours).
     pub pages_zero_filled: u64,
-    /// Faults that had to wait for a kernel event (EAGAIN) and were retried.
+    /// Faults that had to wait for a kernel event (EAGAIN), for the evictor
+    /// or for another handler, and were retried.
     pub faults_deferred: u64,
+    /// Times a fault found its page being installed by another fault
+    /// handler (two threads faulted on one page at once); it was retried.
+    pub faults_raced: u64,
+    /// Copies into a region that found no mapping at the page's address (the
+    /// program had just moved or unmapped it) or failed otherwise; the page
+    /// stayed out and was tried again after the kernel's event.
+    pub installs_retried: u64,
     /// Pages poisoned because their tier could not return them.
     pub pages_poisoned: u64,
     /// Evicted pages dropped because the program dropped them (munmap, madvise).
@@ -161,9 +171,13 @@ pub struct Stats {
     pub evict_rejected: u64,
     /// Pages not evicted because every tier was full.
     pub evict_tier_full: u64,
-    /// Time the fault thread spent serving faults, from reading a fault to
+    /// Time the fault handlers spent serving faults, from reading a fault to
     /// waking its thread: the program's stall time less the kernel's wake-ups.
     pub stall: Duration,
+    /// Fault handler threads running.
+    pub fault_handlers: usize,
+    /// CPU time the fault handlers have used, all of them together.
+    pub fault_handler_cpu: Duration,
     /// The part of `stall` spent bringing pages back from tiers or staging
     /// (first touches excluded): what the stall controller steers by.
     pub reclaim_stall: Duration,

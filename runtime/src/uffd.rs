@@ -276,7 +276,7 @@ impl Userfaultfd {
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // A full userfaultfd first: with UFFD_USER_MODE_ONLY, the kernel's own
         // accesses to a missing page (read(2) into an evicted buffer, write(2)
-        // from one) fail with EFAULT instead of waiting for the fault thread,
+        // from one) fail with EFAULT instead of waiting for the fault handlers,
         // which breaks a program whose heap is under farmem (the LD_PRELOAD shim).
         // SAFETY: userfaultfd(2) takes only flags and returns a new fd or -1.
         let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };

@@ -86,7 +86,7 @@ impl PageSums {
 
     /// Records that farmem did `step` to page `i`.
     pub fn note(&self, i: usize, step: Step) {
-        // The evictor and the fault thread both note steps: no step is lost.
+        // The evictor and the fault handlers both note steps: no step is lost.
         let _ = self.steps_word(i).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| Some(old << 4 | step as u32));
     }
 
@@ -159,15 +159,25 @@ impl PageSums {
         }
     }
 
-    /// Checks that page `i`, which a thread faulted on, may be zero-filled:
-    /// besides holding no copy, farmem must not have seen bytes in it since
-    /// the program last dropped it, or they are gone from the page tables
-    /// without farmem taking them. (A page already back in the page tables
-    /// is a repeated fault, which the zero-fill skips.)
-    pub fn check_faulted_for_zero(&self, i: usize, addr: u64) {
+    /// Before page `i`, which a thread faulted on, is zero-filled: checks
+    /// that farmem holds no copy of it, and says whether the fill would be
+    /// wrong, i.e. farmem saw bytes in the page since the program last
+    /// dropped it and they are gone from the page tables without farmem
+    /// taking them. A page already back in the page tables is a repeated
+    /// fault, which the zero-fill skips. The answer goes to
+    /// [`PageSums::confirm_zero_fill`] once the fill is in: a fill that does
+    /// not go in changes nothing (a fault read after another path installed
+    /// the page, served once the program had unmapped it and something else
+    /// was mapped there, its UNMAP event still behind it in the queue).
+    pub fn zero_fill_suspect(&self, i: usize, addr: u64) -> bool {
         self.check_no_copy(i, addr);
-        if self.word(i).load(Ordering::Acquire) & FILLED != 0 && !crate::is_present(addr) {
-            fail(format_args!("page {addr:#x} is about to be zero-filled, but it had bytes and the program never dropped it (history: {})", self.history(i)));
+        self.word(i).load(Ordering::Acquire) & FILLED != 0 && !crate::is_present(addr)
+    }
+
+    /// After page `i` was zero-filled: aborts if [`PageSums::zero_fill_suspect`] said it was wrong.
+    pub fn confirm_zero_fill(&self, i: usize, addr: u64, suspect: bool) {
+        if suspect {
+            fail(format_args!("page {addr:#x} was zero-filled, but it had bytes and the program never dropped it (history: {})", self.history(i)));
         }
     }
 }

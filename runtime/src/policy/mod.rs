@@ -22,7 +22,7 @@
 //!
 //! With a limit, the thread also checks resident memory ten times a tick, so a
 //! program that allocates fast is held near its cap; if reclaim still falls
-//! behind, the fault thread delays the program's faults that grow its resident
+//! behind, the fault handlers delay the program's faults that grow its resident
 //! set (as cgroup memory.high throttles), until reclaim catches up.
 //!
 //! ```no_run
@@ -85,7 +85,7 @@ const DEMOTE_PER_TICK: usize = 65536;
 const STALL_WINDOW: Duration = Duration::from_secs(1);
 /// The share of the stall target the sampler's own faults may use.
 const SAMPLE_STALL_SHARE: f64 = 0.25;
-/// The shortest gap between two limit checks asked for by the fault thread.
+/// The shortest gap between two limit checks asked for by the fault handlers.
 const MIN_CHECK_GAP: Duration = Duration::from_millis(2);
 /// How often the limit is checked while the program is throttled, or while
 /// its resident set grows fast.
@@ -160,7 +160,7 @@ pub(crate) struct PolicyHandle {
 }
 
 /// Wakes the policy thread between its checks: to stop, or to reclaim at once
-/// because the fault thread saw the program's resident set cross its limit.
+/// because the fault handlers saw the program's resident set cross its limit.
 /// Reclaiming when the limit is crossed, rather than at the next timed check,
 /// is what keeps the program from being throttled.
 #[derive(Default)]
@@ -187,7 +187,7 @@ enum Wake {
 }
 
 impl Bell {
-    /// Asks the policy thread to check the limit now (the fault thread calls it).
+    /// Asks the policy thread to check the limit now (the fault handlers call it).
     pub(crate) fn ask_reclaim(&self) {
         if !self.asked.swap(true, Relaxed) {
             self.state.lock().unwrap_or_else(|e| e.into_inner()).reclaim = true;
@@ -219,7 +219,7 @@ impl Bell {
         }
     }
 
-    /// The reclaim asked for is done (or was not needed): the fault thread may ask again.
+    /// The reclaim asked for is done (or was not needed): the fault handlers may ask again.
     fn answered(&self) {
         self.asked.store(false, Relaxed);
     }
@@ -231,7 +231,7 @@ impl PolicyHandle {
         shared.policy_bell.reset();
         let stats = Arc::new(Mutex::new(PolicyStats { mode: describe(&config), ..PolicyStats::default() }));
         let (sh, o) = (Arc::clone(&shared), Arc::clone(&stats));
-        // Unnamed for std, as the fault thread: see `RuntimeBuilder::build`.
+        // Unnamed for std, as the fault handlers: see `RuntimeBuilder::build`.
         let thread = std::thread::Builder::new().spawn(move || {
             let _scope = RuntimeScope::enter();
             crate::set_thread_name(c"farmem-policy");
@@ -332,12 +332,12 @@ struct Policy {
     scan: Scan,
     /// Pages the sampler took out: when, and where.
     outstanding: Vec<(u32, Arc<Region>, usize)>,
-    /// The program was over its limit by 5% or more (the fault thread throttles it) at the last look.
+    /// The program was over its limit by 5% or more (the fault handlers throttle it) at the last look.
     throttled: bool,
     /// Resident bytes at the last limit check, and whether they grew by more
     /// than a fiftieth of the limit since the one before: memory the program
     /// touches for the first time in a region farmem has not armed yet
-    /// reaches no fault thread, so only a check sees it.
+    /// reaches no fault handler, so only a check sees it.
     last_resident: u64,
     growing: bool,
     /// Pages reclaimed in each of the last ticks.
@@ -408,7 +408,7 @@ impl Policy {
         let step = if self.config.limit.is_some() { (tick / 10).max(Duration::from_millis(10)) } else { tick };
         let mut next_tick = Instant::now() + tick;
         let mut last_check = Instant::now();
-        // The fault thread holds the limit from the start, not from the first check.
+        // The fault handlers hold the limit from the start, not from the first check.
         self.set_throttle();
         loop {
             // While the program is throttled, look again soon: the sooner the
@@ -438,7 +438,7 @@ impl Policy {
         self.shared.limit_pages.store(0, Relaxed);
     }
 
-    /// Corrects the fault thread's resident estimate to `measured` bytes,
+    /// Corrects the fault handlers' resident estimate to `measured` bytes,
     /// given what the estimate was when the measure began. The correction is
     /// added rather than stored, so that pages faulted in or reclaimed while
     /// the policy measured and reclaimed (a long tick, on a busy machine)
@@ -448,7 +448,7 @@ impl Policy {
         self.shared.resident_est.fetch_add(pages - est_before, Relaxed);
     }
 
-    /// Publishes the limit to the fault thread, and remembers whether the
+    /// Publishes the limit to the fault handlers, and remembers whether the
     /// program is over it by 5% or more, to look again soon.
     fn set_throttle(&mut self) {
         let limit = self.config.limit.map_or(0, |l| l / PAGE_SIZE as u64);
@@ -473,7 +473,7 @@ impl Policy {
         let parts = if self.stats.ticks == 0 { 1 } else { SCAN_PARTS };
         let est_before = shared.resident_est.load(Relaxed);
         // With a limit, the checks between ticks measure resident memory ten
-        // times a tick and correct the fault thread's estimate each time: the
+        // times a tick and correct the fault handlers' estimate each time: the
         // tick takes that estimate rather than walk every page table again.
         let measure = self.config.limit.is_none() || self.stats.ticks == 0;
         // Written pages are stamped first, so that the generation counts include them.

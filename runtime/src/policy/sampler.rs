@@ -12,7 +12,7 @@
 //! Pages are visited by a clock hand over all regions, so every resident page
 //! is sampled in turn. Pages seen within the hot window are skipped: sampling
 //! them again would only cost faults. The sampling rate follows a CPU budget
-//! (the policy thread's own time, plus the fault thread's time on sampled
+//! (the policy thread's own time, plus the fault handlers' time on sampled
 //! pages) and, in stall mode, a share of the stall target.
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! write-protect as well as for missing faults, with `UFFD_FEATURE_WP_ASYNC`.
 //! A scan reports the pages in RAM written since the last one and protects
 //! them again in the same walk; the next write to such a page is resolved by
-//! the kernel itself, with no message to the fault thread, and marks the page
+//! the kernel itself, with no message to the fault handlers, and marks the page
 //! written. So a page the program writes is seen in use at the next scan
 //! without a fault and without a copy, and the sampler leaves it alone.
 //! Reads are not seen: the sampler's faults still find those.

@@ -1,7 +1,7 @@
 //! The tier's counters, and the gate every load passes through.
 //!
 //! The gate counts loads in and out on a cache line per thread (modulo 16
-//! stripes), so fault threads do not share a line; its out-count is also the
+//! stripes), so fault handlers do not share a line; its out-count is also the
 //! load counter. Compaction uses it to wait until no load that may have read
 //! an object's old offset is still running.
 
