@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -166,7 +166,23 @@ pub(crate) struct Turns {
     /// Who first-touches new memory in order (a heap growing page after
     /// page), and how far ahead to zero-fill for them.
     grow: Mutex<Readahead>,
+    /// Handlers running, and of those, handlers stepped back (see
+    /// [`STEP_BACK_AFTER`]): at least one handler always waits on the
+    /// userfaultfd.
+    handlers: AtomicUsize,
+    stepped_back: AtomicUsize,
 }
+
+/// A handler woken for this many messages in a row that another handler
+/// read first steps back: it stops waiting on the userfaultfd for
+/// [`STEP_BACK_MS`], unless it is the last one waiting. Every handler wakes
+/// for every fault, and one whose CPU the faulting threads do not run on only
+/// takes CPU from them (sort, one thread beside the reclaim thread on 2 CPUs,
+/// ran 18% longer with a second handler waking for each of its faults).
+const STEP_BACK_AFTER: u32 = 16;
+/// How long a handler that stepped back waits (for requests only) before it
+/// waits on the userfaultfd again, in milliseconds.
+const STEP_BACK_MS: i32 = 20;
 
 impl Turns {
     /// Turns for handlers that read ahead at most `readahead` pages.
@@ -177,7 +193,24 @@ impl Turns {
             drops: AtomicU64::new(0),
             readahead: Mutex::new(Readahead::new(readahead)),
             grow: Mutex::new(Readahead::new(MAX_GROW_BATCH)),
+            handlers: AtomicUsize::new(1),
+            stepped_back: AtomicUsize::new(0),
         }
+    }
+
+    /// Records how many handlers run.
+    pub fn set_handlers(&self, n: usize) {
+        self.handlers.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Steps a handler back, unless every other one has already.
+    fn step_back(&self) -> bool {
+        let n = self.handlers.load(Ordering::Relaxed);
+        self.stepped_back.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| (b + 1 < n).then_some(b + 1)).is_ok()
+    }
+
+    fn step_in(&self) {
+        self.stepped_back.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn readahead(&self) -> std::sync::MutexGuard<'_, Readahead> {
@@ -263,6 +296,9 @@ impl FaultHandler {
         let spin = shared.config.spin;
         let mut events = [Event::Unknown(0); 64];
         let mut idle_since = Instant::now();
+        // Woken for a message, and how many such wake-ups in a row found it
+        // read by another handler.
+        let (mut woken_for_message, mut missed) = (false, 0u32);
         while !shared.stopping.load(Ordering::Acquire) {
             let read = turns.read();
             if let Some(r) = shared.requests.pop() {
@@ -281,6 +317,9 @@ impl FaultHandler {
                     break;
                 }
             };
+            if std::mem::take(&mut woken_for_message) {
+                missed = if n > 0 { 0 } else { missed + 1 };
+            }
             if n > 0 {
                 let t0 = Instant::now();
                 let batch = &events[..n];
@@ -327,9 +366,19 @@ impl FaultHandler {
                 std::hint::spin_loop();
                 continue;
             }
+            if missed >= STEP_BACK_AFTER && turns.step_back() {
+                missed = 0;
+                let woken = wait_readable(shared.requests.raw_fd(), STEP_BACK_MS);
+                turns.step_in();
+                if woken && !shared.stopping.load(Ordering::Acquire) {
+                    shared.requests.drain_eventfd();
+                }
+                continue;
+            }
             // No timeout: arming a timer costs a VM exit on every sleep.
             match shared.uffd.poll(shared.requests.raw_fd(), -1) {
-                Ok((_, woken)) => {
+                Ok((ready, woken)) => {
+                    woken_for_message = ready;
                     // Drained before the queue is looked at (top of the loop),
                     // so a request pushed after that look kicks again.
                     if woken && !shared.stopping.load(Ordering::Acquire) {
@@ -445,8 +494,9 @@ impl FaultHandler {
                 // thread never waits on the evictor (the evictor may itself need a
                 // fault served): retry once more messages are read.
                 State::Claimed | State::ClaimedDropped { .. } => return Served::Again,
-                // Another handler is installing it: once it is in, this
-                // fault finds it present and only wakes its thread.
+                // Another handler is installing it: retried once the next
+                // messages are read, when it is in and the retry only wakes
+                // this fault's thread.
                 State::Faulting { .. } | State::Filling | State::Restoring { .. } => {
                     shared.counters.faults_raced.fetch_add(1, Ordering::Relaxed);
                     return Served::Again;
@@ -1039,6 +1089,13 @@ impl FaultHandler {
         self.shared.regions.remove(region);
         r
     }
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; true if it did.
+fn wait_readable(fd: i32, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `p` is one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, timeout_ms) > 0 && p.revents != 0 }
 }
 
 /// How long a fault handler spins before sleeping in poll, by default: not

@@ -346,6 +346,7 @@ fn start_fault_handlers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, Run
         n => n,
     };
     let pinned = n > 1 && !cpus.is_empty();
+    shared.turns.set_handlers(n);
     let mut threads = Vec::with_capacity(n);
     for k in 0..n {
         let cpu = pinned.then(|| cpus[k % cpus.len()]);

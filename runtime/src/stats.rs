@@ -154,8 +154,9 @@ pub struct Stats {
     /// Faults that had to wait for a kernel event (EAGAIN), for the evictor
     /// or for another handler, and were retried.
     pub faults_deferred: u64,
-    /// Times a fault found its page being installed by another fault
-    /// handler (two threads faulted on one page at once); it was retried.
+    /// Tries of a fault on a page another fault handler was installing (two
+    /// threads faulted on one page at once, or a thread on a page being
+    /// brought back ahead of it); the fault was retried.
     pub faults_raced: u64,
     /// Copies into a region that found no mapping at the page's address (the
     /// program had just moved or unmapped it) or failed otherwise; the page

@@ -286,6 +286,8 @@ pub struct VariantSummary {
     pub staging_share: Option<f64>,
     /// farmem: median seconds threads waited in faults.
     pub stall_s: Option<f64>,
+    /// farmem: median CPU seconds the fault handlers used.
+    pub handler_cpu_s: Option<f64>,
 }
 
 fn median_f(mut v: Vec<f64>) -> Option<f64> {
@@ -335,6 +337,7 @@ pub fn summarise(runs: &[RunRecord]) -> Vec<VariantSummary> {
                 faults: median_f(stat("faults")).map(|m| m as u64),
                 staging_share: median_f(shares),
                 stall_s: median_f(stat("stall_seconds")),
+                handler_cpu_s: median_f(stat("fault_handler_cpu_seconds")),
                 variant,
                 budget,
             }
@@ -352,8 +355,8 @@ pub fn markdown(title: &str, runs: &[RunRecord], rounds: usize) -> String {
     let sums = summarise(runs);
     let mut s = format!("## {title}\n\n");
     s += &format!("### Summary over {rounds} round{}\n\n", if rounds == 1 { "" } else { "s" });
-    s += "| variant | budget | output right | wall s (median, min–max) | vs kernel-zram | peak RSS MiB | avg footprint MiB | heap peak MiB | faults | from staging | stall s |\n";
-    s += "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| variant | budget | output right | wall s (median, min–max) | vs kernel-zram | peak RSS MiB | avg footprint MiB | heap peak MiB | faults | from staging | stall s | handler CPU s |\n";
+    s += "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for v in &sums {
         let kernel = sums.iter().find(|k| k.variant == "kernel-zram" && k.budget == v.budget && v.budget.is_some() && v.variant != "kernel-zram").and_then(|k| k.wall_s);
         let right = if v.runs == 0 {
@@ -370,7 +373,7 @@ pub fn markdown(title: &str, runs: &[RunRecord], rounds: usize) -> String {
         };
         let opt_u = |x: Option<u64>| x.map_or("-".into(), |x| x.to_string());
         s += &format!(
-            "| {} | {} | {right} | {wall} | {vs} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {right} | {wall} | {vs} | {} | {} | {} | {} | {} | {} | {} |\n",
             v.variant,
             v.budget.as_deref().unwrap_or("-"),
             if v.right > 0 { mib(v.peak_rss_bytes) } else { "-".into() },
@@ -379,6 +382,7 @@ pub fn markdown(title: &str, runs: &[RunRecord], rounds: usize) -> String {
             opt_u(v.faults),
             v.staging_share.map_or("-".into(), |x| format!("{:.1}%", x * 100.0)),
             v.stall_s.map_or("-".into(), |x| format!("{x:.1}")),
+            v.handler_cpu_s.map_or("-".into(), |x| format!("{x:.1}")),
         );
     }
     s += "\n### Runs\n\n| round | variant | budget | wall s | peak RSS MiB | status |\n|---:|---|---|---:|---:|---|\n";
@@ -394,7 +398,7 @@ pub fn markdown(title: &str, runs: &[RunRecord], rounds: usize) -> String {
             if done { mib(r.memory.peak_rss_bytes) } else { "-".into() },
         );
     }
-    s += "\nOutput right: the exit status, the sha256 of stdout and of each --output-file are the plain run's. Peak RSS is the larger of the sampled resident set and the process tree's ru_maxrss; footprint adds the pool the kernel keeps outside the process (zram or zswap); heap peak is what farmem's limit holds (its statistics); from staging is the share of faults served by pages the evictor had only just taken.\n";
+    s += "\nOutput right: the exit status, the sha256 of stdout and of each --output-file are the plain run's. Peak RSS is the larger of the sampled resident set and the process tree's ru_maxrss; footprint adds the pool the kernel keeps outside the process (zram or zswap); heap peak is what farmem's limit holds (its statistics); from staging is the share of faults served by pages the evictor had only just taken; handler CPU is what farmem's fault handler threads used, all together.\n";
     s
 }
 
@@ -555,7 +559,7 @@ mod tests {
             budget: (variant != "plain").then(|| "40%".into()),
             status: status.into(),
             wall_s: wall,
-            farmem_stats: variant.starts_with("farmem").then(|| serde_json::json!({"faults": 100, "faults_from_staging": staging, "stall_seconds": 1.0})),
+            farmem_stats: variant.starts_with("farmem").then(|| serde_json::json!({"faults": 100, "faults_from_staging": staging, "stall_seconds": 1.0, "fault_handler_cpu_seconds": 0.5})),
             ..RunRecord::default()
         };
         let runs = vec![
@@ -576,6 +580,7 @@ mod tests {
         assert_eq!((s[1].right, s[1].other.clone()), (2, vec!["wrong-output".to_string()]));
         assert_eq!(s[1].wall_s, Some((4.0, 3.0, 5.0)), "the wrong round is not timed");
         assert_eq!(s[1].staging_share, Some(0.2));
+        assert_eq!(s[1].handler_cpu_s, Some(0.5));
         assert_eq!(s[2].wall_s, Some((3.0, 2.0, 4.0)));
         let md = markdown("t", &runs, 3);
         assert!(md.contains("| farmem-limit | 40% | 2/3 (wrong-output) | 4.00 (3.00–5.00) | 1.33x |"), "{md}");
