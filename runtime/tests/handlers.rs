@@ -60,6 +60,16 @@ fn evictor(rt: &Arc<Runtime>, heap: &Arc<Heap>, stop: &Arc<AtomicBool>) -> std::
     })
 }
 
+/// Fills pages `0..pages` of `heap` with `seed(i)`'s content; returns their checksums.
+fn fill_and_sum(heap: &Heap, pages: usize, seed: impl Fn(usize) -> u64) -> Vec<u64> {
+    (0..pages)
+        .map(|i| {
+            fill_page(heap.page(i), seed(i));
+            checksum(heap.page(i))
+        })
+        .collect()
+}
+
 fn next(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
@@ -75,12 +85,7 @@ fn handlers_racing_on_one_page_install_it_once_and_never_an_old_copy() {
     // Pages 0..SHARED every thread reads; page SHARED + t only thread t writes.
     let heap = Arc::new(Heap::new((SHARED + THREADS) * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
-    let sums: Vec<u64> = (0..SHARED)
-        .map(|i| {
-            fill_page(heap.page(i), 1 + i as u64 * 4);
-            checksum(heap.page(i))
-        })
-        .collect();
+    let sums = fill_and_sum(&heap, SHARED, |i| 1 + i as u64 * 4);
     let stop = Arc::new(AtomicBool::new(false));
     let ev = evictor(&rt, &heap, &stop);
     let (rt2, heap2) = (Arc::clone(&rt), Arc::clone(&heap));
@@ -159,12 +164,7 @@ fn faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_
     // above belongs to thread p % THREADS.
     let heap = Arc::new(Heap::new(PAGES * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
-    let static_sums: Vec<u64> = (0..STATIC)
-        .map(|i| {
-            fill_page(heap.page(i), 7 + i as u64);
-            checksum(heap.page(i))
-        })
-        .collect();
+    let static_sums = fill_and_sum(&heap, STATIC, |i| 7 + i as u64);
     let stop = Arc::new(AtomicBool::new(false));
     let ev = evictor(&rt, &heap, &stop);
     let (rt2, heap2) = (Arc::clone(&rt), Arc::clone(&heap));
@@ -333,14 +333,7 @@ fn requests_are_served_while_faults_are_in_flight() {
     // asks for it to be put back from staging (a restore request).
     let heap = Arc::new(Heap::new(PAGES * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
-    let sums: Arc<Vec<u64>> = Arc::new(
-        (0..PAGES)
-            .map(|i| {
-                fill_page(heap.page(i), i as u64);
-                checksum(heap.page(i))
-            })
-            .collect(),
-    );
+    let sums = Arc::new(fill_and_sum(&heap, PAGES, |i| i as u64));
     // The sampler takes pages out and puts back those nobody used (put-back requests).
     rt.start_policy(PolicyConfig { stall: Some(0.05), tick: Duration::from_millis(20), ..PolicyConfig::default() }).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,12 +364,7 @@ fn requests_are_served_while_faults_are_in_flight() {
             while t0.elapsed() < Duration::from_secs(6) {
                 // Unregister with pages out: the request brings them back first.
                 let side = Heap::new(64 * PAGE);
-                let side_sums: Vec<u64> = (0..64)
-                    .map(|i| {
-                        fill_page(side.page(i), 1000 + i as u64);
-                        checksum(side.page(i))
-                    })
-                    .collect();
+                let side_sums = fill_and_sum(&side, 64, |i| 1000 + i as u64);
                 rt.register(side.ptr, side.len).unwrap();
                 rt.evict(side.ptr, side.len).unwrap();
                 let _ = checksum(side.page(3));
@@ -418,14 +406,7 @@ fn two_threads_forking_at_once_both_get_children_with_every_page() {
     let rt = runtime(64);
     let heap = Arc::new(Heap::new(PAGES * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
-    let sums: Arc<Vec<u64>> = Arc::new(
-        (0..PAGES)
-            .map(|i| {
-                fill_page(heap.page(i), 12 + i as u64);
-                checksum(heap.page(i))
-            })
-            .collect(),
-    );
+    let sums = Arc::new(fill_and_sum(&heap, PAGES, |i| 12 + i as u64));
     let stop = Arc::new(AtomicBool::new(false));
     let ev = evictor(&rt, &heap, &stop);
     let (heap2, sums2) = (Arc::clone(&heap), Arc::clone(&sums));
