@@ -70,6 +70,10 @@ enum Bench {
         /// each pinned to its CPU; 1 is one unpinned handler.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=farmem_runtime::MAX_FAULT_HANDLERS as u64))]
         fault_handlers: u64,
+        /// Who serves a fault: thread (the fault handler threads, the
+        /// default) or signal (the faulting thread, in its SIGBUS handler).
+        #[arg(long, default_value = "thread", value_parser = farmem_runtime::parse_fault_mode)]
+        fault: farmem_runtime::FaultMode,
         /// A second tier to measure beside T1: mmap:PATH (a /dev/dax device,
         /// or a new or empty file), mmap:memfd, or file:DIR (the io_uring
         /// spill file, beside bare O_DIRECT reads of it and the rate of
@@ -203,13 +207,13 @@ fn main() -> ExitCode {
         Command::Demo { size, threads, codec } => demo::run(size, threads, &codec),
         Command::Run(args) => return run::run(args),
         Command::Stat(args) => stat::run(args),
-        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, fault_handlers, tiers } } => {
+        Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, fault_handlers, fault, tiers } } => {
             farmem_bench::fault::run(&farmem_bench::fault::FaultBenchConfig {
                 size: size as usize,
                 accesses: accesses as usize,
                 json,
                 kernel: !no_kernel,
-                service: farmem_bench::farmem_runs::Service { spin: std::time::Duration::from_micros(spin_us), fault_handlers: fault_handlers as usize },
+                service: farmem_bench::farmem_runs::Service { spin: std::time::Duration::from_micros(spin_us), fault_handlers: fault_handlers as usize, fault_mode: fault },
                 spill: tiers,
             })
         }

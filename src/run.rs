@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Fault handler threads: 0 (the default) is one per CPU the program may run on, each pinned to its CPU; 1 is one unpinned handler.
     #[arg(long, value_parser = checked(farmem_runtime::parse_fault_handlers))]
     fault_handlers: Option<String>,
+    /// Who serves a fault: thread (the fault handler threads, the default). Signal mode (the faulting thread serves its own fault) is refused for unmodified programs for now, with the reason.
+    #[arg(long, value_parser = checked(farmem_runtime::parse_fault_mode_for_programs))]
+    fault: Option<String>,
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -125,7 +128,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env("LD_PRELOAD", preload);
-    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch), ("FARMEM_READAHEAD", &args.readahead), ("FARMEM_FAULT_HANDLERS", &args.fault_handlers)] {
+    for (var, value) in [("FARMEM_LIMIT", &args.limit), ("FARMEM_STALL", &args.stall), ("FARMEM_MIN", &args.min), ("FARMEM_TIERS", &args.tiers), ("FARMEM_PREFETCH", &args.prefetch), ("FARMEM_READAHEAD", &args.readahead), ("FARMEM_FAULT_HANDLERS", &args.fault_handlers), ("FARMEM_FAULT", &args.fault)] {
         if let Some(v) = value {
             cmd.env(var, v);
         }

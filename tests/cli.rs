@@ -69,6 +69,33 @@ fn bench_fault_writes_the_named_json_keys() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn bench_fault_in_signal_mode_says_so_and_reads_every_page_back() {
+    let dir = std::env::temp_dir().join(format!("farmem-cli-signal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("fault.json");
+    let out = farmem()
+        .args(["bench", "fault", "--size", "64M", "--accesses", "3000", "--no-kernel", "--fault", "signal", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    // A page read back wrong fails the run (see `farmem_runs::random_faults`).
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["fault_mode"], "signal", "{v}");
+    assert!(v["p50_us"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_refuses_signal_mode_with_the_reason_and_takes_thread_mode() {
+    let out = farmem().args(["run", "--fault", "signal", "--", "true"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("EFAULT") && err.contains("thread"), "{err}");
+    let out = farmem().args(["run", "--fault", "thread", "--", "true"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Root with zram and a memory cgroup, and zram0 free: what the kernel run needs.
 fn kernel_run_possible() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -53,12 +53,19 @@ pub struct Service {
     pub spin: Duration,
     /// Fault handler threads (0: the runtime's default, one per CPU, pinned).
     pub fault_handlers: usize,
+    /// Who serves a fault: the handler threads, or the faulting thread.
+    #[serde(serialize_with = "mode_name")]
+    pub fault_mode: farmem_runtime::FaultMode,
+}
+
+fn mode_name<S: serde::Serializer>(mode: &farmem_runtime::FaultMode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode.name())
 }
 
 impl Service {
     /// A runtime builder over `tier` serving faults this way.
     pub fn builder(&self, tier: Arc<dyn Tier>) -> farmem_runtime::RuntimeBuilder {
-        Runtime::builder().tier(tier).spin(self.spin).fault_handlers(self.fault_handlers)
+        Runtime::builder().tier(tier).spin(self.spin).fault_handlers(self.fault_handlers).fault_mode(self.fault_mode)
     }
 }
 

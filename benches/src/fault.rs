@@ -89,6 +89,9 @@ pub struct FaultBenchReport {
     pub floor_p50_us: f64,
     /// Fault handler threads that served the lz4 run.
     pub fault_handlers: usize,
+    /// Who served the faults: `thread` (the handler threads) or `signal` (the
+    /// faulting thread, in its SIGBUS handler).
+    pub fault_mode: &'static str,
     /// The lz4 run's fault handler CPU time per fault, microseconds.
     pub handler_cpu_us_per_fault: f64,
     /// A plain first-touch anonymous page fault, p50.
@@ -225,6 +228,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         ratio: lz4.ratio,
         floor_p50_us: floor.p50_us,
         fault_handlers: lz4.fault_handlers,
+        fault_mode: cfg.service.fault_mode.name(),
         handler_cpu_us_per_fault: lz4.handler_cpu_us_per_fault,
         spill_p50_us: spill_runs.first().map(|r| r.p50_us),
         spill_p99_us: spill_runs.first().map(|r| r.p99_us),
@@ -292,7 +296,7 @@ fn print_table(r: &FaultBenchReport) {
         opt(r.kernel_zram_p99_us)
     );
     println!("compression on the same pages: farmem lz4 {:.2}x, zram lzo-rle {}x", r.ratio, opt(r.zram_lzo_rle_ratio));
-    println!("fault handlers: {} (lz4 run), their CPU {:.1} us per fault", r.fault_handlers, r.handler_cpu_us_per_fault);
+    println!("fault mode: {}; fault handlers: {} (lz4 run), their CPU {:.1} us per fault", r.fault_mode, r.fault_handlers, r.handler_cpu_us_per_fault);
     let lz4 = r.runs.iter().find(|x| x.label == "lz4");
     if let Some(l) = lz4 {
         println!(

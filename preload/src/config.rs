@@ -14,6 +14,7 @@
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
 //! | `FARMEM_READAHEAD` | pages (0 to 64): the most brought back ahead of a program that faults in order, from any tier (32; 0 turns it off) |
 //! | `FARMEM_FAULT_HANDLERS` | threads (0 to 64) serving faults: 0 (the default) is one per CPU the program may run on, each pinned to its CPU; 1 is one unpinned handler |
+//! | `FARMEM_FAULT` | `thread`: who serves a fault (the fault handler threads). `signal` (the faulting thread, in its SIGBUS handler) is refused under the shim for now: a system call on an evicted page would fail with EFAULT |
 //! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
 //! | `FARMEM_VERIFY` | `on` or `off`: keep a checksum of every page out of RAM, and abort with one line naming the page if one comes back different (off; for tests and bug hunts) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
@@ -126,6 +127,9 @@ impl ShimConfig {
         if let Some(v) = var("FARMEM_FAULT_HANDLERS")? {
             c.fault_handlers = Some(farmem_runtime::parse_fault_handlers(&v).map_err(|reason| ConfigError { var: "FARMEM_FAULT_HANDLERS", value: v, reason })?);
         }
+        if let Some(v) = var("FARMEM_FAULT")? {
+            farmem_runtime::parse_fault_mode_for_programs(&v).map_err(|reason| ConfigError { var: "FARMEM_FAULT", value: v, reason })?;
+        }
         if let Some(v) = var("FARMEM_WRITE_TRACKING")? {
             c.policy.write_tracking = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_WRITE_TRACKING", value: v, reason })?;
         }
@@ -214,7 +218,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_READAHEAD", "lots"), ("FARMEM_FAULT_HANDLERS", "65"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_READAHEAD", "lots"), ("FARMEM_FAULT_HANDLERS", "65"), ("FARMEM_FAULT", "signal"), ("FARMEM_FAULT", "fast"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

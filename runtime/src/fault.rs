@@ -225,6 +225,20 @@ impl Turns {
         self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The turn of a fault that reached no handler thread (signal mode):
+    /// taken after every event a handler has read is applied, as a handler
+    /// thread takes it for a fault it read. The kernel lets the thread behind
+    /// an event (madvise, mremap, munmap) go on once the event is read, not
+    /// once it is applied; without this its next fault could be served
+    /// before its own drop or move, and zero-fill a page the drop is still
+    /// to be applied to, or miss a region that has moved.
+    pub(crate) fn after_events(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        let read = self.read();
+        let turn = self.shared();
+        drop(read);
+        turn
+    }
+
     fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.order.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -253,6 +267,160 @@ pub(crate) struct FaultHandler {
 /// The longest one fault waits for reclaim to catch up ([`FaultHandler::throttle`]):
 /// a stuck reclaim slows the program, it never stops it.
 const MAX_THROTTLE: Duration = Duration::from_millis(2);
+
+/// Copies a `Restoring` page back from staging slot `slot` (`wake`: its
+/// faulting thread waits in the kernel). On an error but EEXIST the page goes
+/// back to `Staged`. `fault` says a thread touched the page: a page the
+/// evictor had just taken is in use, and its stamp says so, or the next
+/// reclaim would pick it again at once (it kept the age that got it picked).
+pub(crate) fn restore_staged(shared: &Shared, region: &Region, i: usize, slot: u64, fault: bool, wake: bool) -> Result<(), Partial> {
+    let dst = region.page_addr(i);
+    let src = shared.staging.slot_addr(slot);
+    if let Some(sums) = &region.sums {
+        // SAFETY: as for the copy below: the slot holds the page, unchanged.
+        sums.check(i, unsafe { std::slice::from_raw_parts(src, PAGE_SIZE) }, dst, "staging");
+    }
+    // SAFETY: staging slot `slot` holds the page and stays mapped and
+    // unchanged while the page is `Restoring` (the evictor waits).
+    match unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, wake) } {
+        Ok(()) => {}
+        Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from staging", dst, &p),
+        Err(p) => {
+            // EAGAIN: an event is pending. Anything else leaves the page
+            // where it is too: see `FaultHandler::not_installed`.
+            region.states.transition(i, State::Restoring { slot }, State::Staged { slot });
+            return Err(p);
+        }
+    }
+    if let Some(sums) = &region.sums {
+        sums.release(i);
+    }
+    region.states.transition(i, State::Restoring { slot }, State::Resident);
+    shared.staging.release(slot);
+    if fault {
+        region.ages.set_seen(i, shared.tick.load(Ordering::Relaxed));
+        shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Copies the page a tier gave back (`buf`) into a `Faulting` page and marks
+/// it resident (`wake`: its faulting thread waits in the kernel). On an error
+/// but EEXIST the page goes back to `Evicted`, its copy kept. The caller
+/// frees the tier's copy.
+pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64, buf: &AlignedPage, wake: bool) -> Result<(), Partial> {
+    let dst = region.page_addr(i);
+    let faulting = State::Faulting { tier, handle };
+    if let Some(sums) = &region.sums {
+        sums.check(i, &buf.0, dst, shared.tiers[tier as usize].name());
+    }
+    // SAFETY: `buf` is a page-aligned page, not written during the call.
+    match unsafe { shared.uffd.copy(dst, buf.0.as_ptr(), PAGE_SIZE as u64, wake) } {
+        Ok(()) => {}
+        Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from tier", dst, &p),
+        Err(p) => {
+            region.states.transition(i, faulting, State::Evicted { tier, handle });
+            return Err(p);
+        }
+    }
+    if let Some(sums) = &region.sums {
+        sums.release(i);
+    }
+    region.states.transition(i, faulting, State::Resident);
+    region.evicted.fetch_sub(1, Ordering::Relaxed);
+    // A page back from the sampler's tier was counted resident already.
+    if tier != shared.sample_tier {
+        shared.resident_est.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Poisons a `Faulting` page its tier could not return (every access then
+/// raises SIGBUS) and frees the tier's entry; false if an event is pending
+/// (EAGAIN), and the page is `Evicted` again.
+pub(crate) fn poison(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> bool {
+    let dst = region.page_addr(i);
+    let faulting = State::Faulting { tier, handle };
+    match shared.uffd.poison(dst, PAGE_SIZE as u64) {
+        Ok(()) => {}
+        Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
+            region.states.transition(i, faulting, State::Evicted { tier, handle });
+            return false;
+        }
+        Err(p) => unexpected(shared, "poison", dst, &p),
+    }
+    if let Some(sums) = &region.sums {
+        sums.release(i);
+    }
+    region.states.transition(i, faulting, State::Poisoned);
+    region.evicted.fetch_sub(1, Ordering::Relaxed);
+    shared.tiers[tier as usize].remove(Handle::new(handle));
+    shared.counters.pages_poisoned.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Counts a thread's fault served from tier `tier` and stamps the page seen.
+pub(crate) fn note_tier_fault(shared: &Shared, region: &Region, i: usize, tier: u8) {
+    let now = shared.tick.load(Ordering::Relaxed);
+    let (_, out_age) = region.ages.ages(i, now);
+    region.ages.set_seen(i, now);
+    let c = &shared.counters;
+    if tier == shared.sample_tier {
+        c.sample_faults.fetch_add(1, Ordering::Relaxed);
+    } else {
+        c.faults_from_tier.fetch_add(1, Ordering::Relaxed);
+        c.refaults_by_generation[crate::policy::ages::generation(out_age)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A copy into a page farmem holds found it present (EEXIST), or another
+/// ioctl failed unexpectedly: a bug, or the range is gone. The waiter is
+/// woken so it retries against the kernel's view.
+fn unexpected(shared: &Shared, what: &str, addr: u64, p: &Partial) {
+    tracing::warn!("{what} at {addr:#x} failed after {} bytes: {}", p.done, p.error);
+    let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
+}
+
+/// The static zero pages' address, for a zero-fill copy.
+pub(crate) fn zeros() -> *const u8 {
+    ZEROS.0.as_ptr()
+}
+
+/// The throttle of [`FaultHandler::throttle`], for any thread serving a fault.
+pub(crate) fn throttle(shared: &Shared) {
+    let limit = shared.limit_pages.load(Ordering::Relaxed) as i64;
+    if limit == 0 {
+        return;
+    }
+    let est = shared.resident_est.load(Ordering::Relaxed);
+    // Reclaim found nothing more it can take: waiting would not help it
+    // catch up, and the policy retries on its own (see `policy::guard`).
+    if est <= limit || shared.reclaim_short.load(Ordering::Relaxed) {
+        return;
+    }
+    shared.policy_bell.ask_reclaim();
+    let high = throttle_from(limit);
+    if est <= high {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut est = est;
+    loop {
+        let us = if est > limit + limit / 2 {
+            1000
+        } else if est > limit + limit / 5 {
+            200
+        } else {
+            50
+        };
+        std::thread::sleep(Duration::from_micros(us));
+        est = shared.resident_est.load(Ordering::Relaxed);
+        if est <= high || shared.reclaim_short.load(Ordering::Relaxed) || t0.elapsed() >= MAX_THROTTLE {
+            break;
+        }
+    }
+    shared.counters.throttled_faults.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Where the throttle's waits begin, in pages, for a limit of `limit` pages:
 /// 3% over, so that a heap growing at full speed settles within 5% of it.
@@ -284,6 +452,7 @@ impl FaultHandler {
     }
 
     fn flush_removes(&mut self) {
+        self.shared.removals.drain(&self.shared);
         for (tier, handle) in self.to_remove.drain(..) {
             self.shared.tiers[tier as usize].remove(Handle::new(handle));
         }
@@ -346,6 +515,8 @@ impl FaultHandler {
                 continue;
             }
             drop(read);
+            // What signal mode's faulting threads left to free.
+            self.shared.removals.drain(&self.shared);
             if !self.to_remove.is_empty() {
                 self.flush_removes();
                 continue;
@@ -516,38 +687,7 @@ impl FaultHandler {
     /// themselves, so this holds even when the policy thread is starved. It
     /// sleeps on its own handler: the other handlers go on serving faults.
     fn throttle(&self) {
-        let limit = self.shared.limit_pages.load(Ordering::Relaxed) as i64;
-        if limit == 0 {
-            return;
-        }
-        let est = self.shared.resident_est.load(Ordering::Relaxed);
-        // Reclaim found nothing more it can take: waiting would not help it
-        // catch up, and the policy retries on its own (see `policy::guard`).
-        if est <= limit || self.shared.reclaim_short.load(Ordering::Relaxed) {
-            return;
-        }
-        self.shared.policy_bell.ask_reclaim();
-        let high = throttle_from(limit);
-        if est <= high {
-            return;
-        }
-        let t0 = Instant::now();
-        let mut est = est;
-        loop {
-            let us = if est > limit + limit / 2 {
-                1000
-            } else if est > limit + limit / 5 {
-                200
-            } else {
-                50
-            };
-            std::thread::sleep(Duration::from_micros(us));
-            est = self.shared.resident_est.load(Ordering::Relaxed);
-            if est <= high || self.shared.reclaim_short.load(Ordering::Relaxed) || t0.elapsed() >= MAX_THROTTLE {
-                break;
-            }
-        }
-        self.shared.counters.throttled_faults.fetch_add(1, Ordering::Relaxed);
+        throttle(&self.shared)
     }
 
     /// Copies a staged page back; on EAGAIN the page goes back to `Staged`.
@@ -555,37 +695,13 @@ impl FaultHandler {
     /// taken is in use, and its stamp says so, or the next reclaim would pick
     /// it again at once (it kept the age that got it picked).
     fn restore_staged(&mut self, region: &Region, i: usize, slot: u64, fault: bool) -> Served {
-        let shared = &self.shared;
-        let dst = region.page_addr(i);
-        let src = shared.staging.slot_addr(slot);
-        if let Some(sums) = &region.sums {
-            // SAFETY: as for the copy below: the slot holds the page, unchanged.
-            sums.check(i, unsafe { std::slice::from_raw_parts(src, PAGE_SIZE) }, dst, "staging");
-        }
-        // SAFETY: staging slot `slot` holds the page and stays mapped and
-        // unchanged while the page is `Restoring` (the evictor waits).
-        let r = unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, true) };
-        match r {
-            Ok(()) => {}
-            Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => self.unexpected("copy from staging", dst, &p),
-            Err(p) => {
-                // EAGAIN: an event is pending. Anything else leaves the page
-                // where it is too: see `not_installed`.
-                region.states.transition(i, State::Restoring { slot }, State::Staged { slot });
-                return self.not_installed("copy from staging", dst, &p);
+        match restore_staged(&self.shared, region, i, slot, fault, true) {
+            Ok(()) => {
+                self.reclaim_fault |= fault;
+                Served::Done
             }
+            Err(p) => self.not_installed("copy from staging", region.page_addr(i), &p),
         }
-        if let Some(sums) = &region.sums {
-            sums.release(i);
-        }
-        region.states.transition(i, State::Restoring { slot }, State::Resident);
-        shared.staging.release(slot);
-        if fault {
-            region.ages.set_seen(i, shared.tick.load(Ordering::Relaxed));
-            shared.counters.faults_from_staging.fetch_add(1, Ordering::Relaxed);
-            self.reclaim_fault = true;
-        }
-        Served::Done
     }
 
     /// Loads an evicted page from its tier and copies it in; poisons it if the
@@ -595,60 +711,17 @@ impl FaultHandler {
     fn load_from_tier(&mut self, region: &Region, i: usize, tier: u8, handle: u64, fault: bool) -> Served {
         let shared = Arc::clone(&self.shared);
         let dst = region.page_addr(i);
-        let faulting = State::Faulting { tier, handle };
         let t = &shared.tiers[tier as usize];
         if let Err(e) = t.load(Handle::new(handle), &mut self.buf.0) {
             tracing::error!("tier {} could not return page {dst:#x}: {e}; the page is poisoned (SIGBUS on access)", t.name());
-            match shared.uffd.poison(dst, PAGE_SIZE as u64) {
-                Ok(()) => {}
-                Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
-                    region.states.transition(i, faulting, State::Evicted { tier, handle });
-                    return Served::Again;
-                }
-                Err(p) => self.unexpected("poison", dst, &p),
-            }
-            if let Some(sums) = &region.sums {
-                sums.release(i);
-            }
-            region.states.transition(i, faulting, State::Poisoned);
-            region.evicted.fetch_sub(1, Ordering::Relaxed);
-            t.remove(Handle::new(handle));
-            shared.counters.pages_poisoned.fetch_add(1, Ordering::Relaxed);
-            return Served::Done;
+            return if poison(&shared, region, i, tier, handle) { Served::Done } else { Served::Again };
         }
-        if let Some(sums) = &region.sums {
-            sums.check(i, &self.buf.0, dst, t.name());
+        if let Err(p) = install_loaded(&shared, region, i, tier, handle, &self.buf, true) {
+            return self.not_installed("copy from tier", dst, &p);
         }
-        // SAFETY: `buf` is a page-aligned page on this thread, not written during the call.
-        match unsafe { shared.uffd.copy(dst, self.buf.0.as_ptr(), PAGE_SIZE as u64, true) } {
-            Ok(()) => {}
-            Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => self.unexpected("copy from tier", dst, &p),
-            Err(p) => {
-                region.states.transition(i, faulting, State::Evicted { tier, handle });
-                return self.not_installed("copy from tier", dst, &p);
-            }
-        }
-        if let Some(sums) = &region.sums {
-            sums.release(i);
-        }
-        region.states.transition(i, faulting, State::Resident);
-        region.evicted.fetch_sub(1, Ordering::Relaxed);
         self.remove_later(tier, handle);
-        // A page back from the sampler's tier was counted resident already.
-        if tier != shared.sample_tier {
-            shared.resident_est.fetch_add(1, Ordering::Relaxed);
-        }
         if fault {
-            let now = shared.tick.load(Ordering::Relaxed);
-            let (_, out_age) = region.ages.ages(i, now);
-            region.ages.set_seen(i, now);
-            let c = &shared.counters;
-            if tier == shared.sample_tier {
-                c.sample_faults.fetch_add(1, Ordering::Relaxed);
-            } else {
-                c.faults_from_tier.fetch_add(1, Ordering::Relaxed);
-                c.refaults_by_generation[crate::policy::ages::generation(out_age)].fetch_add(1, Ordering::Relaxed);
-            }
+            note_tier_fault(&shared, region, i, tier);
             self.reclaim_fault = true;
             if tier != shared.sample_tier {
                 // A spill tier's pages demoted together lie together in its
@@ -861,10 +934,7 @@ impl FaultHandler {
     }
 
     fn unexpected(&self, what: &str, addr: u64, p: &Partial) {
-        // Errors other than EEXIST/EAGAIN mean the range is gone (ENOENT after an
-        // unmap) or a bug; wake the waiter so it retries against the kernel's view.
-        tracing::warn!("{what} at {addr:#x} failed after {} bytes: {}", p.done, p.error);
-        let _ = self.shared.uffd.wake(addr, PAGE_SIZE as u64);
+        unexpected(&self.shared, what, addr, p)
     }
 
     /// The program dropped (`unmap`: unmapped) `[start, end)`: forget farmem's

@@ -47,6 +47,7 @@ pub mod policy;
 mod readahead;
 mod region;
 mod scope;
+mod signal;
 mod stats;
 pub mod uffd;
 mod verify;
@@ -62,6 +63,7 @@ pub use error::RuntimeError;
 pub use evict::{DemoteReport, EvictReport};
 pub use farmem_tiers::mem;
 pub use scope::{in_runtime, RuntimeScope};
+pub use signal::{parse_fault_mode, parse_fault_mode_for_programs, FaultMode};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
 use evict::{Staging, Target};
@@ -143,6 +145,9 @@ pub struct Config {
     /// where it happened. 1: one handler, not pinned. More: pinned to the
     /// allowed CPUs in turn.
     pub fault_handlers: usize,
+    /// How faults are served: by the handler threads (the default) or by the
+    /// faulting thread itself (see the `signal` module and its catch).
+    pub fault_mode: FaultMode,
 }
 
 impl std::fmt::Debug for Config {
@@ -156,6 +161,7 @@ impl std::fmt::Debug for Config {
             .field("readahead", &self.readahead)
             .field("verify", &self.verify)
             .field("fault_handlers", &self.fault_handlers)
+            .field("fault_mode", &self.fault_mode)
             .finish()
     }
 }
@@ -171,6 +177,7 @@ pub struct RuntimeBuilder {
     readahead: Option<usize>,
     verify: bool,
     fault_handlers: usize,
+    fault_mode: FaultMode,
 }
 
 impl RuntimeBuilder {
@@ -227,6 +234,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How faults are served (default [`FaultMode::Thread`]): see [`Config::fault_mode`].
+    /// In [`FaultMode::Signal`] the program must not hand registered memory
+    /// to the kernel before touching it: such a system call fails with EFAULT.
+    pub fn fault_mode(mut self, mode: FaultMode) -> Self {
+        self.fault_mode = mode;
+        self
+    }
+
     /// Opens the userfaultfd, checks the kernel's features, and starts the fault handlers.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         let _scope = RuntimeScope::enter();
@@ -248,8 +263,10 @@ impl RuntimeBuilder {
             readahead: self.readahead.unwrap_or(DEFAULT_READAHEAD),
             verify: self.verify,
             fault_handlers: self.fault_handlers,
+            fault_mode: self.fault_mode,
         };
-        let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP;
+        let signal = if config.fault_mode == FaultMode::Signal { feature::SIGBUS } else { 0 };
+        let required = feature::MOVE | feature::POISON | feature::EVENT_REMOVE | feature::EVENT_UNMAP | feature::EVENT_REMAP | signal;
         // Async write-protect is wanted, not required: without it the policy
         // sees accesses through faults alone.
         let uffd = Userfaultfd::open(required | feature::WP_ASYNC | feature::WP_UNPOPULATED, required)?;
@@ -289,12 +306,17 @@ impl RuntimeBuilder {
             evict_quiet_since_us: AtomicU64::new(1),
             epoch: std::time::Instant::now(),
             turns: Turns::new(config.readahead),
+            removals: signal::Removals::new(),
             config,
         });
+        let signal = match shared.config.fault_mode {
+            FaultMode::Signal => Some(signal::attach(&shared)?),
+            FaultMode::Thread => None,
+        };
         let fault_threads = start_fault_handlers(&shared)?;
         fork::track(&shared);
         tracing::debug!(features = format_args!("{:#x}", shared.uffd.features()), "farmem runtime started");
-        Ok(Runtime { shared, fault_threads, policy: Mutex::new(None) })
+        Ok(Runtime { shared, fault_threads, policy: Mutex::new(None), signal })
     }
 }
 
@@ -445,6 +467,8 @@ pub(crate) struct Shared {
     epoch: std::time::Instant,
     /// How the fault handlers take turns.
     turns: Turns,
+    /// Tier copies the SIGBUS handler of signal mode left for the handler threads to free.
+    removals: signal::Removals,
     config: Config,
 }
 
@@ -469,6 +493,8 @@ pub struct Runtime {
     shared: Arc<Shared>,
     fault_threads: Vec<JoinHandle<()>>,
     policy: Mutex<Option<policy::PolicyHandle>>,
+    /// In signal mode, its place in the SIGBUS handler's table.
+    signal: Option<signal::Attached>,
 }
 
 /// Address space reserved for the sampler's raw tier.
@@ -748,6 +774,8 @@ impl Runtime {
             pages_zero_filled: c.pages_zero_filled.load(Ordering::Relaxed),
             faults_deferred: c.faults_deferred.load(Ordering::Relaxed),
             faults_raced: c.faults_raced.load(Ordering::Relaxed),
+            faults_in_thread: c.faults_in_thread.load(Ordering::Relaxed),
+            fault_mode: self.shared.config.fault_mode,
             installs_retried: c.installs_retried.load(Ordering::Relaxed),
             pages_poisoned: c.pages_poisoned.load(Ordering::Relaxed),
             pages_dropped_by_program: c.pages_dropped_by_program.load(Ordering::Relaxed),
@@ -783,5 +811,7 @@ impl Drop for Runtime {
             }
         }
         stop_fault_handlers(&self.shared, std::mem::take(&mut self.fault_threads));
+        // No region is left to fault on: the SIGBUS handler may let go of it.
+        drop(self.signal.take());
     }
 }

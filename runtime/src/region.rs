@@ -102,6 +102,16 @@ impl RegionTable {
         r.contains(addr).then(|| Arc::clone(r))
     }
 
+    /// Calls `f` on the region holding `addr`, if any, with the table held
+    /// for reading: nothing is cloned or freed, so the SIGBUS handler of
+    /// signal mode may call it.
+    pub fn with<T>(&self, addr: u64, f: impl FnOnce(&Region) -> T) -> Option<T> {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let i = regions.partition_point(|r| r.start() <= addr);
+        let r = regions.get(i.checked_sub(1)?)?;
+        r.contains(addr).then(|| f(r))
+    }
+
     /// Every region overlapping `[start, end)`.
     pub fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Region>> {
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());

@@ -85,6 +85,7 @@ pub(crate) struct Counters {
     pub pages_zero_filled: AtomicU64,
     pub faults_deferred: AtomicU64,
     pub faults_raced: AtomicU64,
+    pub faults_in_thread: AtomicU64,
     pub installs_retried: AtomicU64,
     pub pages_poisoned: AtomicU64,
     pub pages_dropped_by_program: AtomicU64,
@@ -158,6 +159,11 @@ pub struct Stats {
     /// threads faulted on one page at once, or a thread on a page being
     /// brought back ahead of it); the fault was retried.
     pub faults_raced: u64,
+    /// Faults the faulting thread served itself, in its SIGBUS handler
+    /// (signal mode); the other kinds above count them too.
+    pub faults_in_thread: u64,
+    /// How faults are served.
+    pub fault_mode: crate::FaultMode,
     /// Copies into a region that found no mapping at the page's address (the
     /// program had just moved or unmapped it) or failed otherwise; the page
     /// stayed out and was tried again after the kernel's event.

@@ -2,7 +2,10 @@
 //! faults racing the program's drops, unmaps, moves and forks, the evictor,
 //! and the runtime's own requests. Every page is checked byte for byte, the
 //! runtime checks each page it brings back (verification mode), and a hang
-//! fails the test instead of stalling the suite.
+//! fails the test instead of stalling the suite. Each test runs twice: with
+//! faults served by the handler threads (`thread_mode::`) and by the faulting
+//! threads themselves (`signal_mode::`), where the same page states and turns
+//! must keep the same order.
 
 mod common;
 
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{checksum, fill_page, Heap, PAGE};
 use farmem_runtime::policy::PolicyConfig;
-use farmem_runtime::Runtime;
+use farmem_runtime::{FaultMode, Runtime};
 
 /// More handlers than this machine has CPUs, so that several serve at once
 /// even on 2 CPUs.
@@ -35,9 +38,45 @@ fn watchdog<T: Send + 'static>(what: &str, limit: Duration, body: impl FnOnce() 
     }
 }
 
-fn runtime(batch: usize) -> Arc<Runtime> {
-    Arc::new(Runtime::builder().fault_handlers(HANDLERS).batch_pages(batch).verify(true).build().unwrap())
+fn runtime(batch: usize, mode: FaultMode) -> Arc<Runtime> {
+    Arc::new(Runtime::builder().fault_handlers(HANDLERS).batch_pages(batch).verify(true).fault_mode(mode).build().unwrap())
 }
+
+/// Fails unless the faults were served the way `mode` says: in signal mode
+/// by the faulting threads (every one of them), in thread mode by none.
+fn served_in_mode(rt: &Runtime, mode: FaultMode) {
+    let s = rt.stats();
+    let faults = s.faults_from_tier + s.faults_from_staging + s.faults_zero_filled + s.sample_faults;
+    match mode {
+        FaultMode::Signal => assert!(s.faults_in_thread > 0 && s.faults_in_thread == faults, "signal mode: {} of {faults} faults served in the faulting thread", s.faults_in_thread),
+        FaultMode::Thread => assert_eq!(s.faults_in_thread, 0, "thread mode served faults in the faulting thread"),
+    }
+}
+
+/// Each test below, once per fault mode.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod thread_mode {
+            $(#[test]
+            fn $name() {
+                super::$name(farmem_runtime::FaultMode::Thread)
+            })*
+        }
+        mod signal_mode {
+            $(#[test]
+            fn $name() {
+                super::$name(farmem_runtime::FaultMode::Signal)
+            })*
+        }
+    };
+}
+
+in_both_modes!(
+    handlers_racing_on_one_page_install_it_once_and_never_an_old_copy,
+    faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_exact,
+    requests_are_served_while_faults_are_in_flight,
+    two_threads_forking_at_once_both_get_children_with_every_page,
+);
 
 /// A thread that evicts `[first, first + pages)` of `heap` over and over
 /// until stopped; returns the pages it evicted.
@@ -77,11 +116,10 @@ fn next(x: &mut u64) -> u64 {
     *x
 }
 
-#[test]
-fn handlers_racing_on_one_page_install_it_once_and_never_an_old_copy() {
+fn handlers_racing_on_one_page_install_it_once_and_never_an_old_copy(mode: FaultMode) {
     const SHARED: usize = 4;
     const THREADS: usize = 8;
-    let rt = runtime(8);
+    let rt = runtime(8, mode);
     // Pages 0..SHARED every thread reads; page SHARED + t only thread t writes.
     let heap = Arc::new(Heap::new((SHARED + THREADS) * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
@@ -134,6 +172,7 @@ fn handlers_racing_on_one_page_install_it_once_and_never_an_old_copy() {
     });
     stop.store(true, Ordering::Relaxed);
     let evicted = ev.join().unwrap();
+    served_in_mode(&rt, mode);
     let s = rt.stats();
     eprintln!(
         "{} handlers: {evicted} pages evicted, {} faults from tiers, {} from staging, {} raced another handler, {} deferred",
@@ -154,12 +193,11 @@ fn fill_version(page: &mut [u8], page_no: usize, version: u64) {
     }
 }
 
-#[test]
-fn faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_exact() {
+fn faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_exact(mode: FaultMode) {
     const THREADS: usize = 8;
     const PAGES: usize = 4096;
     const STATIC: usize = 256;
-    let rt = runtime(16);
+    let rt = runtime(16, mode);
     // Pages below STATIC nobody writes (forked children check them); page p
     // above belongs to thread p % THREADS.
     let heap = Arc::new(Heap::new(PAGES * PAGE));
@@ -230,6 +268,7 @@ fn faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_
     });
     stop.store(true, Ordering::Relaxed);
     let evicted = ev.join().unwrap();
+    served_in_mode(&rt, mode);
     let s = rt.stats();
     eprintln!(
         "{evicted} pages evicted, {} faults from tiers, {} from staging, {} zero-filled, {} raced, {} dropped by the program",
@@ -324,11 +363,10 @@ fn fork_and_check(heap: &Heap, sums: &[u64]) -> Result<(), String> {
     }
 }
 
-#[test]
-fn requests_are_served_while_faults_are_in_flight() {
+fn requests_are_served_while_faults_are_in_flight(mode: FaultMode) {
     const PAGES: usize = 8192;
     const THREADS: usize = 4;
-    let rt = runtime(64);
+    let rt = runtime(64, mode);
     // Every fourth page is random bytes: the tier refuses it and the evictor
     // asks for it to be put back from staging (a restore request).
     let heap = Arc::new(Heap::new(PAGES * PAGE));
@@ -388,6 +426,7 @@ fn requests_are_served_while_faults_are_in_flight() {
     stop.store(true, Ordering::Relaxed);
     ev.join().unwrap();
     rt.stop_policy();
+    served_in_mode(&rt, mode);
     let s = rt.stats();
     eprintln!(
         "{unregistered} regions unregistered, {forks} forks, {} pages refused and put back from staging, {} put back from the sampler, {} faults from tiers, {} raced",
@@ -400,10 +439,9 @@ fn requests_are_served_while_faults_are_in_flight() {
     assert!(unregistered > 0 && forks > 0 && s.evict_rejected > 0 && s.faults_from_tier > 0, "not every request was exercised: {unregistered} unregistered, {forks} forks, {} refused pages put back, {} faults from tiers", s.evict_rejected, s.faults_from_tier);
 }
 
-#[test]
-fn two_threads_forking_at_once_both_get_children_with_every_page() {
+fn two_threads_forking_at_once_both_get_children_with_every_page(mode: FaultMode) {
     const PAGES: usize = 2048;
-    let rt = runtime(64);
+    let rt = runtime(64, mode);
     let heap = Arc::new(Heap::new(PAGES * PAGE));
     rt.register(heap.ptr, heap.len).unwrap();
     let sums = Arc::new(fill_and_sum(&heap, PAGES, |i| 12 + i as u64));

@@ -231,8 +231,10 @@ fn mremap_of_part_of_a_region_keeps_both_parts() {
     let s = settled(&rt, |s| s.regions == 2);
     assert_eq!(s.regions, 2, "the moved part is a region of its own");
     // The moved part can be evicted and faulted again at its new address.
-    let r = rt.evict(dst.ptr, dst.len).unwrap();
-    assert!(r.evicted > 8, "{r:?}");
+    // Pages shared for a moment with a child another test forks are busy for
+    // the kernel's move: try again until they are not.
+    let out = common::evict_until(&rt, dst.ptr, dst.len, 16);
+    assert!(out > 8, "only {out} of 16 moved pages evicted");
     for k in 0..16 {
         assert_eq!(checksum(dst.page(k)), sums[24 + k], "moved page {k} after a second eviction");
     }

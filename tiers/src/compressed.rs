@@ -291,6 +291,9 @@ impl CompressedTier {
         let slabs = SlabArena::new(strides as u32).map_err(os("reserving the compressed tier's slabs"))?;
         let handles = HandleTable::new(entries as u32).map_err(os("reserving the compressed tier's handle table"))?;
         let name = name_of(&config);
+        if config.codecs.iter().chain(config.fallback.iter()).any(|c| matches!(c, Codec::Zstd { .. })) {
+            codec::prepare_zstd_decoders().map_err(os("making zstd decoding contexts"))?;
+        }
         Ok(CompressedTier {
             threshold: config.threshold_bytes.min(PAGE_SIZE),
             budget: Budget::new(limit),
@@ -388,6 +391,12 @@ impl Tier for CompressedTier {
     /// removed, or never given out) is ignored.
     fn remove(&self, handle: Handle) {
         self.remove_page(handle)
+    }
+
+    /// Loads read the handle table and slabs without locks and decode with a
+    /// pooled context (see `codec`).
+    fn loads_in_signal_handler(&self) -> bool {
+        true
     }
 
     fn capacity(&self) -> Capacity {

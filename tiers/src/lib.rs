@@ -229,6 +229,13 @@ pub trait Tier: Send + Sync {
     /// Forgets the page named by `handle` and frees its space.
     fn remove(&self, handle: Handle);
 
+    /// Whether `load` may run in a signal handler: it neither allocates nor
+    /// takes a lock that a thread it interrupted could hold, nor waits on
+    /// another thread. The runtime's signal mode needs this of every tier.
+    fn loads_in_signal_handler(&self) -> bool {
+        false
+    }
+
     /// The tier's limit and current use.
     fn capacity(&self) -> Capacity;
 

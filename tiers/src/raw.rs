@@ -74,6 +74,11 @@ impl Tier for RawTier {
         self.latency.load.time(|| self.load_page(handle, out))
     }
 
+    /// A load is one copy out of the tier's own mapping.
+    fn loads_in_signal_handler(&self) -> bool {
+        true
+    }
+
     fn remove(&self, handle: Handle) {
         let h = handle.raw();
         if h >= self.slots {

@@ -1,10 +1,15 @@
-//! The codecs T1 compresses pages with, and the per-thread contexts they run in.
+//! The codecs T1 compresses pages with, and the contexts they run in.
 //!
-//! lz4 needs no context to decode. zstd keeps one compression context and one
-//! decompression context per thread, made the first time that thread uses
-//! zstd, so a load never allocates after a thread's first zstd page.
+//! lz4 needs no context to decode. zstd keeps one compression context per
+//! thread (stores run on the reclaim thread), made the first time that
+//! thread compresses with zstd. Its decoding contexts are a pool made when a
+//! tier that uses zstd is made: a load may run in any thread of the program,
+//! inside the SIGBUS handler of the runtime's signal mode, where it must not
+//! allocate; so a load takes a free context from the pool and never
+//! allocates.
 
 use std::cell::RefCell;
+use std::sync::{Mutex, OnceLock};
 use std::fmt;
 use std::str::FromStr;
 
@@ -103,7 +108,49 @@ pub(crate) const SCRATCH_BYTES: usize = lz4_flex::block::get_maximum_output_size
 
 thread_local! {
     static ZSTD_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// zstd decoding contexts, two per CPU (at least 4, at most 64).
+static ZSTD_DECODERS: OnceLock<Box<[Mutex<zstd::bulk::Decompressor<'static>>]>> = OnceLock::new();
+
+/// Makes the pool of zstd decoding contexts, once per process.
+pub(crate) fn prepare_zstd_decoders() -> std::io::Result<()> {
+    if ZSTD_DECODERS.get().is_some() {
+        return Ok(());
+    }
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(2).clamp(4, 64);
+    let pool = (0..n).map(|_| zstd::bulk::Decompressor::new().map(Mutex::new)).collect::<std::io::Result<Vec<_>>>()?;
+    let _ = ZSTD_DECODERS.set(pool.into_boxed_slice());
+    Ok(())
+}
+
+/// Decodes with a free context of the pool: tried without waiting, starting
+/// at the calling CPU's own pair, so that a thread interrupted while holding
+/// one never has another thread block on it.
+fn zstd_decode(src: &[u8], out: &mut Page) -> Result<usize, String> {
+    let pool = match ZSTD_DECODERS.get() {
+        Some(pool) => pool,
+        // A tier that loads only on the runtime's threads (the mmap tier)
+        // may make the pool at its first zstd page; T1 made it at its start.
+        None => {
+            prepare_zstd_decoders().map_err(|e| format!("zstd contexts: {e}"))?;
+            ZSTD_DECODERS.get().ok_or("zstd contexts missing")?
+        }
+    };
+    // SAFETY: sched_getcpu has no preconditions (vDSO, no allocation).
+    let start = (unsafe { libc::sched_getcpu() }.max(0) as usize * 2) % pool.len();
+    loop {
+        for k in 0..pool.len() {
+            let mut z = match pool[(start + k) % pool.len()].try_lock() {
+                Ok(z) => z,
+                // A context is reset at each frame: one a panic left is fine.
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            return z.decompress_to_buffer(src, &mut out[..]).map_err(|e| format!("zstd: {e}"));
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Compresses `page` into `out`; returns the compressed length, or `None` when
@@ -136,7 +183,7 @@ pub(crate) fn compress(codec: Codec, page: &Page, out: &mut [u8; SCRATCH_BYTES])
 }
 
 /// Decodes `src` into `out`; the error says what the decoder found wrong.
-/// Allocation-free except on a thread's first zstd page and on error.
+/// Allocation-free except on error.
 pub(crate) fn decompress(encoding: Encoding, src: &[u8], out: &mut Page) -> Result<(), String> {
     let n = match encoding {
         Encoding::Raw => {
@@ -147,14 +194,7 @@ pub(crate) fn decompress(encoding: Encoding, src: &[u8], out: &mut Page) -> Resu
             PAGE_SIZE
         }
         Encoding::Lz4 => lz4_flex::block::decompress_into(src, out).map_err(|e| format!("lz4: {e}"))?,
-        Encoding::Zstd => ZSTD_DECOMPRESSOR.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            let z = match cell.as_mut() {
-                Some(z) => z,
-                None => cell.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd context: {e}"))?),
-            };
-            z.decompress_to_buffer(src, &mut out[..]).map_err(|e| format!("zstd: {e}"))
-        })?,
+        Encoding::Zstd => zstd_decode(src, out)?,
     };
     if n != PAGE_SIZE {
         return Err(format!("decoded {n} bytes, not a page"));
