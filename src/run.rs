@@ -38,8 +38,8 @@ pub struct RunArgs {
     /// Fault handler threads: 0 (the default) is one per CPU the program may run on, each pinned to its CPU; 1 is one unpinned handler.
     #[arg(long, value_parser = checked(farmem_runtime::parse_fault_handlers))]
     fault_handlers: Option<String>,
-    /// Who serves a fault: thread (the fault handler threads, the default). Signal mode (the faulting thread serves its own fault) is refused for unmodified programs for now, with the reason.
-    #[arg(long, value_parser = checked(farmem_runtime::parse_fault_mode_for_programs))]
+    /// Who serves a fault: thread (the fault handler threads, the default) or signal (the faulting thread, in its SIGBUS handler; in-memory tiers only; see the README's "Signal mode" for what it covers).
+    #[arg(long, value_parser = checked(farmem_runtime::parse_fault_mode))]
     fault: Option<String>,
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]

@@ -388,6 +388,59 @@ fn sort_with_a_large_buffer_matches_plain_sort() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The lines `kernelio` prints: every case of a buffer handed to the kernel.
+const KERNELIO: &str = "pipe same\nsocket same\nfile same\nstdio 1000 lines same\nmutex 80000\nsigbus caught 1, own handler kept yes, heap readable\nblocked same\nfork same\nheap same\n";
+
+#[test]
+fn in_signal_mode_buffers_handed_to_the_kernel_come_back_first() {
+    // Signal mode: a system call on an evicted page would fail with EFAULT.
+    // Every case here hands the kernel evicted or never-touched memory
+    // (pipes, sockets, files, stdio, futexes), or tests the program's own
+    // signals (its SIGBUS handler, a thread blocking every signal), or forks.
+    let dir = scratch("kernelio");
+    let bin = compile(&dir, "kernelio");
+    let d = dir.to_str().unwrap();
+    let plain = Command::new(&bin).args(["24", "300", d]).output().unwrap();
+    assert_eq!(ok(&plain, "kernelio"), KERNELIO);
+    let stats = dir.join("stats.json");
+    for mode in ["signal", "thread"] {
+        let out = under_farmem(&stats, &bin, &["24", "300", d]).env("FARMEM_FAULT", mode).output().unwrap();
+        assert_eq!(ok(&out, &format!("kernelio under farmem, {mode} mode")), KERNELIO, "{mode} mode: {}", String::from_utf8_lossy(&out.stderr));
+        let s = read_stats(&stats);
+        assert_eq!(s["fault_mode"], mode, "{s}");
+        assert_farmem_worked(&s);
+        if mode == "signal" {
+            assert_eq!(n(&s, "faults_in_thread"), n(&s, "faults"), "every fault served in the faulting thread: {s}");
+        }
+    }
+}
+
+#[test]
+fn sort_in_signal_mode_matches_plain_sort() {
+    let dir = scratch("sort-signal");
+    let input = dir.join("in.txt");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        for i in 0..2_000_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            writeln!(w, "{:016x} line {i}", x).unwrap();
+        }
+    }
+    // Its temporary files too: a buffer smaller than the input (60 MB) makes
+    // sort write runs and merge them.
+    let args = ["-S", "40M", "-T", dir.to_str().unwrap(), input.to_str().unwrap()];
+    let plain = Command::new("sort").args(args).env("LC_ALL", "C").output().unwrap();
+    let stats = dir.join("stats.json");
+    let farmem = under_farmem(&stats, "sort", &args).env("LC_ALL", "C").env("FARMEM_FAULT", "signal").output().unwrap();
+    assert!(ok(&farmem, "sort under farmem, signal mode") == ok(&plain, "plain sort"), "sort's output differs in signal mode: {}", std::fs::read_to_string(&stats).unwrap_or_default());
+    let s = read_stats(&stats);
+    assert_eq!(s["fault_mode"], "signal", "{s}");
+    assert_farmem_worked(&s);
+}
+
 #[test]
 fn stat_reads_a_live_process_over_its_socket() {
     check_library();

@@ -45,7 +45,7 @@ pub struct Config {
 impl Config {
     /// How the runtime serves faults, from this config.
     pub fn fault_options(&self) -> crate::FaultOptions {
-        crate::FaultOptions { prefetch: self.prefetch, readahead: self.readahead, fault_handlers: self.fault_handlers, verify: self.verify }
+        crate::FaultOptions { prefetch: self.prefetch, readahead: self.readahead, fault_handlers: self.fault_handlers, verify: self.verify, fault_mode: farmem_runtime::FaultMode::Thread }
     }
 }
 

@@ -75,6 +75,8 @@ pub struct FaultOptions {
     pub fault_handlers: Option<usize>,
     /// Check every page that comes back.
     pub verify: bool,
+    /// Who serves a fault: the handler threads, or the faulting thread.
+    pub fault_mode: farmem_runtime::FaultMode,
 }
 
 /// Makes the tiers `tiers` names, starts a runtime over them that serves
@@ -93,7 +95,7 @@ pub fn start_runtime(tiers: &TierSpec, policy: &PolicyConfig, options: FaultOpti
     // farmem arenas (hard rule 2).
     farmem_tiers::set_thread_hook(|| std::mem::forget(RuntimeScope::enter()));
     let tiers = tiers.build().map_err(|e| StartError::Tier { tier: e.tier, source: e.source })?;
-    let mut builder = Runtime::builder().prefetch(options.prefetch).verify(options.verify);
+    let mut builder = Runtime::builder().prefetch(options.prefetch).verify(options.verify).fault_mode(options.fault_mode);
     if let Some(pages) = options.readahead {
         builder = builder.readahead(pages);
     }

@@ -14,7 +14,7 @@
 //! | `FARMEM_PREFETCH` | pages (0 to 64): brought back beside each fault from a spill tier, if they were demoted with it (0) |
 //! | `FARMEM_READAHEAD` | pages (0 to 64): the most brought back ahead of a program that faults in order, from any tier (32; 0 turns it off) |
 //! | `FARMEM_FAULT_HANDLERS` | threads (0 to 64) serving faults: 0 (the default) is one per CPU the program may run on, each pinned to its CPU; 1 is one unpinned handler |
-//! | `FARMEM_FAULT` | `thread`: who serves a fault (the fault handler threads). `signal` (the faulting thread, in its SIGBUS handler) is refused under the shim for now: a system call on an evicted page would fail with EFAULT |
+//! | `FARMEM_FAULT` | who serves a fault: `thread` (the fault handler threads, the default) or `signal` (the faulting thread, in its SIGBUS handler; in-memory tiers only, and see the README's "Signal mode" for what it covers) |
 //! | `FARMEM_WRITE_TRACKING` | `on` or `off`: see written pages through PAGEMAP_SCAN and async write-protect, where the kernel has both (on) |
 //! | `FARMEM_VERIFY` | `on` or `off`: keep a checksum of every page out of RAM, and abort with one line naming the page if one comes back different (off; for tests and bug hunts) |
 //! | `FARMEM_EVICT_EVERY` | testing aid: a duration (`100ms`, `2s`); evict everything that often |
@@ -58,6 +58,8 @@ pub struct ShimConfig {
     pub verify: bool,
     /// Fault handler threads (None: one per CPU, pinned).
     pub fault_handlers: Option<usize>,
+    /// Who serves a fault (`FARMEM_FAULT`).
+    pub fault_mode: farmem_runtime::FaultMode,
 }
 
 /// A variable the shim cannot use, with what it accepts.
@@ -128,7 +130,7 @@ impl ShimConfig {
             c.fault_handlers = Some(farmem_runtime::parse_fault_handlers(&v).map_err(|reason| ConfigError { var: "FARMEM_FAULT_HANDLERS", value: v, reason })?);
         }
         if let Some(v) = var("FARMEM_FAULT")? {
-            farmem_runtime::parse_fault_mode_for_programs(&v).map_err(|reason| ConfigError { var: "FARMEM_FAULT", value: v, reason })?;
+            c.fault_mode = farmem_runtime::parse_fault_mode(&v).map_err(|reason| ConfigError { var: "FARMEM_FAULT", value: v, reason })?;
         }
         if let Some(v) = var("FARMEM_WRITE_TRACKING")? {
             c.policy.write_tracking = parse_switch(&v).map_err(|reason| ConfigError { var: "FARMEM_WRITE_TRACKING", value: v, reason })?;
@@ -183,7 +185,7 @@ mod tests {
 
     #[test]
     fn good_values() {
-        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_READAHEAD", "8"), ("FARMEM_FAULT_HANDLERS", "2"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on"), ("FARMEM_START_AT", "0")])
+        let c = read(&[("FARMEM_LIMIT", "64M"), ("FARMEM_STALL", "1%"), ("FARMEM_TIERS", "zstd:3"), ("FARMEM_MMAP_MIN", "2M"), ("FARMEM_EVICT_EVERY", "250ms"), ("FARMEM_MIN", ""), ("FARMEM_PREFETCH", "16"), ("FARMEM_READAHEAD", "8"), ("FARMEM_FAULT_HANDLERS", "2"), ("FARMEM_FAULT", "signal"), ("FARMEM_WRITE_TRACKING", "off"), ("FARMEM_VERIFY", "on"), ("FARMEM_START_AT", "0")])
             .unwrap();
         assert_eq!(c.policy.limit, Some(64 << 20));
         assert_eq!(c.policy.stall, Some(0.01));
@@ -193,6 +195,7 @@ mod tests {
         assert_eq!(c.prefetch, 16);
         assert_eq!(c.readahead, Some(8));
         assert_eq!(c.fault_handlers, Some(2));
+        assert_eq!(c.fault_mode, farmem_runtime::FaultMode::Signal);
         assert!(!c.policy.write_tracking);
         assert!(c.verify);
         assert_eq!(c.start_at, 0);
@@ -218,7 +221,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_READAHEAD", "lots"), ("FARMEM_FAULT_HANDLERS", "65"), ("FARMEM_FAULT", "signal"), ("FARMEM_FAULT", "fast"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
+        for (k, v) in [("FARMEM_LIMIT", "lots"), ("FARMEM_STALL", "fast"), ("FARMEM_TIERS", "gzip"), ("FARMEM_TIERS", "lz4+lz4"), ("FARMEM_TIERS", "raw+zstd"), ("FARMEM_MIN", "-1"), ("FARMEM_EVICT_EVERY", "soon"), ("FARMEM_PREFETCH", "65"), ("FARMEM_READAHEAD", "lots"), ("FARMEM_FAULT_HANDLERS", "65"), ("FARMEM_FAULT", "fast"), ("FARMEM_WRITE_TRACKING", "sometimes"), ("FARMEM_VERIFY", "sometimes"), ("FARMEM_START_AT", "early")] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k);
             let line = e.to_string();

@@ -36,6 +36,8 @@
 
 // Unit tests build without the constructor and the exported symbols.
 #![cfg_attr(test, allow(dead_code))]
+// The statistics report is one json! literal with more keys than the default limit expands.
+#![recursion_limit = "256"]
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("libfarmem.so supports Linux on x86-64 only");
@@ -43,10 +45,12 @@ compile_error!("libfarmem.so supports Linux on x86-64 only");
 pub mod alloc;
 pub mod config;
 pub mod guard;
+pub mod kernel_io;
 pub mod lazy;
 pub mod mmap;
 pub mod report;
 pub mod server;
+pub mod signals;
 pub mod thread;
 
 /// The extent hooks, shared with programs that link farmem (farmem-jemalloc).
@@ -143,6 +147,12 @@ fn configure() -> Result<(), StartError> {
         libc::atexit(at_exit);
     }
     let start_at = cfg.start_at.min(cfg.policy.limit.map_or(u64::MAX, |l| l / 2));
+    if cfg.fault_mode == farmem_runtime::FaultMode::Signal {
+        // Before main, and before any thread of the program's: no stream
+        // has done I/O yet, and no thread has blocked SIGBUS.
+        signals::keep_sigbus();
+        kernel_io::plain_stdio();
+    }
     lazy::arm(start_at, cfg.policy.limit.is_some());
     mmap::watch(cfg.mmap_min);
     alloc::activate(&arenas);
@@ -166,12 +176,15 @@ pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
     // as the runtime's do (see `farmem_jemalloc::start_runtime`): they
     // inherit the mask of whichever program thread crossed the start size.
     let _mask = farmem_jemalloc::SignalsBlocked::new();
-    let options = farmem_jemalloc::FaultOptions { prefetch: cfg.prefetch, readahead: cfg.readahead, fault_handlers: cfg.fault_handlers, verify: cfg.verify };
+    let options = farmem_jemalloc::FaultOptions { prefetch: cfg.prefetch, readahead: cfg.readahead, fault_handlers: cfg.fault_handlers, verify: cfg.verify, fault_mode: cfg.fault_mode };
     let rt = farmem_jemalloc::start_runtime(&cfg.tiers, &cfg.policy, options).map_err(|e| match e {
         farmem_jemalloc::StartError::Tier { tier, source } => StartError::Tier { tier, source },
         farmem_jemalloc::StartError::Runtime(e) => StartError::Runtime(e),
     })?;
     let rt: &'static Runtime = RUNTIME.get_or_init(|| rt);
+    if cfg.fault_mode == farmem_runtime::FaultMode::Signal {
+        kernel_io::start();
+    }
     OWNER_PID.store(std::process::id(), Ordering::Relaxed);
     if let Some(every) = cfg.evict_every {
         let _ = std::thread::Builder::new().name("farmem-evict".into()).spawn(move || {

@@ -8,7 +8,9 @@
 //! a farmem arena, the fault handlers would fault on memory only they can serve.
 //! So a thread created by a thread that is inside the shim, or inside the
 //! runtime's scope, starts inside the shim's guard and never leaves it. Threads
-//! the program creates are started exactly as they would be without the shim.
+//! the program creates are started exactly as they would be without the shim,
+//! except that what libc allocates for them while creating them is plain
+//! memory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -67,6 +69,12 @@ pub unsafe extern "C" fn pthread_create(thread: *mut pthread_t, attr: *const pth
     // SAFETY: `real` is the address dlsym returned for pthread_create.
     let real: CreateFn = unsafe { std::mem::transmute::<usize, CreateFn>(real) };
     if !(guard::with(|s| s.busy()) || farmem_runtime::in_runtime()) {
+        // What libc allocates for the new thread here (its dynamic thread
+        // vector, which every access to the shim's thread-locals reads,
+        // SIGBUS handler included) comes from plain memory: in signal mode
+        // a fault on it inside the handler, where SIGBUS is blocked, would
+        // end the process.
+        let _g = guard::enter_owned();
         // SAFETY: the program's own call, passed on unchanged.
         return unsafe { real(thread, attr, f, arg) };
     }

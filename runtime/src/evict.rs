@@ -176,7 +176,7 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
             let i = idx[k];
             match before[k] {
                 State::Resident if !present[k] => report.absent += 1,
-                State::Resident if region.states.transition(i, State::Resident, State::Claimed) => {
+                State::Resident if claim(region, i) => {
                     if let Some(sums) = &region.sums {
                         sums.note(i, Step::Claim);
                     }
@@ -290,6 +290,20 @@ fn evict_batch(shared: &Shared, region: &Arc<Region>, idx: &[usize], target: Tar
     Ok(report)
 }
 
+/// Claims resident page `i` of `region` for eviction, unless a system call
+/// in flight has it pinned (signal mode; see the `pins` module): the claim
+/// is made first and the pins read after it.
+fn claim(region: &Region, i: usize) -> bool {
+    if !region.states.transition(i, State::Resident, State::Claimed) {
+        return false;
+    }
+    if crate::pins::pinned(region.page_addr(i)) {
+        region.states.transition(i, State::Claimed, State::Resident);
+        return false;
+    }
+    true
+}
+
 /// Ends the evictor's claim on page `i` of `region`, which is out of the
 /// page tables now (moved to staging, or a hole), its copy not kept: the
 /// page is `Resident` (a hole) whether or not the program dropped it
@@ -355,7 +369,7 @@ fn move_out(shared: &Shared, region: &Region, idx: &[usize], claimed: &mut [bool
         // program dropped meanwhile is zero-filled by the fault handlers, which
         // never wait on this thread for a `Resident` page).
         let r = unsafe { libc::madvise(region.page_addr(i) as *mut libc::c_void, PAGE_SIZE, MADV_POPULATE_WRITE) };
-        if r != 0 || !region.states.transition(i, State::Resident, State::Claimed) {
+        if r != 0 || !claim(region, i) {
             report.busy += 1;
             continue;
         }

@@ -43,6 +43,7 @@ mod fault;
 mod fork;
 pub mod pagemap;
 mod pagestate;
+mod pins;
 pub mod policy;
 mod readahead;
 mod region;
@@ -63,7 +64,8 @@ pub use error::RuntimeError;
 pub use evict::{DemoteReport, EvictReport};
 pub use farmem_tiers::mem;
 pub use scope::{in_runtime, RuntimeScope};
-pub use signal::{parse_fault_mode, parse_fault_mode_for_programs, FaultMode};
+pub use pins::Pinned;
+pub use signal::{parse_fault_mode, program_action, FaultMode};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
 use evict::{Staging, Target};

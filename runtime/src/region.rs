@@ -102,6 +102,13 @@ impl RegionTable {
         r.contains(addr).then(|| Arc::clone(r))
     }
 
+    /// The region holding `addr`, or else the first one above it.
+    pub fn find_from(&self, addr: u64) -> Option<Arc<Region>> {
+        let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let i = regions.partition_point(|r| r.start() + r.len() <= addr);
+        regions.get(i).cloned()
+    }
+
     /// Calls `f` on the region holding `addr`, if any, with the table held
     /// for reading: nothing is cloned or freed, so the SIGBUS handler of
     /// signal mode may call it.

@@ -25,15 +25,21 @@
 //! page farmem holds (a `read(2)` into it, a `write(2)` from it) does not
 //! wait for the page; the system call fails with EFAULT. A program must not
 //! hand registered memory to the kernel unless it touched it first (see the
-//! README's "Signal mode" section); the preload and the jemalloc hook refuse
-//! the mode until they interpose the system calls that do.
+//! README's "Signal mode" section); the preload touches and pins the buffers
+//! of the system calls it interposes, and the README lists what that leaves
+//! open.
 //!
-//! Not here yet: readahead (each fault brings back its own page), zero-fill
-//! batches (a first touch fills one page), and chaining to a handler the
-//! program installs after farmem's (its `sigaction` replaces farmem's).
+//! A program that sets its own SIGBUS action under the preload reaches
+//! [`program_action`], not the kernel: farmem's handler stays in and chains
+//! to it. The preload also keeps SIGBUS unblocked in the program's threads
+//! (a fault's SIGBUS while it is blocked ends the process), and pins the
+//! buffers of the system calls it interposes (see the `pins` module).
+//!
+//! Not here yet: readahead (each fault brings back its own page) and
+//! zero-fill batches (a first touch fills one page).
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use farmem_tiers::Handle;
@@ -79,20 +85,12 @@ pub fn parse_fault_mode(s: &str) -> Result<FaultMode, String> {
     }
 }
 
-/// Parses a fault mode for a program farmem does not control (the preload,
-/// `farmem run`): signal mode is refused there for now, with the reason,
-/// because such a program hands its heap to the kernel in system calls.
-pub fn parse_fault_mode_for_programs(s: &str) -> Result<FaultMode, String> {
-    match parse_fault_mode(s)? {
-        FaultMode::Signal => Err("signal mode is not available for unmodified programs yet: in it a system call that reads or writes an evicted page (read(2) into it, write(2) from it) fails with EFAULT instead of waiting for the page, and the shim does not yet touch such buffers first; use thread (the default)".into()),
-        FaultMode::Thread => Ok(FaultMode::Thread),
-    }
-}
-
 /// The most runtimes in signal mode one process runs at once.
 const SLOTS: usize = 16;
 
-/// One runtime the SIGBUS handler serves, and how many handlers look at it now.
+/// One runtime the SIGBUS handler serves, and how many handlers look at it
+/// now; a cache line each, as every fault writes `users`.
+#[repr(align(64))]
 struct Slot {
     shared: AtomicPtr<Shared>,
     users: AtomicU32,
@@ -102,12 +100,90 @@ struct Slot {
 const EMPTY: Slot = Slot { shared: AtomicPtr::new(std::ptr::null_mut()), users: AtomicU32::new(0) };
 static SLOTS_IN_USE: [Slot; SLOTS] = [EMPTY; SLOTS];
 
-/// The SIGBUS action in force before farmem's, for every SIGBUS that is not ours.
-struct Previous(UnsafeCell<Option<libc::sigaction>>);
-// SAFETY: written once, under INSTALL, before farmem's handler is installed
-// (so before any reader can run); only read afterwards.
+/// The program's own SIGBUS action, for every SIGBUS that is not farmem's:
+/// the one in force before farmem's handler went in, or one the program set
+/// since through the preload's `sigaction` (see [`program_action`]). Kept as
+/// atomics under a sequence count, so the handler reads it without a lock.
+struct Previous {
+    seq: AtomicU32,
+    handler: AtomicUsize,
+    flags: AtomicI32,
+    /// The action's whole `sigaction`, returned as the old action.
+    whole: UnsafeCell<Option<libc::sigaction>>,
+}
+// SAFETY: `whole` is written and read only under INSTALL; the handler reads
+// only the atomics.
 unsafe impl Sync for Previous {}
-static PREVIOUS: Previous = Previous(UnsafeCell::new(None));
+static PREVIOUS: Previous = Previous { seq: AtomicU32::new(0), handler: AtomicUsize::new(0), flags: AtomicI32::new(0), whole: UnsafeCell::new(None) };
+
+impl Previous {
+    /// Sets the program's action; INSTALL held.
+    fn set(&self, act: &libc::sigaction) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        self.handler.store(act.sa_sigaction, Ordering::SeqCst);
+        self.flags.store(act.sa_flags, Ordering::SeqCst);
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: INSTALL is held (see `Previous`).
+        unsafe { *self.whole.get() = Some(*act) };
+    }
+
+    /// The handler and its flags, consistent with each other.
+    fn get(&self) -> (usize, i32) {
+        loop {
+            let s = self.seq.load(Ordering::SeqCst);
+            let (h, f) = (self.handler.load(Ordering::SeqCst), self.flags.load(Ordering::SeqCst));
+            if s.is_multiple_of(2) && self.seq.load(Ordering::SeqCst) == s {
+                return (h, f);
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Runtimes attached now, over every slot.
+static ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any runtime in signal mode runs in this process.
+pub(crate) fn any_attached() -> bool {
+    ATTACHED.load(Ordering::SeqCst) != 0
+}
+
+/// Calls `f` on each runtime in signal mode, each held for the call.
+pub(crate) fn each_attached(mut f: impl FnMut(&Shared)) {
+    for slot in &SLOTS_IN_USE {
+        if slot.shared.load(Ordering::Acquire).is_null() {
+            continue;
+        }
+        slot.users.fetch_add(1, Ordering::SeqCst);
+        let p = slot.shared.load(Ordering::SeqCst);
+        if !p.is_null() {
+            // SAFETY: as in `serve_any`: this use was counted before the load.
+            f(unsafe { &*p });
+        }
+        slot.users.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The program's side of SIGBUS while farmem's handler is installed: what
+/// the preload's `sigaction` does for SIGBUS. Sets the action farmem chains
+/// to (if `new`), and returns the one it replaced; None when farmem's
+/// handler is not installed, and the call is the kernel's.
+pub fn program_action(new: Option<&libc::sigaction>) -> Option<libc::sigaction> {
+    let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if !INSTALLED.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: INSTALL is held (see `Previous`).
+    let old = unsafe { *PREVIOUS.whole.get() }.unwrap_or_else(|| {
+        // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask.
+        unsafe { std::mem::zeroed() }
+    });
+    if let Some(a) = new {
+        PREVIOUS.set(a);
+    }
+    Some(old)
+}
+
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -127,6 +203,7 @@ pub(crate) fn attach(shared: &std::sync::Arc<Shared>) -> Result<Attached, Runtim
     let ptr = std::sync::Arc::as_ptr(shared).cast_mut();
     for (k, slot) in SLOTS_IN_USE.iter().enumerate() {
         if slot.shared.compare_exchange(std::ptr::null_mut(), ptr, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            ATTACHED.fetch_add(1, Ordering::SeqCst);
             return Ok(Attached(k));
         }
     }
@@ -137,10 +214,31 @@ impl Drop for Attached {
     fn drop(&mut self) {
         let slot = &SLOTS_IN_USE[self.0];
         slot.shared.store(std::ptr::null_mut(), Ordering::SeqCst);
+        ATTACHED.fetch_sub(1, Ordering::SeqCst);
         // A handler that loaded the pointer before it was cleared holds a use.
         while slot.users.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
         }
+    }
+}
+
+type SigactionFn = unsafe extern "C" fn(libc::c_int, *const libc::sigaction, *mut libc::sigaction) -> libc::c_int;
+
+/// libc's `sigaction`, behind any a preloaded library puts in front of it
+/// (the preload's own, which would hand farmem's calls back to farmem).
+/// Found at install, as dlsym may not be called in a signal handler.
+static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls libc's own `sigaction`.
+///
+/// # Safety
+/// As `sigaction(2)`.
+unsafe fn real_sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+    match REAL_SIGACTION.load(Ordering::Acquire) {
+        // SAFETY: as the caller promised.
+        0 => unsafe { libc::sigaction(sig, act, old) },
+        // SAFETY: the address dlsym returned for `sigaction`; as the caller promised.
+        f => unsafe { std::mem::transmute::<usize, SigactionFn>(f)(sig, act, old) },
     }
 }
 
@@ -150,15 +248,16 @@ fn install() -> Result<(), RuntimeError> {
         return Ok(());
     }
     let os = |source| RuntimeError::Os { op: "installing the SIGBUS handler of signal mode", source };
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) };
+    REAL_SIGACTION.store(f as usize, Ordering::Release);
     // SAFETY: a zeroed sigaction is a valid argument; the kernel fills it.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: reads the current action only.
-    if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) } != 0 {
+    if unsafe { real_sigaction(libc::SIGBUS, std::ptr::null(), &mut old) } != 0 {
         return Err(os(std::io::Error::last_os_error()));
     }
-    // SAFETY: INSTALL is held and farmem's handler is not installed yet, so
-    // nothing reads PREVIOUS now (see `Previous`).
-    unsafe { *PREVIOUS.0.get() = Some(old) };
+    PREVIOUS.set(&old);
     // SAFETY: as above.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = on_sigbus as *const () as usize;
@@ -173,7 +272,7 @@ fn install() -> Result<(), RuntimeError> {
     unsafe { libc::sigemptyset(&mut act.sa_mask) };
     // SAFETY: `on_sigbus` is an `extern "C"` SA_SIGINFO handler that stays
     // loaded as long as the process (the library is never unloaded).
-    if unsafe { libc::sigaction(libc::SIGBUS, &act, std::ptr::null_mut()) } != 0 {
+    if unsafe { real_sigaction(libc::SIGBUS, &act, std::ptr::null_mut()) } != 0 {
         return Err(os(std::io::Error::last_os_error()));
     }
     INSTALLED.store(true, Ordering::Release);
@@ -215,17 +314,16 @@ fn was_write(ctx: *mut libc::c_void) -> bool {
 
 /// Hands a SIGBUS that is not farmem's to the action installed before farmem's.
 fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: written before farmem's handler was installed (see `Previous`).
-    let prev = unsafe { (*PREVIOUS.0.get()).as_ref() };
-    match prev {
-        Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
-            if p.sa_flags & libc::SA_SIGINFO != 0 {
+    let (handler, flags) = PREVIOUS.get();
+    match handler {
+        h if h != libc::SIG_DFL && h != libc::SIG_IGN => {
+            if flags & libc::SA_SIGINFO != 0 {
                 // SAFETY: the program installed this as an SA_SIGINFO handler.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(h) };
                 f(sig, info, ctx);
             } else {
                 // SAFETY: the program installed this as a plain handler.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(p.sa_sigaction) };
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
                 f(sig);
             }
         }
@@ -237,7 +335,7 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
             let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
             dfl.sa_sigaction = libc::SIG_DFL;
             // SAFETY: sigaction is async-signal-safe.
-            unsafe { libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut()) };
+            unsafe { real_sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut()) };
         }
     }
 }
@@ -245,6 +343,10 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
 /// Serves a fault at `addr` if it falls in a region of a runtime in signal mode.
 fn serve_any(addr: u64, write: bool) -> bool {
     for slot in &SLOTS_IN_USE {
+        // Empty slots cost one load, not a write to a shared line.
+        if slot.shared.load(Ordering::Acquire).is_null() {
+            continue;
+        }
         slot.users.fetch_add(1, Ordering::SeqCst);
         let p = slot.shared.load(Ordering::SeqCst);
         // SAFETY: a runtime clears its slot and then waits until no handler

@@ -390,7 +390,7 @@ fn requests_are_served_while_faults_are_in_flight(mode: FaultMode) {
                     while !done.load(Ordering::Relaxed) {
                         // Half the pages hot, half read rarely.
                         let r = next(&mut x) as usize;
-                        let i = if r % 8 == 0 { r / 8 % PAGES } else { r / 8 % (PAGES / 2) };
+                        let i = if r.is_multiple_of(8) { r / 8 % PAGES } else { r / 8 % (PAGES / 2) };
                         if checksum(heap.page(i)) != sums[i] {
                             failures.lock().unwrap().push(format!("thread {t}: page {i} wrong"));
                             return;

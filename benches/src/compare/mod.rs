@@ -204,6 +204,9 @@ pub enum Variant {
     FarmemLimit,
     /// `farmem run --stall 0.1%`.
     FarmemStall,
+    /// `farmem run --limit BUDGET --fault signal`: faults served in the
+    /// faulting thread. Runs only when asked for (`--variant farmem-signal`).
+    FarmemSignal,
     /// A memory cgroup limit of BUDGET with zram swap.
     KernelZram,
     /// A memory cgroup limit of BUDGET with zswap over a swap file.
@@ -211,7 +214,7 @@ pub enum Variant {
 }
 
 /// Every variant, in the order they run.
-pub const VARIANTS: [Variant; 5] = [Variant::Plain, Variant::FarmemStall, Variant::FarmemLimit, Variant::KernelZram, Variant::KernelZswap];
+pub const VARIANTS: [Variant; 6] = [Variant::Plain, Variant::FarmemStall, Variant::FarmemLimit, Variant::FarmemSignal, Variant::KernelZram, Variant::KernelZswap];
 
 impl Variant {
     /// Its name in the outputs.
@@ -220,24 +223,30 @@ impl Variant {
             Variant::Plain => "plain",
             Variant::FarmemLimit => "farmem-limit",
             Variant::FarmemStall => "farmem-stall",
+            Variant::FarmemSignal => "farmem-signal",
             Variant::KernelZram => "kernel-zram",
             Variant::KernelZswap => "kernel-zswap",
         }
     }
 
     fn farmem(self) -> bool {
-        matches!(self, Variant::FarmemLimit | Variant::FarmemStall)
+        matches!(self, Variant::FarmemLimit | Variant::FarmemStall | Variant::FarmemSignal)
+    }
+
+    /// Whether it runs when no `--variant` is given.
+    pub fn by_default(self) -> bool {
+        self != Variant::FarmemSignal
     }
 
     fn budgeted(self) -> bool {
-        matches!(self, Variant::FarmemLimit | Variant::KernelZram | Variant::KernelZswap)
+        matches!(self, Variant::FarmemLimit | Variant::FarmemSignal | Variant::KernelZram | Variant::KernelZswap)
     }
 }
 
 impl FromStr for Variant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        VARIANTS.into_iter().find(|v| v.name() == s).ok_or_else(|| format!("'{s}' is not a variant: write plain, farmem-limit, farmem-stall, kernel-zram or kernel-zswap"))
+        VARIANTS.into_iter().find(|v| v.name() == s).ok_or_else(|| format!("'{s}' is not a variant: write plain, farmem-limit, farmem-signal, farmem-stall, kernel-zram or kernel-zswap"))
     }
 }
 
@@ -489,6 +498,7 @@ impl Plan<'_> {
             c.arg("run");
             match self.variant {
                 Variant::FarmemLimit => c.args(["--limit", &self.budget.map_or(0, |(_, b)| b).to_string()]),
+                Variant::FarmemSignal => c.args(["--limit", &self.budget.map_or(0, |(_, b)| b).to_string(), "--fault", "signal"]),
                 _ => c.args(["--stall", "0.1%"]),
             };
             c.arg("--stats").arg(self.dir.join(format!("{}.farmem-stats.json", self.file_stem()))).arg("--").args(program);
@@ -498,7 +508,7 @@ impl Plan<'_> {
             c.args(&program[1..]);
             c
         };
-        for v in ["LD_PRELOAD", "FARMEM_LIMIT", "FARMEM_STALL", "FARMEM_MIN", "FARMEM_TIERS", "FARMEM_STATS", "FARMEM_EVICT_EVERY"] {
+        for v in ["LD_PRELOAD", "FARMEM_LIMIT", "FARMEM_STALL", "FARMEM_MIN", "FARMEM_TIERS", "FARMEM_STATS", "FARMEM_EVICT_EVERY", "FARMEM_FAULT"] {
             cmd.env_remove(v);
         }
         let log = self.dir.join(format!("{}.stderr.log", self.file_stem()));
@@ -892,7 +902,7 @@ pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
     let dir = cfg.out.clone().unwrap_or_else(default_out);
     std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io { what: format!("creating {}", dir.display()), source })?;
     let _signals = SignalCatcher::new();
-    let mut variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || cfg.variants.is_empty() || cfg.variants.contains(v)).collect();
+    let mut variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || (cfg.variants.is_empty() && v.by_default()) || cfg.variants.contains(v)).collect();
     variants.dedup();
     let per_budget = variants.iter().filter(|v| v.budgeted()).count();
     let total = variants.len() - per_budget + per_budget * cfg.budgets.len();
