@@ -164,7 +164,8 @@ enum Bench {
         #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         size: Option<u64>,
         /// Run only these variants beside plain: farmem-limit, farmem-stall,
-        /// kernel-zram, kernel-zswap. May be given more than once.
+        /// farmem-signal (the limit, faults served in signal mode; only when
+        /// named), kernel-zram, kernel-zswap. May be given more than once.
         #[arg(long = "variant")]
         variants: Vec<farmem_bench::compare::Variant>,
     },

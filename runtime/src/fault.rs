@@ -217,6 +217,16 @@ impl Turns {
         self.readahead.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The readahead streams if no one holds them now: a SIGBUS handler
+    /// (signal mode) must not wait on a lock the code it interrupted may hold.
+    pub(crate) fn try_readahead(&self) -> Option<std::sync::MutexGuard<'_, Readahead>> {
+        match self.readahead.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn grow(&self) -> std::sync::MutexGuard<'_, Readahead> {
         self.grow.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -35,8 +35,13 @@
 //! (a fault's SIGBUS while it is blocked ends the process), and pins the
 //! buffers of the system calls it interposes (see the `pins` module).
 //!
-//! Not here yet: readahead (each fault brings back its own page) and
-//! zero-fill batches (a first touch fills one page).
+//! A fault served from T1 reads ahead as the handler threads do (the
+//! `readahead` module): a reader in order gets the pages after its fault
+//! brought back in the same handler, one page at a time through the one
+//! buffer on the handler's stack. When another thread holds the streams'
+//! table at that moment, this fault reads nothing ahead.
+//!
+//! Not here yet: zero-fill batches (a first touch fills one page).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
@@ -534,8 +539,50 @@ fn load(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> Ou
         Ok(()) => {
             shared.removals.push(shared, tier, handle);
             fault::note_tier_fault(shared, region, i, tier);
+            if tier != shared.sample_tier {
+                read_ahead(shared, region, i, tier, &mut buf);
+            }
             Outcome::Done { reclaim: true }
         }
+    }
+}
+
+/// After a fault on page `i` served from `tier`: brings back the pages the
+/// readahead window gives, those after `i` still in that tier, passing over
+/// pages in RAM and stopping at any other state (as the handler threads'
+/// prefetch does). A page that cannot be read or installed stays in its
+/// tier, for a fault of its own.
+fn read_ahead(shared: &Shared, region: &Region, i: usize, tier: u8, buf: &mut AlignedPage) {
+    let Some((stream, window)) = shared.turns.try_readahead().map(|mut r| r.on_fault(region.start() as usize, i)) else { return };
+    if window == 0 {
+        return;
+    }
+    let mut end = (i + 1 + window.min(crate::MAX_PREFETCH)).min(region.pages());
+    for j in i + 1..end {
+        let state = region.states.get(j);
+        let handle = match state {
+            State::Resident => continue,
+            State::Evicted { tier: t, handle } if t == tier && region.states.transition(j, state, State::Faulting { tier, handle }) => handle,
+            _ => {
+                end = j;
+                break;
+            }
+        };
+        let t = &shared.tiers[tier as usize];
+        if t.load(Handle::new(handle), &mut buf.0).is_err() {
+            region.states.transition(j, State::Faulting { tier, handle }, State::Evicted { tier, handle });
+            end = j;
+            break;
+        }
+        if fault::install_loaded(shared, region, j, tier, handle, buf, false).is_err() {
+            end = j;
+            break;
+        }
+        shared.removals.push(shared, tier, handle);
+        shared.counters.pages_prefetched.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(mut r) = shared.turns.try_readahead() {
+        r.ran_to(stream, end);
     }
 }
 

@@ -116,6 +116,38 @@ fn pages_come_back_byte_exact_from_4_threads_and_errno_survives() {
     eprintln!("{} faults in their threads, fault p50 {:.1} us", s.faults_in_thread, s.fault_latency_us(0.5));
 }
 
+/// A reader in order over evicted pages gets the pages after its faults
+/// brought back by the same SIGBUS handler (readahead), byte for byte; a
+/// runtime with readahead off serves every page by a fault of its own.
+#[test]
+fn a_reader_in_order_has_pages_read_ahead_in_its_own_thread() {
+    const PAGES: usize = 2048;
+    for readahead in [32, 0] {
+        setup();
+        let rt = Runtime::builder().fault_mode(FaultMode::Signal).readahead(readahead).verify(true).build().unwrap();
+        let (heap, sums) = filled(&rt, PAGES);
+        let out = common::evict_until(&rt, heap.ptr, heap.len, PAGES as u64);
+        assert!(out >= PAGES as u64 / 2, "readahead {readahead}: only {out} pages evicted");
+        let before = rt.stats();
+        for i in 0..PAGES {
+            assert_eq!(checksum(heap.page(i)), sums[i], "readahead {readahead}: page {i} came back wrong");
+        }
+        let after = rt.stats();
+        let (faults, ahead) = (after.faults_from_tier - before.faults_from_tier, after.pages_prefetched - before.pages_prefetched);
+        assert_eq!(after.faults_in_thread - before.faults_in_thread, after.faults() - before.faults(), "every fault served in its thread");
+        eprintln!("readahead {readahead}: {out} pages out, {faults} faults from the tier, {ahead} pages read ahead");
+        if readahead == 0 {
+            assert_eq!(ahead, 0);
+            assert!(faults >= out * 9 / 10, "{faults} faults for {out} pages out, with readahead off");
+        } else {
+            assert!(ahead >= out / 2, "only {ahead} of {out} pages read ahead");
+            assert!(faults <= out / 4, "{faults} faults for {out} pages read in order");
+        }
+        drop(heap);
+        drop(rt);
+    }
+}
+
 #[test]
 fn a_sigbus_that_is_not_farmems_reaches_the_programs_own_handler() {
     let rt = runtime(FaultMode::Signal);
