@@ -107,8 +107,11 @@ fn pages_come_back_byte_exact_from_4_threads_and_errno_survives() {
             }
         });
         let after = rt.stats();
+        // Four readers close together can look like one reader in order, and
+        // then part of the heap comes back read ahead of a fault.
         let faults = after.faults_from_tier - before.faults_from_tier;
-        assert!(faults >= out / 2, "round {round}: {faults} faults from the tier for {out} pages out");
+        let back = faults + after.pages_prefetched - before.pages_prefetched;
+        assert!(faults > 0 && back >= out / 2, "round {round}: {faults} faults from the tier and {back} pages back in all for {out} pages out");
         assert_eq!(after.faults_in_thread - before.faults_in_thread, after.faults() - before.faults(), "every fault served in its thread");
     }
     let s = rt.stats();
