@@ -352,20 +352,24 @@ fn alphanumeric_values_go_to_t1s_second_codec_not_stay_in_ram() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes `lines` lines of sort input to `path`: a pseudo-random key (xorshift
+/// from `seed`) and the line's number, so plain sort's output is fixed.
+fn sort_input(path: &Path, seed: u64, lines: u64) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x = seed;
+    for i in 0..lines {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        writeln!(w, "{:016x} line {i}", x).unwrap();
+    }
+}
+
 #[test]
 fn sort_with_a_large_buffer_matches_plain_sort() {
     let dir = scratch("sort");
     let input = dir.join("in.txt");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        for i in 0..1_500_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            writeln!(w, "{:016x} line {i}", x).unwrap();
-        }
-    }
+    sort_input(&input, 0x9e3779b97f4a7c15, 1_500_000);
     let args = ["-S", "512M", input.to_str().unwrap()];
     let plain = Command::new("sort").args(args).env("LC_ALL", "C").output().unwrap();
     let stats = dir.join("stats.json");
@@ -441,16 +445,7 @@ fn futex_words_in_a_heap_evicted_every_5ms_work_in_signal_mode() {
 fn sort_in_signal_mode_matches_plain_sort() {
     let dir = scratch("sort-signal");
     let input = dir.join("in.txt");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
-        let mut x: u64 = 0x2545f4914f6cdd1d;
-        for i in 0..2_000_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            writeln!(w, "{:016x} line {i}", x).unwrap();
-        }
-    }
+    sort_input(&input, 0x2545f4914f6cdd1d, 2_000_000);
     // Its temporary files too: a buffer smaller than the input (60 MB) makes
     // sort write runs and merge them.
     let args = ["-S", "40M", "-T", dir.to_str().unwrap(), input.to_str().unwrap()];
