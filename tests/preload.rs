@@ -419,7 +419,10 @@ fn in_signal_mode_buffers_handed_to_the_kernel_come_back_first() {
     }
 }
 
-/// A contended mutex and condition variable in a heap evicted every 5 ms.
+/// Futex words in a heap evicted every 5 ms: pthread mutex, condition
+/// variable, read-write lock, semaphore and barrier, C11 mutex and condition
+/// (threads from `thrd_create`), raw `syscall(SYS_futex)` locks and timed
+/// waits, and a stdio stream two threads write at once.
 fn futexcold(dir: &Path, mode: &str) {
     let bin = compile(dir, "futexcold");
     let stats = dir.join(format!("stats-{mode}.json"));
@@ -433,10 +436,11 @@ fn futex_words_in_a_heap_evicted_every_5ms_work_in_thread_mode() {
     futexcold(&scratch("futex-thread"), "thread");
 }
 
-/// Fails today: glibc aborts on the futex's EFAULT, in 2 of 2 runs of 10 s
-/// (issue 20; README, "Signal mode"). Run it with `--ignored`.
+/// Without the lock hooks glibc aborts ("The futex facility returned an
+/// unexpected error code."), without the `syscall` hook the timed raw wait
+/// gets EFAULT, and without the `thrd_create` hook a C11 thread dies of
+/// SIGBUS inside farmem's handler (its thread vector was in the heap).
 #[test]
-#[ignore = "signal mode: an evicted futex word ends in glibc's abort (known, issue 20)"]
 fn futex_words_in_a_heap_evicted_every_5ms_work_in_signal_mode() {
     futexcold(&scratch("futex-signal"), "signal");
 }

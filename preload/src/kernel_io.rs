@@ -14,7 +14,10 @@
 //! stdio's buffers live outside farmem: glibc writes them from inside libc,
 //! where no hook is seen, so the streams the program opens (and stdin and
 //! stdout, before `main`) are given buffers of plain memory (`setvbuf`), of
-//! the size and buffering glibc would have chosen. `fread` and `fwrite` are
+//! the size and buffering glibc would have chosen. The `FILE` and `DIR`
+//! objects themselves are plain memory too (opened with the shim's guard
+//! held, so glibc's malloc of them is the shim's): each holds a lock of
+//! glibc's own, whose futex wait no hook sees (see `locks`). `fread` and `fwrite` are
 //! hooked too: glibc moves a large request straight between the kernel and
 //! the program's buffer.
 //!
@@ -39,6 +42,12 @@ const RETRIES: usize = 8;
 /// Turns the hooks on: the runtime now serves faults in signal mode.
 pub fn start() {
     ON.store(true, Ordering::Release);
+}
+
+/// Whether the runtime serves faults in signal mode now.
+#[inline]
+pub(crate) fn signal_mode() -> bool {
+    ON.load(Ordering::Acquire)
 }
 
 /// Calls made again after an EFAULT, since start.
@@ -95,6 +104,8 @@ macro_rules! real {
         unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($t),*) -> $r>(f) }
     }};
 }
+
+pub(crate) use real;
 
 /// The ranges of an iovec array and of its buffers (at most what a pin holds
 /// separately; the rest are merged by the pin).
@@ -502,6 +513,18 @@ pub fn plain_stdio() {
     }
 }
 
+/// Opens a stream or directory with `strings` pinned, in plain memory in
+/// signal mode (see the module doc).
+fn opening<R>(strings: &[*const c_char], open: impl FnOnce() -> R) -> R {
+    if !active() {
+        return open();
+    }
+    let ranges: Vec<(usize, usize)> = strings.iter().map(|&p| c_str(p)).collect();
+    let _pin = Pinned::new(&ranges);
+    let _g = guard::enter_owned();
+    open()
+}
+
 /// `fopen(3)`.
 ///
 /// # Safety
@@ -510,7 +533,7 @@ pub fn plain_stdio() {
 pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE {
     let f = real!(fopen, fn(*const c_char, *const c_char) -> *mut FILE);
     // SAFETY: the program's call, passed on.
-    let s = unsafe { f(path, mode) };
+    let s = opening(&[path, mode], || unsafe { f(path, mode) });
     plain_buffer(s);
     s
 }
@@ -533,7 +556,7 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     let f = real!(fdopen, fn(c_int, *const c_char) -> *mut FILE);
     // SAFETY: the program's call, passed on.
-    let s = unsafe { f(fd, mode) };
+    let s = opening(&[mode], || unsafe { f(fd, mode) });
     plain_buffer(s);
     s
 }
@@ -546,7 +569,7 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
 pub unsafe extern "C" fn freopen(path: *const c_char, mode: *const c_char, stream: *mut FILE) -> *mut FILE {
     let f = real!(freopen, fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE);
     // SAFETY: the program's call, passed on.
-    let s = unsafe { f(path, mode, stream) };
+    let s = opening(&[path, mode], || unsafe { f(path, mode, stream) });
     free_buffer(stream);
     plain_buffer(s);
     s
@@ -560,7 +583,7 @@ pub unsafe extern "C" fn freopen(path: *const c_char, mode: *const c_char, strea
 pub unsafe extern "C" fn tmpfile() -> *mut FILE {
     let f = real!(tmpfile, fn() -> *mut FILE);
     // SAFETY: the program's call, passed on.
-    let s = unsafe { f() };
+    let s = opening(&[], || unsafe { f() });
     plain_buffer(s);
     s
 }
@@ -572,8 +595,9 @@ pub unsafe extern "C" fn tmpfile() -> *mut FILE {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut FILE {
     let f = real!(popen, fn(*const c_char, *const c_char) -> *mut FILE);
-    // SAFETY: the program's call, passed on.
-    let s = unsafe { f(cmd, mode) };
+    // SAFETY: the program's call, passed on (the child execs from the
+    // parent's memory while the parent waits, so the pin holds for it).
+    let s = opening(&[cmd, mode], || unsafe { f(cmd, mode) });
     plain_buffer(s);
     s
 }
@@ -585,8 +609,8 @@ pub unsafe extern "C" fn popen(cmd: *const c_char, mode: *const c_char) -> *mut 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn fclose(stream: *mut FILE) -> c_int {
     let f = real!(fclose, fn(*mut FILE) -> c_int);
-    // SAFETY: the program's call, passed on.
-    let r = unsafe { f(stream) };
+    // SAFETY: the program's call, passed on (the plain FILE freed as the shim's).
+    let r = opening(&[], || unsafe { f(stream) });
     free_buffer(stream);
     r
 }
@@ -598,8 +622,8 @@ pub unsafe extern "C" fn fclose(stream: *mut FILE) -> c_int {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn pclose(stream: *mut FILE) -> c_int {
     let f = real!(pclose, fn(*mut FILE) -> c_int);
-    // SAFETY: the program's call, passed on.
-    let r = unsafe { f(stream) };
+    // SAFETY: the program's call, passed on (the plain FILE freed as the shim's).
+    let r = opening(&[], || unsafe { f(stream) });
     free_buffer(stream);
     r
 }
@@ -855,14 +879,24 @@ pub unsafe extern "C" fn posix_spawnp(pid: *mut libc::pid_t, file: *const c_char
     spawn(real!(posix_spawnp, fn(*mut libc::pid_t, *const c_char, *const libc::posix_spawn_file_actions_t, *const libc::posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int), pid, file, fa, at, argv, envp)
 }
 
-/// `opendir(3)`: its path pinned in signal mode.
+/// `opendir(3)`: its path pinned, and the `DIR` in plain memory, in signal mode.
 ///
 /// # Safety
 /// As `opendir(3)`.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
     let f = real!(opendir, fn(*const c_char) -> *mut libc::DIR);
-    let _pin = if active() { Some(Pinned::new(&[c_str(path)])) } else { None };
     // SAFETY: the program's call, passed on.
-    unsafe { f(path) }
+    opening(&[path], || unsafe { f(path) })
+}
+
+/// `fdopendir(3)`: the `DIR` in plain memory in signal mode.
+///
+/// # Safety
+/// As `fdopendir(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn fdopendir(fd: c_int) -> *mut libc::DIR {
+    let f = real!(fdopendir, fn(c_int) -> *mut libc::DIR);
+    // SAFETY: the program's call, passed on.
+    opening(&[], || unsafe { f(fd) })
 }

@@ -20,6 +20,9 @@
 //!   and the runtime allocate comes from an arena farmem never registers;
 //! - large private anonymous `mmap`s are registered too, and `munmap` and
 //!   `mremap` on them keep farmem's regions right ([`mmap`]);
+//! - in signal mode, the calls that hand the kernel a buffer pin it first
+//!   ([`kernel_io`]), and so do the waits on futex words in the heap
+//!   ([`locks`]);
 //! - `farmem stat PID` reads live statistics from a Unix socket ([`server`]),
 //!   and `FARMEM_STATS=PATH` gets the final ones at exit ([`report`]) from
 //!   one process: the first under the shim, or what it execs into (the pid
@@ -47,6 +50,7 @@ pub mod config;
 pub mod guard;
 pub mod kernel_io;
 pub mod lazy;
+pub mod locks;
 pub mod mmap;
 pub mod report;
 pub mod server;

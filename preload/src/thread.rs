@@ -1,4 +1,4 @@
-//! `pthread_create`: threads started from inside the shim or the runtime
+//! `pthread_create` and `thrd_create`: threads started from inside the shim or the runtime
 //! belong to farmem for their whole life.
 //!
 //! A new thread runs library code before the function it was started for:
@@ -87,4 +87,21 @@ pub unsafe extern "C" fn pthread_create(thread: *mut pthread_t, attr: *const pth
         drop(unsafe { Box::from_raw(start) });
     }
     r
+}
+
+/// A C11 thread's start routine.
+type ThrdStartFn = extern "C" fn(*mut c_void) -> c_int;
+
+/// `thrd_create(3)`: glibc starts a C11 thread without its `pthread_create`
+/// symbol, so what libc allocates for it is made plain here, as for a
+/// program thread in [`pthread_create`].
+///
+/// # Safety
+/// As `thrd_create(3)`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn thrd_create(thread: *mut libc::pthread_t, f: ThrdStartFn, arg: *mut c_void) -> c_int {
+    let real = crate::kernel_io::real!(thrd_create, fn(*mut libc::pthread_t, ThrdStartFn, *mut c_void) -> c_int);
+    let _g = guard::enter_owned();
+    // SAFETY: the program's own call, passed on unchanged.
+    unsafe { real(thread, f, arg) }
 }

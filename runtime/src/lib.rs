@@ -64,7 +64,7 @@ pub use error::RuntimeError;
 pub use evict::{DemoteReport, EvictReport};
 pub use farmem_tiers::mem;
 pub use scope::{in_runtime, RuntimeScope};
-pub use pins::Pinned;
+pub use pins::{in_farmem, Pinned};
 pub use signal::{parse_fault_mode, program_action, FaultMode};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 

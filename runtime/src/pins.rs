@@ -21,7 +21,7 @@
 //! In thread mode, or with no runtime in signal mode, [`Pinned::new`] is one
 //! load and does nothing.
 
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::pagestate::State;
 use crate::{signal, PAGE_SIZE};
@@ -43,6 +43,13 @@ static PINS: [Slot; SLOTS] = [FREE; SLOTS];
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// One past the highest slot ever taken: the evictor reads no further.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Ranges pinned while every slot was taken: while any is, the evictor
+/// takes no page at all. A call that blocks with its pin (a futex wait)
+/// cannot be made again on EFAULT, so a pin never fails; with more ranges
+/// pinned than slots, eviction waits instead.
+static ALL: AtomicUsize = AtomicUsize::new(0);
+/// Whether running out of slots was reported once.
+static TOLD: AtomicBool = AtomicBool::new(false);
 
 /// The most ranges one call pins; more are merged into their bounding range.
 pub const MAX_RANGES: usize = 8;
@@ -53,16 +60,19 @@ pub const MAX_RANGES: usize = 8;
 pub struct Pinned {
     slots: [u16; MAX_RANGES],
     n: usize,
+    /// Ranges pinned through [`ALL`], for want of a slot.
+    all: usize,
 }
 
 impl Pinned {
     /// Pins `ranges` (address, length in bytes) and brings every page of
     /// theirs that lies in a region of a runtime in signal mode into RAM.
     /// Ranges outside farmem memory cost a region lookup and nothing else.
-    /// Does nothing unless a runtime in signal mode runs.
+    /// Does nothing unless a runtime in signal mode runs. Never fails: with
+    /// every slot taken, eviction stops until this pin is dropped.
     pub fn new(ranges: &[(usize, usize)]) -> Pinned {
-        let mut p = Pinned { slots: [0; MAX_RANGES], n: 0 };
-        if !signal::any_attached() {
+        let mut p = Pinned { slots: [0; MAX_RANGES], n: 0, all: 0 };
+        if !signal::any_attached() || !ranges.iter().any(|&(a, len)| len > 0 && in_farmem(a, len)) {
             return p;
         }
         let mut merged = [(0u64, 0u64); MAX_RANGES];
@@ -81,6 +91,14 @@ impl Pinned {
             if let Some(k) = publish(s, e) {
                 p.slots[p.n] = k as u16;
                 p.n += 1;
+            } else {
+                // Counted in LIVE and ALL before any page's state is read.
+                LIVE.fetch_add(1, Ordering::SeqCst);
+                ALL.fetch_add(1, Ordering::SeqCst);
+                p.all += 1;
+                if !TOLD.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("all {SLOTS} pin slots are taken; eviction waits while more ranges are pinned");
+                }
             }
         }
         // Published before any page's state is read (see the module doc).
@@ -98,12 +116,31 @@ impl Drop for Pinned {
             PINS[k as usize].end.store(0, Ordering::SeqCst);
             LIVE.fetch_sub(1, Ordering::SeqCst);
         }
+        if self.all > 0 {
+            ALL.fetch_sub(self.all, Ordering::SeqCst);
+            LIVE.fetch_sub(self.all, Ordering::SeqCst);
+        }
     }
 }
 
-/// Takes a slot for `[s, e)`. With every slot taken the range goes
-/// unpinned: its pages are still touched, and the caller's retry on EFAULT
-/// covers an eviction in between.
+impl Pinned {
+    /// How many ranges this pin holds in RAM (none outside farmem memory).
+    pub fn ranges(&self) -> usize {
+        self.n + self.all
+    }
+}
+
+/// Whether `[addr, addr + len)` overlaps memory of a runtime in signal mode.
+pub fn in_farmem(addr: usize, len: usize) -> bool {
+    let (s, e) = (addr as u64, (addr as u64).saturating_add(len.max(1) as u64));
+    let mut hit = false;
+    signal::each_attached(|shared| {
+        hit = hit || shared.regions.find_from(s).is_some_and(|r| r.start() < e);
+    });
+    hit
+}
+
+/// Takes a slot for `[s, e)`, if one is free.
 fn publish(s: u64, e: u64) -> Option<usize> {
     LIVE.fetch_add(1, Ordering::SeqCst);
     for (k, slot) in PINS.iter().enumerate() {
@@ -153,6 +190,9 @@ pub(crate) fn pinned(addr: u64) -> bool {
     fence(Ordering::SeqCst);
     if LIVE.load(Ordering::SeqCst) == 0 {
         return false;
+    }
+    if ALL.load(Ordering::SeqCst) > 0 {
+        return true;
     }
     let high = HIGH.load(Ordering::SeqCst);
     PINS[..high].iter().any(|slot| {

@@ -296,3 +296,29 @@ fn a_tier_failure_raises_sigbus_not_zeros_in_signal_mode() {
     assert_eq!(out.status.signal(), Some(libc::SIGBUS), "child status {:?}, stdout {stdout}, stderr {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(!stdout.contains("READ"), "the access returned bytes: {stdout}");
 }
+
+/// A pin never fails: with more ranges pinned than the table has slots
+/// (threads blocked in futex waits hold theirs), eviction waits rather
+/// than take a page the kernel is about to read. A pin over memory farmem
+/// does not hold takes no slot at all.
+#[test]
+fn more_pins_than_slots_stop_eviction_until_they_are_dropped() {
+    use farmem_runtime::Pinned;
+    let rt = runtime(FaultMode::Signal);
+    let pages = 320;
+    let (heap, sums) = filled(&rt, pages);
+    let plain = vec![0u8; PAGE];
+    assert_eq!(Pinned::new(&[(plain.as_ptr() as usize, PAGE)]).ranges(), 0, "a pin over plain memory took a slot");
+    let pins: Vec<Pinned> = (0..300).map(|i| Pinned::new(&[(heap.page(i).as_ptr() as usize, 8)])).collect();
+    assert!(pins.iter().all(|p| p.ranges() == 1));
+    // Pages 300.. are not pinned themselves, but no slot was left for the
+    // last pins, so nothing may go.
+    let report = rt.evict(heap.ptr, heap.len).unwrap();
+    assert_eq!(report.evicted, 0, "pages evicted with ranges pinned past the slots: {report:?}");
+    assert!((0..pages).all(|i| present(heap.page(i).as_ptr())));
+    drop(pins);
+    // Every page is taken or, incompressible (fill_page makes some so), refused.
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    assert!(r.evicted > 0 && r.evicted + r.rejected == pages as u64, "after the pins: {r:?}");
+    common::verify(&heap, &sums);
+}
