@@ -88,8 +88,8 @@ fn have(tool: &str) -> bool {
 
 /// memcached under a farmem limit of half its plain peak, in both fault
 /// modes: the harness's own client compares every get, and every key at the
-/// end, with the bytes it set, so a passing run with pages evicted and faulted back means farmem
-/// returned memcached's items byte for byte.
+/// end, with the bytes it set, so a passing run with pages evicted and
+/// faulted back means farmem returned memcached's items byte for byte.
 #[test]
 fn quick_memcached_comparison_checks_every_value_under_a_farmem_limit() {
     if !have("memcached") {
