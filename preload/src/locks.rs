@@ -47,10 +47,27 @@ thread_local! {
     static PINNING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Pins `ranges` for a call that may wait on a futex in them, unless signal
-/// mode is off or the thread is already pinning.
-fn pin(ranges: &[(usize, usize)]) -> Option<Pinned> {
-    if !signal_mode() || PINNING.with(|p| p.replace(true)) {
+/// The most objects one call pins (a condition variable, its mutex, a timeout).
+const OBJECTS: usize = 3;
+
+/// Pins `objects` (the program's, so mapped and readable) for a call that
+/// may wait on a futex in them, unless signal mode is off, the thread is
+/// serving a fault, or it is already pinning.
+fn pin(objects: &[(usize, usize)]) -> Option<[Pinned; OBJECTS]> {
+    debug_assert!(objects.len() <= OBJECTS);
+    if !signal_mode() || farmem_runtime::serving_fault() || PINNING.with(|p| p.replace(true)) {
+        return None;
+    }
+    let pins = std::array::from_fn(|k| objects.get(k).map_or_else(|| Pinned::object(0, 0), |&(a, len)| Pinned::object(a, len)));
+    PINNING.with(|p| p.set(false));
+    Some(pins)
+}
+
+/// Pins the ranges a raw futex call hands the kernel, which may be bad
+/// pointers of the program's (they get their EFAULT): only pages of farmem
+/// regions are touched.
+fn pin_ranges(ranges: &[(usize, usize)]) -> Option<Pinned> {
+    if PINNING.with(|p| p.replace(true)) {
         return None;
     }
     let p = Pinned::new(ranges);
@@ -58,9 +75,9 @@ fn pin(ranges: &[(usize, usize)]) -> Option<Pinned> {
     Some(p)
 }
 
-/// Makes `call` with `ranges` pinned (see [`pin`]).
-fn waiting<R>(ranges: &[(usize, usize)], call: impl FnOnce() -> R) -> R {
-    let _pin = pin(ranges);
+/// Makes `call` with `objects` pinned (see [`pin`]).
+fn waiting<R>(objects: &[(usize, usize)], call: impl FnOnce() -> R) -> R {
+    let _pin = pin(objects);
     call()
 }
 
@@ -439,7 +456,10 @@ const RETRIES: usize = 8;
 extern "C" fn futex_syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c_long, a5: c_long, a6: c_long) -> c_long {
     // SAFETY: the program's call, passed on unchanged.
     let call = || unsafe { farmem_raw_syscall(n, a1, a2, a3, a4, a5, a6) };
-    if !signal_mode() || PINNING.with(|p| p.get()) {
+    // The shim's and the runtime's own locks (Rust's std waits through
+    // here) are plain memory; inside the SIGBUS handler a pin could even
+    // wait for the region table the handler holds.
+    if !signal_mode() || PINNING.with(|p| p.get()) || farmem_runtime::serving_fault() || farmem_runtime::in_runtime() || guard::with(|g| g.busy()) {
         return call();
     }
     for attempt in 0.. {
@@ -448,11 +468,11 @@ extern "C" fn futex_syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c
             if k == 0 {
                 return call();
             }
-            pin(&r[..k])
+            pin_ranges(&r[..k])
         } else {
             // SAFETY: the waiters the program passes, as futex_waitv requires.
             let r = unsafe { waitv_ranges(a1 as *const FutexWaitv, a2 as usize, a4 as usize) };
-            pin(&r)
+            pin_ranges(&r)
         };
         let r = call();
         // SAFETY: errno is the calling thread's own.

@@ -65,7 +65,7 @@ pub use evict::{DemoteReport, EvictReport};
 pub use farmem_tiers::mem;
 pub use scope::{in_runtime, RuntimeScope};
 pub use pins::{in_farmem, Pinned};
-pub use signal::{parse_fault_mode, program_action, FaultMode};
+pub use signal::{parse_fault_mode, program_action, serving_fault, FaultMode};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
 
 use evict::{Staging, Target};

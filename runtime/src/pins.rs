@@ -88,18 +88,7 @@ impl Pinned {
             }
         }
         for &(s, e) in &merged[..m] {
-            if let Some(k) = publish(s, e) {
-                p.slots[p.n] = k as u16;
-                p.n += 1;
-            } else {
-                // Counted in LIVE and ALL before any page's state is read.
-                LIVE.fetch_add(1, Ordering::SeqCst);
-                ALL.fetch_add(1, Ordering::SeqCst);
-                p.all += 1;
-                if !TOLD.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("all {SLOTS} pin slots are taken; eviction waits while more ranges are pinned");
-                }
-            }
+            p.take(s, e);
         }
         // Published before any page's state is read (see the module doc).
         fence(Ordering::SeqCst);
@@ -124,18 +113,61 @@ impl Drop for Pinned {
 }
 
 impl Pinned {
+    /// Pins one object the caller knows is mapped and readable (a lock the
+    /// program passed), as [`Pinned::new`] does, but brings its pages in by
+    /// touching them, without the region table: the thread may hold a lock
+    /// a writer of that table needs. A touch that finds the page claimed
+    /// faults, and the handler retries until the claim has ended.
+    pub fn object(addr: usize, len: usize) -> Pinned {
+        let mut p = Pinned { slots: [0; MAX_RANGES], n: 0, all: 0 };
+        if len == 0 || !signal::any_attached() || !in_farmem(addr, len) {
+            return p;
+        }
+        let (s, e) = ((addr as u64) & !(PAGE_SIZE as u64 - 1), (addr as u64).saturating_add(len as u64));
+        p.take(s, e);
+        // Published before any page is touched (see the module doc).
+        fence(Ordering::SeqCst);
+        let mut a = s;
+        while a < e {
+            // SAFETY: the caller's object is mapped and readable; a read
+            // installs nothing the program could see.
+            unsafe { std::ptr::read_volatile(a as *const u8) };
+            a += PAGE_SIZE as u64;
+        }
+        p
+    }
+
+    /// Takes a slot for `[s, e)`, or counts the range in [`ALL`].
+    fn take(&mut self, s: u64, e: u64) {
+        if let Some(k) = publish(s, e) {
+            self.slots[self.n] = k as u16;
+            self.n += 1;
+        } else {
+            // Counted in LIVE and ALL before any page's state is read.
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            ALL.fetch_add(1, Ordering::SeqCst);
+            self.all += 1;
+            if !TOLD.swap(true, Ordering::Relaxed) {
+                tracing::warn!("all {SLOTS} pin slots are taken; eviction waits while more ranges are pinned");
+            }
+        }
+    }
+
     /// How many ranges this pin holds in RAM (none outside farmem memory).
     pub fn ranges(&self) -> usize {
         self.n + self.all
     }
 }
 
-/// Whether `[addr, addr + len)` overlaps memory of a runtime in signal mode.
+/// Whether `[addr, addr + len)` may overlap memory of a runtime in signal
+/// mode. Never waits: while a region table is being written the answer is
+/// yes, since the caller may hold a lock the writer needs (a hook inside
+/// jemalloc, which registers regions from its extent hooks).
 pub fn in_farmem(addr: usize, len: usize) -> bool {
     let (s, e) = (addr as u64, (addr as u64).saturating_add(len.max(1) as u64));
     let mut hit = false;
     signal::each_attached(|shared| {
-        hit = hit || shared.regions.find_from(s).is_some_and(|r| r.start() < e);
+        hit = hit || shared.regions.try_overlaps(s, e).unwrap_or(true);
     });
     hit
 }

@@ -109,6 +109,18 @@ impl RegionTable {
         regions.get(i).cloned()
     }
 
+    /// Whether a region overlaps `[s, e)`, without waiting for the table:
+    /// None while it is being written (or a writer waits for it).
+    pub fn try_overlaps(&self, s: u64, e: u64) -> Option<bool> {
+        let regions = match self.regions.try_read() {
+            Ok(r) => r,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let i = regions.partition_point(|r| r.start() + r.len() <= s);
+        Some(regions.get(i).is_some_and(|r| r.start() < e))
+    }
+
     /// Calls `f` on the region holding `addr`, if any, with the table held
     /// for reading: nothing is cloned or freed, so the SIGBUS handler of
     /// signal mode may call it.

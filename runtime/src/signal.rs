@@ -288,12 +288,30 @@ fn install() -> Result<(), RuntimeError> {
 /// for a truncated file mapping): `BUS_ADRERR`.
 const BUS_ADRERR: i32 = 2;
 
+thread_local! {
+    /// Non-zero while this thread serves a fault in farmem's SIGBUS handler.
+    static SERVING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread is inside farmem's SIGBUS handler, serving a
+/// fault: the locks it may wait on are the runtime's, never in farmem memory,
+/// and the region table may be held for reading, so a hook must not pin then.
+#[inline]
+pub fn serving_fault() -> bool {
+    SERVING.with(|d| d.get() > 0)
+}
+
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno is this thread's; read before anything here can change it.
     let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as u64) };
-    let served = code == BUS_ADRERR && serve_any(addr, was_write(ctx));
+    let served = code == BUS_ADRERR && {
+        SERVING.with(|d| d.set(d.get() + 1));
+        let served = serve_any(addr, was_write(ctx));
+        SERVING.with(|d| d.set(d.get() - 1));
+        served
+    };
     // SAFETY: as above; restored so the interrupted code sees its own errno.
     unsafe { *libc::__errno_location() = errno };
     if !served {
