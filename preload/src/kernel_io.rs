@@ -108,7 +108,7 @@ macro_rules! real {
 pub(crate) use real;
 
 /// The ranges of an iovec array and of its buffers (at most what a pin holds
-/// separately; the rest are merged by the pin).
+/// separately; the rest it only touches).
 ///
 /// # Safety
 /// `iov` points to `n` iovecs, as the system call requires.

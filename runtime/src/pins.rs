@@ -51,7 +51,7 @@ static ALL: AtomicUsize = AtomicUsize::new(0);
 /// Whether running out of slots was reported once.
 static TOLD: AtomicBool = AtomicBool::new(false);
 
-/// The most ranges one call pins; more are merged into their bounding range.
+/// The most ranges one call pins; past them, ranges are only touched.
 pub const MAX_RANGES: usize = 8;
 
 /// Ranges of program memory pinned in RAM (and touched) for one system
@@ -75,16 +75,24 @@ impl Pinned {
         if !signal::any_attached() || !ranges.iter().any(|&(a, len)| len > 0 && in_farmem(a, len)) {
             return p;
         }
+        let page = |addr: usize, len: usize| ((addr as u64) & !(PAGE_SIZE as u64 - 1), (addr as u64).saturating_add(len as u64));
+        let ours = || ranges.iter().filter(|&&(a, len)| len > 0 && in_farmem(a, len)).map(|&(a, len)| page(a, len));
+        // Overlapping or touching ranges share a slot. Past MAX_RANGES
+        // slots a range is touched but not pinned, and never merged into a
+        // bounding range: the items of one memcached reply lie all over the
+        // heap, and their bounding range kept the evictor off nearly every
+        // page while such replies were being sent. An unpinned range can
+        // still go between the touch and the kernel's access; the call then
+        // fails with EFAULT, or stops short where the page went, and the
+        // hooks make it again (see `kernel_io`).
         let mut merged = [(0u64, 0u64); MAX_RANGES];
         let mut m = 0;
-        for &(addr, len) in ranges.iter().filter(|r| r.1 > 0) {
-            let (s, e) = ((addr as u64) & !(PAGE_SIZE as u64 - 1), (addr as u64).saturating_add(len as u64));
-            if m < MAX_RANGES {
+        for (s, e) in ours() {
+            if let Some(r) = merged[..m].iter_mut().find(|r| s <= r.1 && e >= r.0) {
+                *r = (r.0.min(s), r.1.max(e));
+            } else if m < MAX_RANGES {
                 merged[m] = (s, e);
                 m += 1;
-            } else {
-                let last = &mut merged[MAX_RANGES - 1];
-                *last = (last.0.min(s), last.1.max(e));
             }
         }
         for &(s, e) in &merged[..m] {
@@ -92,7 +100,7 @@ impl Pinned {
         }
         // Published before any page's state is read (see the module doc).
         fence(Ordering::SeqCst);
-        for &(s, e) in &merged[..m] {
+        for (s, e) in ours() {
             bring_in(s, e);
         }
         p
@@ -113,6 +121,9 @@ impl Drop for Pinned {
 }
 
 impl Pinned {
+    /// The most ranges one pin holds; past them, ranges are only touched.
+    pub const MAX_RANGES: usize = MAX_RANGES;
+
     /// Pins one object the caller knows is mapped and readable (a lock the
     /// program passed), as [`Pinned::new`] does, but brings its pages in by
     /// touching them, without the region table: the thread may hold a lock

@@ -322,3 +322,26 @@ fn more_pins_than_slots_stop_eviction_until_they_are_dropped() {
     assert!(r.evicted > 0 && r.evicted + r.rejected == pages as u64, "after the pins: {r:?}");
     common::verify(&heap, &sums);
 }
+
+/// A call with more ranges than a pin holds (the items of one reply, all
+/// over the heap) pins its first ranges only and touches the rest: the
+/// pages between them stay free to go. Merged into one bounding range, they
+/// kept the evictor off most of memcached's heap while such replies went out.
+#[test]
+fn ranges_past_a_pins_slots_are_touched_not_merged_into_one_range() {
+    use farmem_runtime::Pinned;
+    let rt = runtime(FaultMode::Signal);
+    let pages = 320;
+    let (heap, sums) = filled(&rt, pages);
+    // Twenty ranges of 8 bytes, ten pages apart.
+    let ranges: Vec<(usize, usize)> = (0..20).map(|k| (heap.page(10 * k).as_ptr() as usize + 100, 8)).collect();
+    let pin = Pinned::new(&ranges);
+    assert_eq!(pin.ranges(), Pinned::MAX_RANGES);
+    let r = rt.evict(heap.ptr, heap.len).unwrap();
+    // At most the 20 touched pages stay (the pinned ones, and pages the
+    // kernel will not move an instant after they were touched).
+    assert!(r.evicted + r.rejected >= (pages - 20) as u64, "pages between the ranges stayed: {r:?}");
+    assert!((0..Pinned::MAX_RANGES).all(|k| present(heap.page(10 * k).as_ptr())), "a pinned range went: {r:?}");
+    drop(pin);
+    common::verify(&heap, &sums);
+}
