@@ -17,9 +17,9 @@
 //! the size and buffering glibc would have chosen. The `FILE` and `DIR`
 //! objects themselves are plain memory too (opened with the shim's guard
 //! held, so glibc's malloc of them is the shim's): each holds a lock of
-//! glibc's own, whose futex wait no hook sees (see `locks`). `fread` and `fwrite` are
-//! hooked too: glibc moves a large request straight between the kernel and
-//! the program's buffer.
+//! glibc's own, whose futex wait no hook sees (see `locks`). `fread` and
+//! `fwrite` are hooked too: glibc moves a large request straight between
+//! the kernel and the program's buffer.
 //!
 //! In thread mode every hook is one load and the libc call.
 

@@ -1,5 +1,5 @@
-//! `pthread_create` and `thrd_create`: threads started from inside the shim or the runtime
-//! belong to farmem for their whole life.
+//! `pthread_create` and `thrd_create`: threads started from inside the shim
+//! or the runtime belong to farmem for their whole life.
 //!
 //! A new thread runs library code before the function it was started for:
 //! Rust's thread start-up registers thread-local destructors, and glibc

@@ -125,10 +125,13 @@ impl Pinned {
     pub const MAX_RANGES: usize = MAX_RANGES;
 
     /// Pins one object the caller knows is mapped and readable (a lock the
-    /// program passed), as [`Pinned::new`] does, but brings its pages in by
-    /// touching them, without the region table: the thread may hold a lock
-    /// a writer of that table needs. A touch that finds the page claimed
-    /// faults, and the handler retries until the claim has ended.
+    /// program passed), as [`Pinned::new`] does, but never waits for the
+    /// region table: the thread may be inside jemalloc, holding a lock a
+    /// writer of that table needs (regions are registered from jemalloc's
+    /// extent hooks). Each page's claim is waited out as in [`Pinned::new`]
+    /// while the table can be read without waiting; a table busy for more
+    /// than a thousand looks goes on without (jemalloc's own locks, the
+    /// case that needs it, are plain memory).
     pub fn object(addr: usize, len: usize) -> Pinned {
         let mut p = Pinned { slots: [0; MAX_RANGES], n: 0, all: 0 };
         if len == 0 || !signal::any_attached() || !in_farmem(addr, len) {
@@ -140,6 +143,7 @@ impl Pinned {
         fence(Ordering::SeqCst);
         let mut a = s;
         while a < e {
+            wait_out_claim(a);
             // SAFETY: the caller's object is mapped and readable; a read
             // installs nothing the program could see.
             unsafe { std::ptr::read_volatile(a as *const u8) };
@@ -181,6 +185,29 @@ pub fn in_farmem(addr: usize, len: usize) -> bool {
         hit = hit || shared.regions.try_overlaps(s, e).unwrap_or(true);
     });
     hit
+}
+
+/// How often [`Pinned::object`] looks for a page's claim in a region table
+/// that is being written before it goes on without.
+const BUSY_TRIES: usize = 1000;
+
+/// Waits until the evictor holds no claim on the page at `a`, reading the
+/// region tables only when that needs no wait (see [`Pinned::object`]).
+fn wait_out_claim(a: u64) {
+    for _ in 0..BUSY_TRIES {
+        let mut settled = true;
+        signal::each_attached(|shared| {
+            let claimed = shared.regions.try_with(a, |region| {
+                let i = ((a - region.start()) / PAGE_SIZE as u64) as usize;
+                matches!(region.states.get(i), State::Claimed | State::ClaimedDropped { .. })
+            });
+            settled &= matches!(claimed, Ok(None) | Ok(Some(false)));
+        });
+        if settled {
+            return;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Takes a slot for `[s, e)`, if one is free.

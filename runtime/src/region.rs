@@ -131,6 +131,19 @@ impl RegionTable {
         r.contains(addr).then(|| f(r))
     }
 
+    /// As [`RegionTable::with`], without waiting for the table: Err while
+    /// it is being written (or a writer waits for it).
+    pub fn try_with<T>(&self, addr: u64, f: impl FnOnce(&Region) -> T) -> Result<Option<T>, ()> {
+        let regions = match self.regions.try_read() {
+            Ok(r) => r,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(()),
+        };
+        let i = regions.partition_point(|r| r.start() <= addr);
+        let Some(r) = i.checked_sub(1).and_then(|i| regions.get(i)) else { return Ok(None) };
+        Ok(r.contains(addr).then(|| f(r)))
+    }
+
     /// Every region overlapping `[start, end)`.
     pub fn overlapping(&self, start: u64, end: u64) -> Vec<Arc<Region>> {
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
