@@ -52,10 +52,12 @@ const OBJECTS: usize = 3;
 
 /// Pins `objects` (the program's, so mapped and readable) for a call that
 /// may wait on a futex in them, unless signal mode is off, the thread is
-/// serving a fault, or it is already pinning.
+/// serving a fault, or it is already pinning. Locks the shim or the runtime
+/// take (jemalloc's own included) are plain memory: those calls pin nothing,
+/// and the runtime never touches registered memory through a pin.
 fn pin(objects: &[(usize, usize)]) -> Option<[Pinned; OBJECTS]> {
     debug_assert!(objects.len() <= OBJECTS);
-    if !signal_mode() || farmem_runtime::serving_fault() || PINNING.with(|p| p.replace(true)) {
+    if !signal_mode() || farmem_runtime::serving_fault() || farmem_runtime::in_runtime() || guard::with(|g| g.busy()) || PINNING.with(|p| p.replace(true)) {
         return None;
     }
     let pins = std::array::from_fn(|k| objects.get(k).map_or_else(|| Pinned::object(0, 0), |&(a, len)| Pinned::object(a, len)));

@@ -72,7 +72,7 @@ impl Pinned {
     /// every slot taken, eviction stops until this pin is dropped.
     pub fn new(ranges: &[(usize, usize)]) -> Pinned {
         let mut p = Pinned { slots: [0; MAX_RANGES], n: 0, all: 0 };
-        if !signal::any_attached() || !ranges.iter().any(|&(a, len)| len > 0 && in_farmem(a, len)) {
+        if !signal::any_attached() {
             return p;
         }
         let page = |addr: usize, len: usize| ((addr as u64) & !(PAGE_SIZE as u64 - 1), (addr as u64).saturating_add(len as u64));
@@ -94,6 +94,10 @@ impl Pinned {
                 merged[m] = (s, e);
                 m += 1;
             }
+        }
+        // No range in farmem memory: nothing to pin or touch.
+        if m == 0 {
+            return p;
         }
         for &(s, e) in &merged[..m] {
             p.take(s, e);
