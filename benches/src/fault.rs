@@ -96,6 +96,9 @@ pub struct FaultBenchReport {
     pub handler_cpu_us_per_fault: f64,
     /// A plain first-touch anonymous page fault, p50.
     pub first_touch_p50_us: f64,
+    /// The bare mechanism of signal mode (SIGBUS, one UFFDIO_COPY, no
+    /// runtime), p50: signal mode's floor on this machine (None if skipped).
+    pub signal_floor_p50_us: Option<f64>,
     /// The first `--tier` run's fault-back p50 (None without `--tier`).
     pub spill_p50_us: Option<f64>,
     /// Its p99.
@@ -122,6 +125,8 @@ pub struct FaultBenchReport {
     pub capped: CappedRun,
     /// The first-touch baseline.
     pub first_touch: crate::stats::LatencySummary,
+    /// The bare signal-mode mechanism in full.
+    pub signal_floor: Option<crate::stats::LatencySummary>,
     /// The kernel run in full.
     pub kernel_zram: Option<kernel::ZramRun>,
     /// Each file tier run, with its bare-read baseline and demotion rate.
@@ -187,6 +192,16 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
     };
     eprintln!("first-touch page faults...");
     let first_touch = first_touch::measure_first_touch(cfg.accesses.min(size / 4096)).map_err(|e| e.to_string())?;
+    // Before any runtime: it takes SIGBUS's action for its duration.
+    eprintln!("bare signal-mode faults (SIGBUS, UFFDIO_COPY, no runtime)...");
+    let signal_floor = match crate::signal_floor::measure_signal_floor(cfg.accesses.min(size / 4096)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("skipped: bare signal-mode faults: {e}");
+            skipped.push(format!("bare signal-mode faults: {e}"));
+            None
+        }
+    };
 
     let mut runs = Vec::new();
     let configs: [(&str, MakeTier); 3] = [
@@ -234,6 +249,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         spill_p99_us: spill_runs.first().map(|r| r.p99_us),
         spill_over_t1_p50: spill_runs.first().map(|r| r.p50_us / lz4.p50_us),
         first_touch_p50_us: first_touch.p50_us,
+        signal_floor_p50_us: signal_floor.as_ref().map(|s| s.p50_us),
         kernel_zram_p50_us: kernel_zram.as_ref().map(|k| k.latency.p50_us),
         kernel_zram_p99_us: kernel_zram.as_ref().map(|k| k.latency.p99_us),
         kernel_zram_p999_us: kernel_zram.as_ref().map(|k| k.latency.p999_us),
@@ -244,6 +260,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         runs,
         capped,
         first_touch,
+        signal_floor,
         kernel_zram,
         file_tiers: file_runs,
         skipped,
@@ -277,6 +294,9 @@ fn print_table(r: &FaultBenchReport) {
     }
     let ft = &r.first_touch;
     println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", "kernel first-touch fault", ft.p50_us, ft.p99_us, ft.p999_us, ft.per_s, "-");
+    if let Some(s) = &r.signal_floor {
+        println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", "bare SIGBUS + UFFDIO_COPY", s.p50_us, s.p99_us, s.p999_us, s.per_s, "-");
+    }
     match &r.kernel_zram {
         Some(k) => println!(
             "{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7.2}",
@@ -295,6 +315,14 @@ fn print_table(r: &FaultBenchReport) {
         opt(r.kernel_zram_accesses_per_s),
         opt(r.kernel_zram_p99_us)
     );
+    if let (Some(s), Some(k)) = (&r.signal_floor, &r.kernel_zram) {
+        println!(
+            "signal mode's floor here: a bare SIGBUS fault served by one UFFDIO_COPY takes {:.2}x the kernel's zram swap-in at p50 ({:.1} against {:.1} us)",
+            s.p50_us / k.latency.p50_us,
+            s.p50_us,
+            k.latency.p50_us
+        );
+    }
     println!("compression on the same pages: farmem lz4 {:.2}x, zram lzo-rle {}x", r.ratio, opt(r.zram_lzo_rle_ratio));
     println!("fault mode: {}; fault handlers: {} (lz4 run), their CPU {:.1} us per fault", r.fault_mode, r.fault_handlers, r.handler_cpu_us_per_fault);
     let lz4 = r.runs.iter().find(|x| x.label == "lz4");

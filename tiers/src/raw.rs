@@ -16,13 +16,34 @@ pub struct RawTier {
     name: &'static str,
     map: Mapping,
     slots: u64,
-    free: Mutex<Vec<u32>>,
+    free: Mutex<FreeSlots>,
     next: AtomicU64,
     pages: AtomicU64,
     stores: AtomicU64,
     loads: AtomicU64,
     latency: OpLatency,
 }
+
+/// Freed slots kept mapped (a reuse costs no page fault, and a remove no
+/// `madvise`: each discard is a TLB shootdown across every CPU the program
+/// runs on, which on a VM cost more than the whole fault it ended), up to
+/// [`KEEP_MAPPED`] or as many as the tier holds live, whichever is more: the
+/// tier's memory stays within twice what it holds, plus 16 MiB. Past that
+/// the oldest go back to the kernel in one batch, one `madvise` per run of
+/// neighbouring slots (freed in random order, most runs are one slot).
+#[derive(Default)]
+struct FreeSlots {
+    /// Freed slots whose memory is still mapped, newest last.
+    mapped: Vec<u32>,
+    /// Freed slots given back to the kernel.
+    discarded: Vec<u32>,
+}
+
+/// Freed slots always kept mapped (16 MiB) before a batch goes back to the kernel.
+pub const KEEP_MAPPED: usize = 4096;
+/// How many of the oldest freed slots a batch gives back (4 MiB), so that
+/// a tier at its bound pays for a batch once per this many removes.
+const DISCARD_BATCH: usize = 1024;
 
 // SAFETY: slots are handed out to one owner at a time under the free-list lock
 // or the `next` counter; a slot's bytes are written before its handle exists and
@@ -46,7 +67,7 @@ impl RawTier {
             name,
             map,
             slots,
-            free: Mutex::new(Vec::new()),
+            free: Mutex::new(FreeSlots::default()),
             next: AtomicU64::new(0),
             pages: AtomicU64::new(0),
             stores: AtomicU64::new(0),
@@ -84,9 +105,19 @@ impl Tier for RawTier {
         if h >= self.slots {
             return;
         }
-        let _ = self.map.discard(h as usize * PAGE_SIZE, PAGE_SIZE);
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(h as u32);
-        self.pages.fetch_sub(1, Relaxed);
+        let live = self.pages.fetch_sub(1, Relaxed).saturating_sub(1) as usize;
+        let batch = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.mapped.push(h as u32);
+            if free.mapped.len() <= KEEP_MAPPED.max(live) + DISCARD_BATCH {
+                return;
+            }
+            // The oldest are first: the least likely to be in a cache.
+            let rest = free.mapped.split_off(DISCARD_BATCH);
+            std::mem::replace(&mut free.mapped, rest)
+        };
+        // Outside the lock: a load or store in a signal handler may wait on it.
+        self.discard(batch);
     }
 
     fn capacity(&self) -> Capacity {
@@ -99,8 +130,29 @@ impl Tier for RawTier {
 }
 
 impl RawTier {
+    /// Gives the memory of freed `slots` back to the kernel, one `madvise` per
+    /// run of neighbours, and files them as discarded.
+    fn discard(&self, mut slots: Vec<u32>) {
+        slots.sort_unstable();
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j] == slots[j - 1] + 1 {
+                j += 1;
+            }
+            // A failed discard only leaves memory mapped; the slots stay usable.
+            let _ = self.map.discard(slots[i] as usize * PAGE_SIZE, (j - i) * PAGE_SIZE);
+            i = j;
+        }
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).discarded.extend(slots);
+    }
+
     fn store_page(&self, page: &Page) -> Result<Handle, TierError> {
-        let slot = match self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            free.mapped.pop().or_else(|| free.discarded.pop())
+        };
+        let slot = match reused {
             Some(s) => s as u64,
             None => {
                 let s = self.next.fetch_add(1, Relaxed);
@@ -155,5 +207,44 @@ mod tests {
         // Every load and store is timed, the refused store too.
         assert!(s.load_p50_ns > 0 && s.load_p99_ns >= s.load_p50_ns, "{s:?}");
         assert!(s.store_p50_ns > 0 && s.store_p99_ns >= s.store_p50_ns, "{s:?}");
+    }
+
+    /// Resident pages of the tier's mapping, by mincore.
+    fn resident(t: &RawTier) -> usize {
+        let mut v = vec![0u8; t.slots as usize];
+        t.map.residency(0, &mut v).unwrap();
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn freed_slots_stay_mapped_up_to_a_bound_then_go_back_and_every_page_reads_back() {
+        let n = 3 * KEEP_MAPPED;
+        let t = RawTier::new((n * PAGE_SIZE) as u64).unwrap();
+        let page = |i: usize| {
+            let mut p = [0u8; PAGE_SIZE];
+            p[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            p[PAGE_SIZE - 1] = i as u8;
+            p
+        };
+        let handles: Vec<Handle> = (0..n).map(|i| t.store(&page(i), PageClass::DEFAULT).unwrap()).collect();
+        assert_eq!(resident(&t), n);
+        // Remove every other page, then the rest: freed memory stays within
+        // what is live (at half way, all of it is still mapped), then goes.
+        for (k, h) in handles.iter().step_by(2).chain(handles.iter().skip(1).step_by(2)).enumerate() {
+            t.remove(*h);
+            if k + 1 == n / 2 {
+                assert_eq!(resident(&t), n, "as many freed as live: nothing went back yet");
+            }
+        }
+        let left = resident(&t);
+        assert!((KEEP_MAPPED..=KEEP_MAPPED + DISCARD_BATCH).contains(&left), "{left} pages resident after every page was removed");
+        // Every slot, mapped or discarded, is used again before the tier grows.
+        let again: Vec<Handle> = (0..n).map(|i| t.store(&page(i + 7), PageClass::DEFAULT).unwrap()).collect();
+        assert!(matches!(t.store(&page(0), PageClass::DEFAULT), Err(TierError::Full { .. })));
+        let mut out = [0u8; PAGE_SIZE];
+        for (i, h) in again.iter().enumerate() {
+            t.load(*h, &mut out).unwrap();
+            assert_eq!(out, page(i + 7), "slot {}", h.raw());
+        }
     }
 }
