@@ -2,24 +2,12 @@
 
 use std::time::Instant;
 
+use farmem_runtime::mem::Mapping;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::stats::{histogram, LatencySummary};
 use crate::BaselineError;
-
-/// An anonymous private mapping, unmapped on drop.
-struct Anon {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Anon {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what measure_first_touch mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// Maps `pages` fresh anonymous pages (transparent huge pages off, so every
 /// page faults on its own), writes one byte to each in a random order, and
@@ -30,14 +18,9 @@ pub fn measure_first_touch(pages: usize) -> Result<LatencySummary, BaselineError
         return Err(BaselineError::Invalid { what: "pages", value: "0: there is nothing to touch".into() });
     }
     let len = pages.checked_mul(4096).ok_or(BaselineError::Invalid { what: "pages", value: format!("{pages} pages overflow the address space") })?;
-    // SAFETY: a fresh anonymous mapping, owned by `map` and unmapped on drop.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(BaselineError::Os { what: format!("mmap of {len} anonymous bytes"), source: std::io::Error::last_os_error() });
-    }
-    let map = Anon { ptr: p.cast(), len };
+    let map = Mapping::anonymous(len).map_err(|source| BaselineError::Os { what: format!("mmap of {len} anonymous bytes"), source })?;
     // SAFETY: advice on our own mapping; failure only means THP may apply.
-    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    unsafe { libc::madvise(map.addr().cast(), len, libc::MADV_NOHUGEPAGE) };
     let mut order: Vec<usize> = (0..pages).collect();
     order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(1));
     let mut h = histogram();
@@ -45,7 +28,7 @@ pub fn measure_first_touch(pages: usize) -> Result<LatencySummary, BaselineError
     for &i in &order {
         let s = Instant::now();
         // SAFETY: page i lies inside the mapping.
-        unsafe { std::ptr::write_volatile(map.ptr.add(i * 4096), 1u8) };
+        unsafe { std::ptr::write_volatile(map.addr().add(i * 4096), 1u8) };
         let ns = (s.elapsed().as_nanos() as u64).max(1);
         total_ns += ns;
         h.record(ns).map_err(|_| BaselineError::Parse { path: "first-touch samples".into(), value: format!("{ns} ns is out of the histogram's range") })?;

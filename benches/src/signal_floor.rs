@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use farmem_runtime::mem::Mapping;
 use farmem_runtime::uffd::{feature, mode, Userfaultfd};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -71,19 +72,6 @@ impl Drop for Installed {
     }
 }
 
-/// An anonymous private mapping, unmapped on drop.
-struct Anon {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Anon {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `measure_signal_floor` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// Reads `pages` missing pages in random order, each served by the bare
 /// SIGBUS handler above, and times each read (the clock is about 25 ns of it).
 /// Replaces the process's SIGBUS action for the duration (a SIGBUS not its
@@ -96,17 +84,13 @@ pub fn measure_signal_floor(pages: usize) -> Result<LatencySummary, BaselineErro
     let len = pages.checked_mul(4096).ok_or(BaselineError::Invalid { what: "pages", value: format!("{pages} pages overflow the address space") })?;
     let os = |what: String, source| BaselineError::Os { what, source };
     let uffd = Box::new(Userfaultfd::open(feature::SIGBUS, feature::SIGBUS).map_err(|e| os("opening a userfaultfd with UFFD_FEATURE_SIGBUS".into(), std::io::Error::other(e.to_string())))?);
-    // SAFETY: a fresh anonymous mapping, owned by `map` and unmapped on drop.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(os(format!("mmap of {len} anonymous bytes"), std::io::Error::last_os_error()));
-    }
-    let map = Anon { ptr: p.cast(), len };
+    let map = Mapping::anonymous(len).map_err(|e| os(format!("mmap of {len} anonymous bytes"), e))?;
+    let base = map.addr();
     // SAFETY: advice on our own mapping; failure only means THP may apply.
-    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
-    uffd.register(map.ptr as u64, len as u64, mode::MISSING).map_err(|e| os(format!("registering {len} bytes at {:#x}", map.ptr as u64), e))?;
-    START.store(map.ptr as u64, Ordering::Relaxed);
-    END.store(map.ptr as u64 + len as u64, Ordering::Relaxed);
+    unsafe { libc::madvise(base.cast(), len, libc::MADV_NOHUGEPAGE) };
+    uffd.register(base as u64, len as u64, mode::MISSING).map_err(|e| os(format!("registering {len} bytes at {:#x}", base as u64), e))?;
+    START.store(base as u64, Ordering::Relaxed);
+    END.store(base as u64 + len as u64, Ordering::Relaxed);
     UFFD.store((&*uffd as *const Userfaultfd).cast_mut(), Ordering::Release);
     // SAFETY: zeroed sigactions are valid arguments; the kernel fills `old`.
     let (mut act, mut old): (libc::sigaction, libc::sigaction) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
@@ -133,7 +117,7 @@ pub fn measure_signal_floor(pages: usize) -> Result<LatencySummary, BaselineErro
     for &i in &order {
         let s = Instant::now();
         // SAFETY: page i lies inside the mapping; its fault is served above.
-        let v = unsafe { std::ptr::read_volatile(map.ptr.add(i * 4096 + 17)) };
+        let v = unsafe { std::ptr::read_volatile(base.add(i * 4096 + 17)) };
         let ns = (s.elapsed().as_nanos() as u64).max(1);
         wrong += usize::from(v != 0x5a);
         total_ns += ns;

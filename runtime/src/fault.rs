@@ -346,8 +346,11 @@ pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u
 }
 
 /// Poisons a `Faulting` page its tier could not return (every access then
-/// raises SIGBUS) and frees the tier's entry; false if an event is pending
-/// (EAGAIN), and the page is `Evicted` again.
+/// raises SIGBUS); false if an event is pending (EAGAIN), and the page is
+/// `Evicted` again. When true, the caller frees the tier's entry: a SIGBUS
+/// handler must not (a tier's remove may allocate or take a lock), and
+/// queues it instead.
+#[must_use]
 pub(crate) fn poison(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> bool {
     let dst = region.page_addr(i);
     let faulting = State::Faulting { tier, handle };
@@ -364,7 +367,6 @@ pub(crate) fn poison(shared: &Shared, region: &Region, i: usize, tier: u8, handl
     }
     region.states.transition(i, faulting, State::Poisoned);
     region.evicted.fetch_sub(1, Ordering::Relaxed);
-    shared.tiers[tier as usize].remove(Handle::new(handle));
     shared.counters.pages_poisoned.fetch_add(1, Ordering::Relaxed);
     true
 }
@@ -724,7 +726,11 @@ impl FaultHandler {
         let t = &shared.tiers[tier as usize];
         if let Err(e) = t.load(Handle::new(handle), &mut self.buf.0) {
             tracing::error!("tier {} could not return page {dst:#x}: {e}; the page is poisoned (SIGBUS on access)", t.name());
-            return if poison(&shared, region, i, tier, handle) { Served::Done } else { Served::Again };
+            if !poison(&shared, region, i, tier, handle) {
+                return Served::Again;
+            }
+            t.remove(Handle::new(handle));
+            return Served::Done;
         }
         if let Err(p) = install_loaded(&shared, region, i, tier, handle, &self.buf, true) {
             return self.not_installed("copy from tier", dst, &p);

@@ -549,7 +549,9 @@ fn load(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> Ou
         // Poisoned, the next access finds the poison marker and its SIGBUS
         // (BUS_MCEERR_AR) goes to the program, as in thread mode; not
         // poisoned yet (an event is pending), it faults here again.
-        fault::poison(shared, region, i, tier, handle);
+        if fault::poison(shared, region, i, tier, handle) {
+            shared.removals.push(shared, tier, handle);
+        }
         return Outcome::Retry;
     }
     match fault::install_loaded(shared, region, i, tier, handle, &buf, false) {
