@@ -27,8 +27,9 @@ pub struct RawTier {
 /// Freed slots kept mapped (a reuse costs no page fault, and a remove no
 /// `madvise`: each discard is a TLB shootdown across every CPU the program
 /// runs on, which on a VM cost more than the whole fault it ended), up to
-/// [`KEEP_MAPPED`] or as many as the tier holds live, whichever is more: the
-/// tier's memory stays within twice what it holds, plus 16 MiB. Past that
+/// [`KEEP_MAPPED`] or as many as the tier holds live, whichever is more, and
+/// one batch of [`DISCARD_BATCH`] beyond that: the tier's memory stays within
+/// twice what it holds plus 4 MiB, or what it holds plus 20 MiB. Past that
 /// the oldest go back to the kernel in one batch, one `madvise` per run of
 /// neighbouring slots (freed in random order, most runs are one slot).
 #[derive(Default)]
