@@ -10,7 +10,7 @@
 //!
 //! Needs: libfarmem.so built beside the farmem binary (`cargo build
 //! --workspace --release --all-targets` does it), userfaultfd, python3, sort,
-//! cc for the C program, and redis-server/redis-cli/redis-benchmark for the
+//! cc for the C programs, g++ for the C++ one, and redis-server/redis-cli/redis-benchmark for the
 //! redis test (it is skipped, loudly, when they are missing; `.ci/run`
 //! installs them).
 
@@ -94,6 +94,15 @@ fn compile(dir: &Path, name: &str) -> PathBuf {
     let bin = dir.join(name);
     let cc = Command::new("cc").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).output().expect("a C compiler (cc)");
     ok(&cc, &format!("cc {name}.c"));
+    bin
+}
+
+/// Builds tests/programs/NAME.cpp into `dir`.
+fn compile_cxx(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.cpp"));
+    let bin = dir.join(name);
+    let cxx = Command::new("g++").args(["-O2", "-pthread", "-o"]).arg(&bin).arg(&src).output().expect("a C++ compiler (g++)");
+    ok(&cxx, &format!("g++ {name}.cpp"));
     bin
 }
 
@@ -661,6 +670,24 @@ fn redis_digests(mode: &str) {
     assert_eq!(s["fault_mode"], mode, "{s}");
     assert_farmem_worked(&s);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cxx_new_and_delete_are_the_shims_and_keep_cxx_failure_semantics() {
+    let dir = scratch("cxxnew");
+    let stats = dir.join("stats.json");
+    let bin = compile_cxx(&dir, "cxxnew");
+    let plain = ok(&Command::new(&bin).arg("96").output().unwrap(), "plain cxxnew");
+    let under = ok(&under_farmem(&stats, &bin, &["96"]).output().unwrap(), "cxxnew under farmem");
+    let (plain_from, plain_rest) = plain.split_once('\n').unwrap();
+    let (under_from, under_rest) = under.split_once('\n').unwrap();
+    assert!(!plain_from.contains("libfarmem"), "{plain_from}");
+    // Bound to the shim's operator new, not libstdc++'s (which would only reach the shim through malloc).
+    assert!(under_from.ends_with("/libfarmem.so"), "{under_from}");
+    // The new-handler ran once and bad_alloc was thrown, through the shim's frames.
+    assert!(plain_rest.contains("bad_alloc after 1 new-handler call(s)\n"), "{plain_rest}");
+    assert_eq!(under_rest, plain_rest);
+    assert_farmem_worked(&read_stats(&stats));
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl Jemalloc {
         if !IN_USE.load(Relaxed) {
             IN_USE.store(true, Relaxed);
         }
-        match LINKED.route(false, je::mallctl) {
+        match farmem_runtime::with_thread(|t| LINKED.route(t, je::mallctl)) {
             Route::Default => layout_flags(layout),
             Route::Plain => PLAIN | layout_flags(layout),
         }

@@ -12,11 +12,11 @@
 //! the runtime (hard rule 2). Frees need no routing: jemalloc finds an
 //! object's arena from its address.
 
-use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
 
 use libc::c_int;
+use farmem_runtime::ThreadScope;
 use tikv_jemalloc_sys as je;
 
 use crate::extent::{self, MallctlFn};
@@ -26,17 +26,10 @@ pub const PLAIN: c_int = je::MALLOCX_ARENA(0) | je::MALLOCX_TCACHE_NONE;
 /// At most this many farmem arenas (one per CPU up to it).
 pub const MAX_ARENAS: usize = 8;
 
-thread_local! {
-    /// The farmem arena this thread is bound to, plus one; 0 while unbound.
-    /// `const` and without a destructor, so it can be read at any point of a
-    /// thread's life (its first and last allocation included) without allocating.
-    static BOUND: Cell<u32> = const { Cell::new(0) };
-}
-
 /// The farmem arena the calling thread is bound to, if any.
 #[inline]
 pub fn bound_arena() -> Option<u32> {
-    BOUND.with(|b| b.get().checked_sub(1))
+    farmem_runtime::with_thread(ThreadScope::bound_arena)
 }
 
 /// Where one allocation is served from.
@@ -96,22 +89,23 @@ impl ArenaSet {
         self.arenas[..self.count.load(Relaxed)].iter().map(|a| a.load(Relaxed)).collect()
     }
 
-    /// Decides the route of one allocation by the calling thread, binding it
-    /// to a farmem arena the first time it allocates as the program. `busy`
-    /// is the caller's own "this is mine, not the program's" (the shim's
-    /// re-entry guard); `mallctl` is the jemalloc the arenas belong to.
+    /// Decides the route of one allocation by the calling thread (`t`, its
+    /// [`ThreadScope`], read once by the caller), binding it to a farmem
+    /// arena the first time it allocates as the program. Allocations the
+    /// thread makes as the runtime, or inside an allocator hook's own code,
+    /// are [`Route::Plain`]. `mallctl` is the jemalloc the arenas belong to.
     #[inline]
-    pub fn route(&self, busy: bool, mallctl: MallctlFn) -> Route {
+    pub fn route(&self, t: &ThreadScope, mallctl: MallctlFn) -> Route {
         if !self.active.load(Relaxed) {
             return Route::Default;
         }
-        if busy || farmem_runtime::in_runtime() {
+        if t.own() {
             return Route::Plain;
         }
-        if BOUND.with(|b| b.get()) == 0 {
+        if t.bound_arena().is_none() {
             // A failure leaves the thread on an automatic arena: correct,
             // just not farmem; it is not retried on every allocation.
-            let _ = self.bind_current_thread(mallctl);
+            let _ = self.bind(t, mallctl);
         }
         Route::Default
     }
@@ -119,14 +113,22 @@ impl ArenaSet {
     /// Binds the calling thread to the next farmem arena of the set and
     /// returns it. The thread is marked bound even when jemalloc refuses, so a
     /// failing bind is not retried on every allocation.
-    #[cold]
     pub fn bind_current_thread(&self, mallctl: MallctlFn) -> io::Result<u32> {
+        farmem_runtime::with_thread(|t| self.bind(t, mallctl))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bind(&self, t: &ThreadScope, mallctl: MallctlFn) -> io::Result<u32> {
         let n = self.count.load(Relaxed);
         if n == 0 {
             return Err(io::Error::other("farmem has no arenas (not installed)"));
         }
         let arena = self.arenas[self.next.fetch_add(1, Relaxed) % n].load(Relaxed);
-        BOUND.with(|b| b.set(arena + 1));
+        t.set_bound_arena(arena);
+        // Binding may make jemalloc map memory or allocate its own metadata:
+        // that is farmem's, not the program's.
+        let _hook = t.enter_hook();
         // SAFETY: the set's arenas were made with this mallctl (the caller's
         // contract in `route`); thread.arena takes an unsigned.
         unsafe { extent::bind_thread(mallctl, arena) }?;
@@ -141,8 +143,11 @@ mod tests {
     #[test]
     fn an_inactive_set_leaves_everything_to_jemalloc() {
         let set = ArenaSet::new();
-        assert_eq!(set.route(false, je::mallctl), Route::Default);
-        assert_eq!(set.route(true, je::mallctl), Route::Default);
+        farmem_runtime::with_thread(|t| {
+            assert_eq!(set.route(t, je::mallctl), Route::Default);
+            let _hook = t.enter_hook();
+            assert_eq!(set.route(t, je::mallctl), Route::Default);
+        });
         assert!(set.bind_current_thread(je::mallctl).is_err());
         assert_eq!(bound_arena(), None);
     }
@@ -159,13 +164,18 @@ mod tests {
         set.activate(&arenas);
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert_eq!(set.route(true, je::mallctl), Route::Plain);
-                assert_eq!(bound_arena(), None);
-                {
-                    let _scope = farmem_runtime::RuntimeScope::enter();
-                    assert_eq!(set.route(false, je::mallctl), Route::Plain);
-                }
-                assert_eq!(set.route(false, je::mallctl), Route::Default);
+                farmem_runtime::with_thread(|t| {
+                    {
+                        let _hook = t.enter_hook();
+                        assert_eq!(set.route(t, je::mallctl), Route::Plain);
+                    }
+                    assert_eq!(bound_arena(), None);
+                    {
+                        let _scope = farmem_runtime::RuntimeScope::enter();
+                        assert_eq!(set.route(t, je::mallctl), Route::Plain);
+                    }
+                    assert_eq!(set.route(t, je::mallctl), Route::Default);
+                });
                 let bound = bound_arena().unwrap();
                 assert!(arenas.contains(&bound));
                 // SAFETY: thread.arena is an unsigned.
@@ -173,6 +183,6 @@ mod tests {
             });
         });
         set.deactivate();
-        assert_eq!(set.route(false, je::mallctl), Route::Default);
+        assert_eq!(farmem_runtime::with_thread(|t| set.route(t, je::mallctl)), Route::Default);
     }
 }

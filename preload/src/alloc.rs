@@ -53,11 +53,8 @@ pub fn arenas() -> Vec<u32> {
 /// the first time it allocates as the program after start-up.
 #[inline]
 fn route(st: &ThreadState) -> Route {
-    let busy = st.busy();
-    // Binding the thread may make jemalloc map memory: that is the shim's own.
-    let _g = st.enter();
     // je::mallctl is the jemalloc the farmem arenas were made in.
-    ARENAS.route(busy, je::mallctl)
+    ARENAS.route(st, je::mallctl)
 }
 
 fn align_flag(align: usize) -> c_int {
@@ -87,28 +84,35 @@ fn valid_align(align: usize) -> bool {
 /// kept out of farmem (the guard is held only once farmem is active). An
 /// allocation of the program's that brought the heap to the start size
 /// starts the runtime on its way out, where jemalloc holds no lock.
-#[inline]
+#[inline(always)]
 fn serve(f: impl FnOnce(&ThreadState, Route) -> *mut c_void) -> *mut c_void {
-    guard::with(|st| {
-        let r = route(st);
-        match r {
-            // Active and Default: the program's own allocation, not the shim's.
-            Route::Default if ARENAS.active() => {
-                let p = {
-                    let _g = st.enter();
-                    f(st, r)
-                };
-                crate::lazy::start_if_wanted();
-                p
-            }
-            _ => f(st, r),
+    let st = guard::this_thread();
+    let r = route(st);
+    match r {
+        // Active and Default: the program's own allocation, not the shim's.
+        Route::Default if ARENAS.active() => {
+            let p = {
+                let _g = st.enter_hook();
+                f(st, r)
+            };
+            crate::lazy::start_if_wanted();
+            p
         }
-    })
+        _ => f(st, r),
+    }
 }
 
 /// `malloc(3)`.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn malloc(size: size_t) -> *mut c_void {
+    allocate(size)
+}
+
+/// `malloc`'s body, for the exported functions that are malloc too (C++'s
+/// `new`): a call to the exported symbol would go through the GOT, since
+/// the program may interpose it.
+#[inline(always)]
+pub(crate) fn allocate(size: size_t) -> *mut c_void {
     serve(|_, r| match r {
         // SAFETY: jemalloc's malloc takes any size.
         Route::Default => unsafe { je::malloc(size) },
@@ -182,18 +186,28 @@ pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: size_t, size: size_t)
 /// `ptr` is NULL or a live allocation of this malloc.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    if ptr.is_null() {
-        return;
-    }
-    if ARENAS.active() && (guard::with(|st| st.busy()) || farmem_runtime::in_runtime()) {
-        // The shim's or the runtime's object: keep it out of the thread cache,
-        // where a program allocation on this thread would be handed it back.
-        // SAFETY: as the caller promised.
-        unsafe { je::dallocx(ptr, je::MALLOCX_TCACHE_NONE) }
-    } else {
-        // SAFETY: as the caller promised.
-        unsafe { je::free(ptr) }
-    }
+    // SAFETY: as the caller promised.
+    unsafe { release(ptr) }
+}
+
+/// `free`'s body, for the exported functions that are free too (C++'s
+/// `delete`), as [`allocate`] is malloc's.
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub(crate) unsafe fn release(ptr: *mut c_void) {
+    // No check of whose object this is, or of the thread: a free is
+    // jemalloc's alone, as under a stock libjemalloc. An object the shim or
+    // the runtime frees may go into this thread's cache and be handed to a
+    // program allocation later, which is harmless (the program then holds a
+    // block of arena 0, memory farmem never registers); the hazard of hard
+    // rule 2 runs the other way, a farmem object handed to the runtime, and
+    // the runtime's allocations never take from a thread cache ([`PLAIN`]).
+    // The check cost more than its instructions on a heap bigger than the
+    // CPU's caches: fewer of the program's cache misses overlapped (issue 24).
+    // SAFETY: as the caller promised; jemalloc's free takes NULL.
+    unsafe { je::free(ptr) }
 }
 
 /// C23 `free_sized`.
@@ -217,7 +231,8 @@ pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, _align: size_t, _s
 }
 
 /// An aligned allocation for the program or the shim; `align` already checked.
-fn aligned(align: usize, size: usize) -> *mut c_void {
+#[inline]
+pub(crate) fn aligned(align: usize, size: usize) -> *mut c_void {
     serve(|_, r| {
         let flags = if align > MIN_ALIGN { align_flag(align) } else { 0 };
         match r {

@@ -1,69 +1,35 @@
-//! Per-thread state of the allocation hooks: the re-entry guard. (The
-//! thread's binding to a farmem arena is farmem-jemalloc's, in `route`.)
+//! The shim's re-entry guard: while a thread runs the shim's own code (a
+//! malloc wrapper, the constructor, a background thread), what it allocates
+//! or maps is the shim's, and the hooks it reaches pass straight through.
 //!
-//! The state is a `const`-initialised thread-local without a destructor, so it
-//! can be read at any point of a thread's life, its first and last malloc
-//! included, and reading it never allocates.
+//! The depth lives in the runtime's per-thread [`ThreadScope`], beside the
+//! runtime's own depth and the thread's farmem arena, so that one
+//! thread-local access answers everything a malloc asks (in a shared library
+//! each access is a `__tls_get_addr` call).
 
-use std::cell::Cell;
+pub use farmem_runtime::ThreadScope as ThreadState;
 
-/// What the hooks know about the calling thread.
-pub struct ThreadState {
-    /// Non-zero while the thread is inside the shim (a malloc hook, the
-    /// constructor, a background thread): anything it maps is the shim's own.
-    depth: Cell<u32>,
-}
-
-thread_local! {
-    static STATE: ThreadState = const { ThreadState { depth: Cell::new(0) } };
-}
+pub use farmem_runtime::this_thread;
 
 /// Runs `f` with the calling thread's state.
-#[inline]
+#[inline(always)]
 pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
-    STATE.with(f)
+    f(this_thread())
 }
 
-impl ThreadState {
-    /// Whether the thread is inside the shim now.
-    #[inline]
-    pub fn busy(&self) -> bool {
-        self.depth.get() > 0
-    }
-
-    /// Marks the thread as inside the shim until the guard is dropped.
-    #[inline]
-    pub fn enter(&self) -> ShimGuard<'_> {
-        self.depth.set(self.depth.get() + 1);
-        ShimGuard(self)
-    }
-}
-
-/// Held while a thread runs shim code; hooks it reaches pass straight through.
-#[must_use = "the guard ends when dropped"]
-pub struct ShimGuard<'a>(&'a ThreadState);
-
-impl Drop for ShimGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.0.depth.set(self.0.depth.get() - 1);
-    }
+/// Whether what the calling thread does now is farmem's own (the shim's or
+/// the runtime's), not the program's.
+#[inline]
+pub fn own() -> bool {
+    with(ThreadState::own)
 }
 
 /// Marks the calling thread as inside the shim until the returned guard drops,
 /// for code that does not already hold its state (the constructor, the
 /// shim's own threads).
 pub fn enter_owned() -> OwnedGuard {
-    STATE.with(|s| s.depth.set(s.depth.get() + 1));
-    OwnedGuard(())
+    farmem_runtime::enter_hook_owned()
 }
 
 /// [`enter_owned`]'s guard.
-#[must_use = "the guard ends when dropped"]
-pub struct OwnedGuard(());
-
-impl Drop for OwnedGuard {
-    fn drop(&mut self) {
-        STATE.with(|s| s.depth.set(s.depth.get() - 1));
-    }
-}
+pub use farmem_runtime::OwnedHookGuard as OwnedGuard;

@@ -58,7 +58,7 @@ pub fn efault_retries() -> u64 {
 /// Whether a call of the calling thread needs its buffers pinned.
 #[inline]
 fn active() -> bool {
-    ON.load(Ordering::Acquire) && !farmem_runtime::in_runtime() && !guard::with(|s| s.busy())
+    ON.load(Ordering::Acquire) && !guard::own()
 }
 
 fn errno() -> c_int {

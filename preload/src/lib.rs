@@ -14,7 +14,8 @@
 //! program has a heap worth managing ([`lazy`]): a shell or launcher that
 //! only starts other programs never starts one. Then:
 //!
-//! - `malloc` and the rest of the family are jemalloc's ([`alloc`]); the
+//! - `malloc` and the rest of the family are jemalloc's ([`alloc`]), and so
+//!   are C++'s `operator new` and `delete` ([`cxx`]); the
 //!   program's threads allocate from arenas whose extents are registered
 //!   with farmem as jemalloc maps them ([`extent`]), while everything the shim
 //!   and the runtime allocate comes from an arena farmem never registers;
@@ -47,6 +48,7 @@ compile_error!("libfarmem.so supports Linux on x86-64 only");
 
 pub mod alloc;
 pub mod config;
+pub mod cxx;
 pub mod guard;
 pub mod kernel_io;
 pub mod lazy;

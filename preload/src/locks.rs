@@ -57,7 +57,7 @@ const OBJECTS: usize = 3;
 /// and the runtime never touches registered memory through a pin.
 fn pin(objects: &[(usize, usize)]) -> Option<[Pinned; OBJECTS]> {
     debug_assert!(objects.len() <= OBJECTS);
-    if !signal_mode() || farmem_runtime::serving_fault() || farmem_runtime::in_runtime() || guard::with(|g| g.busy()) || PINNING.with(|p| p.replace(true)) {
+    if !signal_mode() || farmem_runtime::serving_fault() || guard::own() || PINNING.with(|p| p.replace(true)) {
         return None;
     }
     let pins = std::array::from_fn(|k| objects.get(k).map_or_else(|| Pinned::object(0, 0), |&(a, len)| Pinned::object(a, len)));
@@ -461,7 +461,7 @@ extern "C" fn futex_syscall(n: c_long, a1: c_long, a2: c_long, a3: c_long, a4: c
     // The shim's and the runtime's own locks (Rust's std waits through
     // here) are plain memory; inside the SIGBUS handler a pin could even
     // wait for the region table the handler holds.
-    if !signal_mode() || PINNING.with(|p| p.get()) || farmem_runtime::serving_fault() || farmem_runtime::in_runtime() || guard::with(|g| g.busy()) {
+    if !signal_mode() || PINNING.with(|p| p.get()) || farmem_runtime::serving_fault() || guard::own() {
         return call();
     }
     for attempt in 0.. {

@@ -70,7 +70,7 @@ pub fn regions() -> usize {
 
 /// The runtime, if the calling thread's mappings are the program's to track.
 fn tracker() -> Option<&'static Runtime> {
-    if !TRACKING.load(Ordering::Acquire) || farmem_runtime::in_runtime() || guard::with(|s| s.busy()) {
+    if !TRACKING.load(Ordering::Acquire) || guard::own() {
         return None;
     }
     RUNTIME.get().copied()
@@ -79,7 +79,7 @@ fn tracker() -> Option<&'static Runtime> {
 /// Before the runtime runs: starts it for a mapping of the program's that it
 /// would register, and returns it.
 fn starter(len: usize, prot: c_int, flags: c_int) -> Option<&'static Runtime> {
-    if !WATCHING.load(Ordering::Acquire) || !eligible(len, prot, flags) || farmem_runtime::in_runtime() || guard::with(|s| s.busy()) {
+    if !WATCHING.load(Ordering::Acquire) || !eligible(len, prot, flags) || guard::own() {
         return None;
     }
     crate::lazy::start_now()?;

@@ -50,7 +50,7 @@ pub fn keep_sigbus() {
 }
 
 fn program_thread() -> bool {
-    KEEP.load(Ordering::Acquire) && !farmem_runtime::in_runtime() && !guard::with(|s| s.busy())
+    KEEP.load(Ordering::Acquire) && !guard::own()
 }
 
 type MaskFn = unsafe extern "C" fn(c_int, *const sigset_t, *mut sigset_t) -> c_int;

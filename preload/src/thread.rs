@@ -68,7 +68,7 @@ pub unsafe extern "C" fn pthread_create(thread: *mut pthread_t, attr: *const pth
     }
     // SAFETY: `real` is the address dlsym returned for pthread_create.
     let real: CreateFn = unsafe { std::mem::transmute::<usize, CreateFn>(real) };
-    if !(guard::with(|s| s.busy()) || farmem_runtime::in_runtime()) {
+    if !guard::own() {
         // What libc allocates for the new thread here (its dynamic thread
         // vector, which every access to the shim's thread-locals reads,
         // SIGBUS handler included) comes from plain memory: in signal mode

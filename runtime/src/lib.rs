@@ -39,6 +39,7 @@
 mod cpus;
 mod error;
 mod evict;
+mod fatal;
 mod fault;
 mod fork;
 pub mod pagemap;
@@ -63,7 +64,7 @@ use farmem_tiers::{CompressedConfig, CompressedTier, RawTier, Tier};
 pub use error::RuntimeError;
 pub use evict::{DemoteReport, EvictReport};
 pub use farmem_tiers::mem;
-pub use scope::{in_runtime, RuntimeScope};
+pub use scope::{enter_hook_owned, in_runtime, this_thread, with_thread, HookGuard, OwnedHookGuard, RuntimeScope, ThreadScope};
 pub use pins::{in_farmem, Pinned};
 pub use signal::{parse_fault_mode, program_action, serving_fault, FaultMode};
 pub use stats::{AtomicHistogram, RegionStats, Stats};
@@ -394,8 +395,11 @@ fn start_fault_handlers(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, Run
                 if r.is_err() || !stopping.stopping.load(Ordering::Acquire) {
                     // Without its fault handlers, later faults on farmem memory
                     // could wait forever: a clear end beats a silent hang.
-                    eprintln!("farmem: fault handler {k} stopped unexpectedly; aborting rather than leaving the program's threads blocked on their memory");
-                    std::process::abort();
+                    let why = match &r {
+                        Err(payload) => fatal::panic_message(payload.as_ref()),
+                        Ok(()) => "it returned",
+                    };
+                    fatal::abort_with(format_args!("farmem: fault handler {k} stopped unexpectedly ({why}); aborting rather than leaving the program's threads blocked on their memory"));
                 }
             })
             .map_err(|source| RuntimeError::Os { op: "starting a fault handler thread", source });

@@ -184,8 +184,7 @@ impl PageSums {
 
 /// Reports a broken invariant and aborts: the program must not go on with wrong bytes.
 pub(crate) fn fail(what: std::fmt::Arguments<'_>) -> ! {
-    eprintln!("farmem verify: {what}; aborting (hard rule 1: never stale or zeroed bytes)");
-    std::process::abort();
+    crate::fatal::abort_with(format_args!("farmem verify: {what}; aborting (hard rule 1: never stale or zeroed bytes)"))
 }
 
 #[cfg(test)]
