@@ -115,7 +115,9 @@ enum Bench {
     /// the same memory budget, one after another: throughput, latency, resident memory, tiers, swap, CPU; a
     /// JSON file a run, a Markdown table and SVG plots.
     Compare {
-        /// kv-zipf, kv-uniform, redis, memcached or scan.
+        /// kv-zipf, kv-uniform, redis, memcached, scan, or alloc (threads
+        /// allocating and freeing mixed sizes: malloc's own cost, with the
+        /// system's stock jemalloc as a variant beside plain).
         #[arg(long, required_unless_present = "command", conflicts_with = "command")]
         workload: Option<farmem_bench::compare::Workload>,
         /// Your own program instead of a workload, as one string split like
@@ -157,19 +159,20 @@ enum Bench {
         /// Output directory (default ./compare-YYYYMMDD-HHMMSS).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Small data and short runs (256 MiB; redis and memcached 64 MiB): under a minute.
+        /// Small data and short runs (256 MiB; redis and memcached 64 MiB; alloc 32 MiB): under a minute.
         #[arg(long)]
         quick: bool,
-        /// Bytes of data (default 4G; redis and memcached 1G).
+        /// Bytes of data (default 4G; redis and memcached 1G; alloc 256M of live objects).
         #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
         size: Option<u64>,
-        /// Run only these variants beside plain: farmem-limit, farmem-stall,
+        /// Run only these variants beside plain: jemalloc (the system's,
+        /// preloaded; by default only for alloc), farmem-limit, farmem-stall,
         /// farmem-signal (the limit, faults served in signal mode; only when
         /// named), kernel-zram, kernel-zswap. May be given more than once.
         #[arg(long = "variant")]
         variants: Vec<farmem_bench::compare::Variant>,
     },
-    /// A workload process of `farmem bench compare` (kv-zipf, kv-uniform, scan).
+    /// A workload process of `farmem bench compare` (kv-zipf, kv-uniform, scan, alloc).
     #[command(hide = true)]
     Workload {
         /// The workload.

@@ -296,3 +296,35 @@ fn a_redis_load_from_a_file_is_timed_and_its_digest_compared() {
     assert!(limit["farmem_stats"]["pages_evicted"].as_u64().unwrap() > 0, "{}", limit["farmem_stats"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn quick_alloc_comparison_puts_farmem_beside_the_system_jemalloc() {
+    let farmem = farmem();
+    let out = std::env::temp_dir().join(format!("farmem-compare-alloc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(&farmem)
+        .args(["bench", "compare", "--workload", "alloc", "--quick", "--duration", "2s", "--budget", "50%", "--variant", "jemalloc", "--variant", "farmem-stall", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "compare failed ({}):\n{stdout}\n{}", run.status, String::from_utf8_lossy(&run.stderr));
+    for stem in ["plain", "jemalloc", "farmem-stall"] {
+        let r = run_json(&out, &format!("alloc-{stem}"));
+        if stem == "jemalloc" && r["status"] == "skipped" {
+            // .ci/run installs it (libjemalloc-dev brings libjemalloc2).
+            println!("jemalloc skipped: {}", r["reason"]);
+            continue;
+        }
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["throughput"].as_f64().unwrap() > 0.0 && r["checked"].as_u64().unwrap() > r["throughput"].as_f64().unwrap() as u64, "every operation checks a block: {r}");
+        if stem == "farmem-stall" {
+            // The program's heap was farmem's: its arenas' extents were registered.
+            assert!(r["farmem_stats"]["registered_bytes"].as_u64().unwrap() > 0, "{}", r["farmem_stats"]);
+        }
+    }
+    if run_json(&out, "alloc-jemalloc")["status"] == "ok" {
+        assert!(stdout.contains("farmem-stall against the system's jemalloc: throughput "), "{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

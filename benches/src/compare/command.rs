@@ -430,7 +430,7 @@ pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
     std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io { what: format!("creating {}", dir.display()), source })?;
     let _signals = SignalCatcher::new();
     let _busy = spec.busy.then(Busy::start);
-    let variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || (cfg.variants.is_empty() && v.by_default()) || cfg.variants.contains(v)).collect();
+    let variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || (cfg.variants.is_empty() && v.by_default(Workload::Command)) || cfg.variants.contains(v)).collect();
     let plan_list: Vec<(Variant, Option<Budget>)> =
         variants.iter().flat_map(|&v| if v.budgeted() { cfg.budgets.iter().map(|&b| (v, Some(b))).collect::<Vec<_>>() } else { vec![(v, None)] }).collect();
     let total = plan_list.len() * spec.rounds;

@@ -116,6 +116,9 @@ pub enum Workload {
     Memcached,
     /// The user's own program (`--command`, [`command`]).
     Command,
+    /// Threads allocating and freeing objects of mixed sizes, after larson
+    /// ([`workload::alloc`]): the cost of farmem's malloc itself.
+    Alloc,
 }
 
 impl Workload {
@@ -128,6 +131,7 @@ impl Workload {
             Workload::Scan => "scan",
             Workload::Memcached => "memcached",
             Workload::Command => "command",
+            Workload::Alloc => "alloc",
         }
     }
 
@@ -136,6 +140,9 @@ impl Workload {
         match (self, quick) {
             (Workload::Redis | Workload::Memcached, false) => 1 << 30,
             (Workload::Redis | Workload::Memcached, true) => 64 << 20,
+            // Live objects: the point is malloc's speed, not the heap's size.
+            (Workload::Alloc, false) => 256 << 20,
+            (Workload::Alloc, true) => 32 << 20,
             (_, false) => 4 << 30,
             (_, true) => 256 << 20,
         }
@@ -145,10 +152,10 @@ impl Workload {
 impl FromStr for Workload {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Workload::KvZipf, Workload::KvUniform, Workload::Redis, Workload::Memcached, Workload::Scan]
+        [Workload::KvZipf, Workload::KvUniform, Workload::Redis, Workload::Memcached, Workload::Scan, Workload::Alloc]
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis, memcached or scan (or --command 'PROGRAM ARGS' for your own)"))
+            .ok_or_else(|| format!("'{s}' is not a workload: write kv-zipf, kv-uniform, redis, memcached, scan or alloc (or --command 'PROGRAM ARGS' for your own)"))
     }
 }
 
@@ -200,6 +207,10 @@ impl Budget {
 pub enum Variant {
     /// No limit, no farmem.
     Plain,
+    /// No limit, the system's stock jemalloc preloaded (Debian's
+    /// libjemalloc2): the allocator farmem's malloc is built on, as a
+    /// baseline for [`Workload::Alloc`], where it runs by default.
+    Jemalloc,
     /// `farmem run --limit BUDGET`.
     FarmemLimit,
     /// `farmem run --stall 0.1%`.
@@ -214,13 +225,14 @@ pub enum Variant {
 }
 
 /// Every variant, in the order they run.
-pub const VARIANTS: [Variant; 6] = [Variant::Plain, Variant::FarmemStall, Variant::FarmemLimit, Variant::FarmemSignal, Variant::KernelZram, Variant::KernelZswap];
+pub const VARIANTS: [Variant; 7] = [Variant::Plain, Variant::Jemalloc, Variant::FarmemStall, Variant::FarmemLimit, Variant::FarmemSignal, Variant::KernelZram, Variant::KernelZswap];
 
 impl Variant {
     /// Its name in the outputs.
     pub fn name(self) -> &'static str {
         match self {
             Variant::Plain => "plain",
+            Variant::Jemalloc => "jemalloc",
             Variant::FarmemLimit => "farmem-limit",
             Variant::FarmemStall => "farmem-stall",
             Variant::FarmemSignal => "farmem-signal",
@@ -233,9 +245,13 @@ impl Variant {
         matches!(self, Variant::FarmemLimit | Variant::FarmemStall | Variant::FarmemSignal)
     }
 
-    /// Whether it runs when no `--variant` is given.
-    pub fn by_default(self) -> bool {
-        self != Variant::FarmemSignal
+    /// Whether it runs on `workload` when no `--variant` is given.
+    pub fn by_default(self, workload: Workload) -> bool {
+        match self {
+            Variant::FarmemSignal => false,
+            Variant::Jemalloc => workload == Workload::Alloc,
+            _ => true,
+        }
     }
 
     fn budgeted(self) -> bool {
@@ -246,7 +262,7 @@ impl Variant {
 impl FromStr for Variant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        VARIANTS.into_iter().find(|v| v.name() == s).ok_or_else(|| format!("'{s}' is not a variant: write plain, farmem-limit, farmem-signal, farmem-stall, kernel-zram or kernel-zswap"))
+        VARIANTS.into_iter().find(|v| v.name() == s).ok_or_else(|| format!("'{s}' is not a variant: write plain, jemalloc, farmem-limit, farmem-signal, farmem-stall, kernel-zram or kernel-zswap"))
     }
 }
 
@@ -510,6 +526,10 @@ impl Plan<'_> {
         };
         for v in ["LD_PRELOAD", "FARMEM_LIMIT", "FARMEM_STALL", "FARMEM_MIN", "FARMEM_TIERS", "FARMEM_STATS", "FARMEM_EVICT_EVERY", "FARMEM_FAULT"] {
             cmd.env_remove(v);
+        }
+        if self.variant == Variant::Jemalloc {
+            let lib = stock_jemalloc().ok_or_else(|| CompareError::Workload(NO_STOCK_JEMALLOC.into()))?;
+            cmd.env("LD_PRELOAD", lib);
         }
         let log = self.dir.join(format!("{}.stderr.log", self.file_stem()));
         let log = std::fs::File::create(&log).map_err(|source| CompareError::Io { what: format!("creating {}", log.display()), source })?;
@@ -864,9 +884,18 @@ fn default_out() -> PathBuf {
     PathBuf::from(format!("compare-{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
+/// Where the system's stock jemalloc is installed, if it is.
+pub fn stock_jemalloc() -> Option<PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2"].into_iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// Why the jemalloc variant cannot run.
+const NO_STOCK_JEMALLOC: &str = "the system's jemalloc is not installed (apt-get install libjemalloc2)";
+
 /// Whether `variant` can run here; the error is one sentence.
 fn refusal(variant: Variant, workload: Workload) -> Option<String> {
     let r = match variant {
+        Variant::Jemalloc => stock_jemalloc().is_none().then(|| NO_STOCK_JEMALLOC.to_string()),
         Variant::KernelZram => kernel::kernel_available().err().map(|e| e.to_string()),
         Variant::KernelZswap => zswap::zswap_available().err().map(|e| e.to_string()),
         _ => None,
@@ -902,7 +931,7 @@ pub fn run(cfg: &CompareConfig) -> Result<(), CompareError> {
     let dir = cfg.out.clone().unwrap_or_else(default_out);
     std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io { what: format!("creating {}", dir.display()), source })?;
     let _signals = SignalCatcher::new();
-    let mut variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || (cfg.variants.is_empty() && v.by_default()) || cfg.variants.contains(v)).collect();
+    let mut variants: Vec<Variant> = VARIANTS.into_iter().filter(|v| *v == Variant::Plain || (cfg.variants.is_empty() && v.by_default(cfg.workload)) || cfg.variants.contains(v)).collect();
     variants.dedup();
     let per_budget = variants.iter().filter(|v| v.budgeted()).count();
     let total = variants.len() - per_budget + per_budget * cfg.budgets.len();
@@ -970,6 +999,7 @@ pub fn run_workload(kind: Workload, size: u64, duration: Duration) -> Result<(),
         Workload::KvZipf => workload::kv(size, duration, Some(0.99))?,
         Workload::KvUniform => workload::kv(size, duration, None)?,
         Workload::Scan => workload::scan(size, duration)?,
+        Workload::Alloc => workload::alloc(size, duration)?,
         Workload::Redis | Workload::Memcached | Workload::Command => {
             return Err(CompareError::Invalid { what: "workload", value: format!("{} runs a server, not a workload process", kind.name()) })
         }
@@ -995,7 +1025,7 @@ mod tests {
         assert_eq!(Budget::Share(0.5).label(), "50%");
         assert_eq!(Budget::Share(0.333).label(), "33.3%");
         assert_eq!(Budget::Bytes(512 << 20).label(), "512M");
-        for w in ["kv-zipf", "kv-uniform", "redis", "memcached", "scan"] {
+        for w in ["kv-zipf", "kv-uniform", "redis", "memcached", "scan", "alloc"] {
             assert_eq!(w.parse::<Workload>().unwrap().name(), w);
         }
         assert!("memcache".parse::<Workload>().unwrap_err().contains("memcached"));
@@ -1004,6 +1034,7 @@ mod tests {
         for v in VARIANTS {
             assert_eq!(v.name().parse::<Variant>().unwrap(), v);
         }
+        assert!(Variant::Jemalloc.by_default(Workload::Alloc) && !Variant::Jemalloc.by_default(Workload::KvZipf) && !Variant::FarmemSignal.by_default(Workload::Alloc));
         assert!(default_out().to_string_lossy().starts_with("compare-20"));
     }
 

@@ -68,6 +68,18 @@ pub fn markdown(title: &str, runs: &[RunRecord]) -> String {
             None => format!("\nLoad at {b}: farmem-limit {load:.1} s.\n"),
         };
     }
+    // Against the allocator farmem's malloc is built on, when it ran.
+    if let Some(je) = runs.iter().find(|r| r.status == "ok" && r.variant == "jemalloc" && r.throughput > 0.0) {
+        for r in runs.iter().filter(|r| r.status == "ok" && r.variant.starts_with("farmem-")) {
+            let budget = r.budget.as_deref().map_or(String::new(), |b| format!(" at {b}"));
+            s += &format!(
+                "\n{}{budget} against the system's jemalloc: throughput {:.2}x, peak RSS {:.2}x.\n",
+                r.variant,
+                r.throughput / je.throughput,
+                r.memory.peak_rss_bytes as f64 / je.memory.peak_rss_bytes.max(1) as f64
+            );
+        }
+    }
     s += "\nRSS is the measured process's resident set (farmem's compressed tier lives inside it); footprint adds the pool the kernel keeps outside the process (zram or zswap); CPU is user + system of the whole run (for farmem, `farmem run` and the program).\n";
     s
 }
