@@ -185,4 +185,61 @@ mod tests {
         set.deactivate();
         assert_eq!(farmem_runtime::with_thread(|t| set.route(t, je::mallctl)), Route::Default);
     }
+
+    /// Remembers the extents a farmem-like arena took.
+    struct Recorder(std::sync::Mutex<Vec<(usize, usize)>>);
+
+    impl crate::extent::Backing for Recorder {
+        fn register(&self, addr: *mut u8, len: usize) -> bool {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push((addr as usize, len));
+            true
+        }
+    }
+
+    static RECORDER: Recorder = Recorder(std::sync::Mutex::new(Vec::new()));
+
+    /// Hard rule 2 with frees that go into the thread cache (the shim's
+    /// `free` is plain jemalloc `free`): blocks of a farmem arena freed on a
+    /// thread sit in its cache, and the runtime's allocations on that thread
+    /// must still never be handed one.
+    #[test]
+    fn farmem_blocks_in_a_threads_cache_never_reach_the_runtimes_allocations() {
+        // SAFETY: the mallctl of the jemalloc this test links.
+        let arena = unsafe { crate::extent::create_arena(je::mallctl, &RECORDER) }.unwrap();
+        let set = ArenaSet::new();
+        set.activate(&[arena]);
+        let in_farmem = |p: usize| RECORDER.0.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|&(a, l)| a <= p && p < a + l);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let t = farmem_runtime::this_thread();
+                assert_eq!(set.route(t, je::mallctl), Route::Default);
+                assert_eq!(bound_arena(), Some(arena));
+                // SAFETY: plain mallocs and frees of 48-byte blocks.
+                let blocks: Vec<usize> = (0..64).map(|_| unsafe { je::malloc(48) } as usize).collect();
+                assert!(blocks.iter().all(|&p| p != 0 && in_farmem(p)), "the program's blocks are farmem's");
+                for &p in &blocks {
+                    // SAFETY: each block is live and freed once, into the thread cache.
+                    unsafe { je::free(p as *mut libc::c_void) };
+                }
+                let _scope = farmem_runtime::RuntimeScope::enter();
+                assert_eq!(set.route(t, je::mallctl), Route::Plain);
+                // SAFETY: PLAIN names arena 0, which always exists.
+                let runtime: Vec<usize> = (0..64).map(|_| unsafe { je::mallocx(48, PLAIN) } as usize).collect();
+                assert!(runtime.iter().all(|&p| p != 0 && !in_farmem(p)), "a runtime allocation got a farmem block: {runtime:x?}");
+                for &p in &runtime {
+                    // SAFETY: live, freed once.
+                    unsafe { je::dallocx(p as *mut libc::c_void, je::MALLOCX_TCACHE_NONE) };
+                }
+                drop(_scope);
+                // Not vacuous: the cache did hold farmem blocks for the program.
+                // SAFETY: as above.
+                let again = unsafe { je::malloc(48) } as usize;
+                assert!(blocks.contains(&again), "the thread cache did not hand back a freed block ({again:#x})");
+                // SAFETY: live, freed once.
+                unsafe { je::free(again as *mut libc::c_void) };
+            });
+        });
+        set.deactivate();
+    }
 }
+

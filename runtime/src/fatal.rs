@@ -13,12 +13,7 @@ use std::fmt::Write as _;
 pub(crate) fn abort_with(msg: std::fmt::Arguments<'_>) -> ! {
     let mut line = Line { buf: [0; 1024], len: 0 };
     let _ = line.write_fmt(msg);
-    if line.len == line.buf.len() {
-        line.len -= 1;
-    }
-    line.buf[line.len] = b'\n';
-    line.len += 1;
-    write_stderr(&line.buf[..line.len]);
+    write_stderr(line.ended());
     std::process::abort();
 }
 
@@ -27,6 +22,16 @@ pub(crate) fn abort_with(msg: std::fmt::Arguments<'_>) -> ! {
 struct Line {
     buf: [u8; 1024],
     len: usize,
+}
+
+impl Line {
+    /// The message with its newline, the last byte given up for it if full.
+    fn ended(&mut self) -> &[u8] {
+        self.len = self.len.min(self.buf.len() - 1);
+        self.buf[self.len] = b'\n';
+        self.len += 1;
+        &self.buf[..self.len]
+    }
 }
 
 impl std::fmt::Write for Line {
@@ -101,7 +106,12 @@ mod tests {
     fn a_message_longer_than_the_line_is_cut_and_still_ends_the_line() {
         let mut line = Line { buf: [0; 1024], len: 0 };
         let _ = line.write_fmt(format_args!("{}", "x".repeat(2000)));
-        assert_eq!(line.len, 1024);
+        let out = line.ended();
+        assert_eq!(out.len(), 1024);
+        assert_eq!(out[1022..], *b"x\n");
+        let mut short = Line { buf: [0; 1024], len: 0 };
+        let _ = short.write_fmt(format_args!("ab"));
+        assert_eq!(short.ended(), b"ab\n");
     }
 
     #[test]
