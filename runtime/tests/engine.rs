@@ -3,13 +3,25 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use common::{checksum, fill_page, settled, Heap, PAGE};
 use farmem_runtime::Runtime;
 
+/// The readahead test counts faults, and a reader whose prefetching handler
+/// loses its CPU to another test's threads overtakes it and faults on its
+/// own (252-257 faults alone, 257-268 beside this file's other tests, 280
+/// once in CI against the bound of 273). So that test runs alone, and the
+/// others share the lock among themselves.
+static ALONE: RwLock<()> = RwLock::new(());
+
+fn beside_others() -> RwLockReadGuard<'static, ()> {
+    ALONE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn evicted_pages_come_back_byte_exact() {
+    let _alone = beside_others();
     // One fault a page: readahead, which would bring most of them back ahead
     // of this reader in order, has a test of its own.
     let rt = Runtime::builder().readahead(0).build().unwrap();
@@ -46,6 +58,7 @@ fn evicted_pages_come_back_byte_exact() {
 
 #[test]
 fn alphanumeric_pages_go_to_the_default_tier_not_stay_in_ram() {
+    let _alone = beside_others();
     // Random text of 36 letters: lz4 finds nothing to repeat and refuses
     // it; the default T1 (lz4, then zstd:1 for what lz4 leaves) keeps it.
     let rt = Runtime::builder().readahead(0).build().unwrap();
@@ -84,6 +97,7 @@ fn alphanumeric_pages_go_to_the_default_tier_not_stay_in_ram() {
 
 #[test]
 fn untouched_pages_read_as_zeros_and_are_not_counted_as_evicted() {
+    let _alone = beside_others();
     let rt = Runtime::builder().build().unwrap();
     let heap = Heap::new(256 * PAGE);
     rt.register(heap.ptr, heap.len).unwrap();
@@ -98,6 +112,7 @@ fn untouched_pages_read_as_zeros_and_are_not_counted_as_evicted() {
 
 #[test]
 fn many_threads_fault_the_same_pages() {
+    let _alone = beside_others();
     let rt = Runtime::builder().build().unwrap();
     let pages = 64;
     let heap = Arc::new(Heap::new(pages * PAGE));
@@ -128,6 +143,7 @@ fn many_threads_fault_the_same_pages() {
 
 #[test]
 fn writes_racing_eviction_are_never_lost() {
+    let _alone = beside_others();
     let rt = Arc::new(Runtime::builder().batch_pages(64).build().unwrap());
     let pages = 512;
     let heap = Arc::new(Heap::new(pages * PAGE));
@@ -212,24 +228,20 @@ fn read_back(readahead: usize, pages: usize, order: &[usize]) -> (u64, u64) {
 
 #[test]
 fn a_reader_in_order_has_pages_brought_back_ahead_of_it_and_a_random_reader_does_not() {
+    let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     const PAGES: usize = 8192;
     let in_order: Vec<usize> = (0..PAGES).collect();
     let (faults, ahead) = read_back(32, PAGES, &in_order);
     eprintln!("in order, readahead 32: {faults} faults, {ahead} pages brought back ahead");
-    // Alone: 1, 1+4, +8, +16, then a fault each 33 pages (252-257 faults).
-    // Beside other tests a reader sometimes overtakes the handler that is
-    // bringing its pages ahead (that handler lost its CPU), and the page it
-    // reaches first is a fault of its own: 257-265 beside this file's other
-    // tests, 280 once in CI. A sixteenth still needs the window to grow
-    // past 15 pages; without readahead every page faults.
-    assert!(faults <= PAGES as u64 / 16, "{faults} faults for {PAGES} pages read in order");
+    // 1, 1+4, +8, +16, then a fault each 33 pages.
+    assert!(faults <= PAGES as u64 / 30, "{faults} faults for {PAGES} pages read in order");
     let (faults, ahead) = read_back(0, PAGES, &in_order);
     assert_eq!((faults, ahead), (PAGES as u64, 0), "readahead 0 is off");
     // Two streams in turn, as a merge reads its runs.
     let merge: Vec<usize> = (0..PAGES / 2).flat_map(|i| [i, PAGES / 2 + i]).collect();
     let (faults, _) = read_back(32, PAGES, &merge);
     eprintln!("two streams in turn, readahead 32: {faults} faults");
-    assert!(faults <= PAGES as u64 / 16, "{faults} faults for two streams read in turn");
+    assert!(faults <= PAGES as u64 / 25, "{faults} faults for two streams read in turn");
     let mut random: Vec<usize> = (0..PAGES).collect();
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     for k in (1..PAGES).rev() {
