@@ -16,6 +16,10 @@
 //!   back, unregister a region, bring everything back before a fork) take it
 //!   exclusive, after every fault read before them is served.
 //!
+//! The kernel zaps a dropped range once its event is read, not once it is
+//! applied, so no install may begin between the two: the [`InstallGate`]
+//! keeps that (see the `gate` module).
+//!
 //! So a page the program dropped is never brought back. Within faults the
 //! page states order the handlers: a handler claims a page by compare-and-swap
 //! (`Evicted` → `Faulting`, `Staged` → `Restoring`, `Resident` → `Filling`),
@@ -34,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use farmem_tiers::{Handle, Page};
 
+use crate::gate::InstallGate;
 use crate::pagestate::State;
 use crate::readahead::Readahead;
 use crate::region::Region;
@@ -159,6 +164,8 @@ pub(crate) struct Turns {
     order: RwLock<()>,
     /// Drop events (REMOVE) applied so far: numbers each `Dropping` state.
     drops: AtomicU64,
+    /// Keeps installs out of ranges whose events are read but not applied.
+    pub(crate) gate: InstallGate,
     /// Who faults in order, and how far ahead to bring pages back for them.
     /// Shared: a reader's faults reach whichever handler runs on its CPU,
     /// and a thread moves between CPUs.
@@ -191,6 +198,7 @@ impl Turns {
             read: Mutex::new(()),
             order: RwLock::new(()),
             drops: AtomicU64::new(0),
+            gate: InstallGate::new(),
             readahead: Mutex::new(Readahead::new(readahead)),
             grow: Mutex::new(Readahead::new(MAX_GROW_BATCH)),
             handlers: AtomicUsize::new(1),
@@ -259,6 +267,46 @@ impl Turns {
 }
 
 /// One fault handler's loop and its own state.
+/// Reads what the kernel has pending, through the install gate: the ranges
+/// the events read cover are published before any install may begin again.
+/// The caller holds `Turns::read`, and clears the gate once it has applied
+/// the events.
+fn read_gated(shared: &Shared, out: &mut [Event]) -> io::Result<usize> {
+    // Another handler may have taken what woke this one: a read that finds
+    // nothing need not hold installs off.
+    if !shared.uffd.pending() {
+        return Ok(0);
+    }
+    let gate = &shared.turns.gate;
+    gate.begin_read();
+    let r = shared.uffd.read_events(out);
+    if let Ok(n) = r {
+        for ev in &out[..n] {
+            match *ev {
+                Event::Remove { start, end } | Event::Unmap { start, end } => gate.publish(start, end),
+                Event::Remap { from, to, len } => {
+                    gate.publish(from, from + len);
+                    gate.publish(to, to + len);
+                }
+                _ => {}
+            }
+        }
+    }
+    gate.end_read();
+    r
+}
+
+/// Runs `install` (one ioctl into `[dst, dst + len)`) through the install
+/// gate; if an event read but not yet applied covers the range, it does not
+/// run and the result is EAGAIN, as for an event the kernel has pending.
+pub(crate) fn gated(shared: &Shared, dst: u64, len: u64, install: impl FnOnce() -> Result<(), Partial>) -> Result<(), Partial> {
+    let pass = shared.turns.gate.enter();
+    if pass.covered(dst, len) {
+        return Err(Partial { done: 0, error: io::Error::from_raw_os_error(libc::EAGAIN) });
+    }
+    install()
+}
+
 pub(crate) struct FaultHandler {
     shared: Arc<Shared>,
     deferred: Vec<(u64, bool)>,
@@ -292,7 +340,7 @@ pub(crate) fn restore_staged(shared: &Shared, region: &Region, i: usize, slot: u
     }
     // SAFETY: staging slot `slot` holds the page and stays mapped and
     // unchanged while the page is `Restoring` (the evictor waits).
-    match unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, wake) } {
+    match gated(shared, dst, PAGE_SIZE as u64, || unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, wake) }) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from staging", dst, &p),
         Err(p) => {
@@ -325,7 +373,7 @@ pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u
         sums.check(i, &buf.0, dst, shared.tiers[tier as usize].name());
     }
     // SAFETY: `buf` is a page-aligned page, not written during the call.
-    match unsafe { shared.uffd.copy(dst, buf.0.as_ptr(), PAGE_SIZE as u64, wake) } {
+    match gated(shared, dst, PAGE_SIZE as u64, || unsafe { shared.uffd.copy(dst, buf.0.as_ptr(), PAGE_SIZE as u64, wake) }) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from tier", dst, &p),
         Err(p) => {
@@ -354,7 +402,7 @@ pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u
 pub(crate) fn poison(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> bool {
     let dst = region.page_addr(i);
     let faulting = State::Faulting { tier, handle };
-    match shared.uffd.poison(dst, PAGE_SIZE as u64) {
+    match gated(shared, dst, PAGE_SIZE as u64, || shared.uffd.poison(dst, PAGE_SIZE as u64)) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
             region.states.transition(i, faulting, State::Evicted { tier, handle });
@@ -491,14 +539,15 @@ impl FaultHandler {
                 }
                 continue;
             }
-            let n = match shared.uffd.read_events(&mut events) {
+            let woken = std::mem::take(&mut woken_for_message);
+            let n = match read_gated(&shared, &mut events) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!("reading userfaultfd failed: {e}; the fault handler stops");
                     break;
                 }
             };
-            if std::mem::take(&mut woken_for_message) {
+            if woken {
                 missed = if n > 0 { 0 } else { missed + 1 };
             }
             if n > 0 {
@@ -507,7 +556,9 @@ impl FaultHandler {
                 if batch.iter().all(|ev| matches!(ev, Event::Fault { .. })) {
                     // Faults only: served beside the other handlers. `order`
                     // is taken before `read` is let go, so an event read next
-                    // waits for these faults, which came before it.
+                    // is applied after these faults, which came before it;
+                    // the kernel acts on it once it is read, and the gate keeps
+                    // these installs out of what it covers meanwhile.
                     let _shared = turns.shared();
                     drop(read);
                     for ev in batch {
@@ -519,6 +570,9 @@ impl FaultHandler {
                     for ev in batch {
                         self.serve_event(*ev, t0);
                     }
+                    // Applied: the faults among them, and the deferred ones,
+                    // go in now (the dropped pages as zeros).
+                    turns.gate.clear();
                     self.retry_deferred();
                     drop(exclusive);
                     drop(read);
@@ -587,12 +641,13 @@ impl FaultHandler {
     /// request waits on EAGAIN: the event that causes it must be read first.
     fn pump(&mut self) {
         let mut events = [Event::Unknown(0); 16];
-        if let Ok(n) = self.shared.uffd.read_events(&mut events) {
+        if let Ok(n) = read_gated(&self.shared, &mut events) {
             let t0 = Instant::now();
             for ev in &events[..n] {
                 self.serve_event(*ev, t0);
             }
         }
+        self.shared.turns.gate.clear();
         self.retry_deferred();
     }
 
@@ -669,7 +724,11 @@ impl FaultHandler {
                     return self.load_from_tier(&region, i, tier, handle, true);
                 }
                 State::Poisoned => {
-                    let _ = shared.uffd.poison(addr, PAGE_SIZE as u64);
+                    // Dropped meanwhile (its event read, not yet applied): once
+                    // applied, the page reads as zeros, not as poison.
+                    if gated(&shared, addr, PAGE_SIZE as u64, || shared.uffd.poison(addr, PAGE_SIZE as u64)).is_err_and(|p| p.error.raw_os_error() == Some(libc::EAGAIN)) {
+                        return Served::Again;
+                    }
                     let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
                     return Served::Done;
                 }
@@ -793,29 +852,50 @@ impl FaultHandler {
         // many `Page`s; the vector is not touched while the slice lives.
         let pages = unsafe { std::slice::from_raw_parts_mut(self.prefetch_bufs.as_mut_ptr().cast::<Page>(), idx.len()) };
         shared.tiers[tier as usize].load_many(&handles, pages, &mut |k, r| ok[k] = r.is_ok());
-        for (k, &j) in idx.iter().enumerate() {
-            let handle = handles[k].raw();
-            let faulting = State::Faulting { tier, handle };
-            let installed = ok[k] && {
-                if let Some(sums) = &region.sums {
-                    sums.check(j, &self.prefetch_bufs[k].0, region.page_addr(j), shared.tiers[tier as usize].name());
-                }
-                // SAFETY: the buffer is a page-aligned page owned by this thread,
-                // not written during the call.
-                unsafe { shared.uffd.copy(region.page_addr(j), self.prefetch_bufs[k].0.as_ptr(), PAGE_SIZE as u64, true) }.is_ok()
-            };
-            if !installed {
-                region.states.transition(j, faulting, State::Evicted { tier, handle });
+        // Runs of pages next to each other, in the region and in the
+        // buffers, go in with one copy each: a reader in order overtakes a
+        // prefetch installed page by page, and each of its faults on a page
+        // not yet in is one more message to read.
+        let mut k = 0;
+        while k < idx.len() {
+            if !ok[k] {
+                region.states.transition(idx[k], State::Faulting { tier, handle: handles[k].raw() }, State::Evicted { tier, handle: handles[k].raw() });
+                k += 1;
                 continue;
             }
-            if let Some(sums) = &region.sums {
-                sums.release(j);
+            let mut run = 1;
+            while k + run < idx.len() && ok[k + run] && idx[k + run] == idx[k] + run {
+                run += 1;
             }
-            region.states.transition(j, faulting, State::Resident);
-            region.evicted.fetch_sub(1, Ordering::Relaxed);
-            self.remove_later(tier, handle);
-            shared.resident_est.fetch_add(1, Ordering::Relaxed);
-            shared.counters.pages_prefetched.fetch_add(1, Ordering::Relaxed);
+            if let Some(sums) = &region.sums {
+                for r in k..k + run {
+                    sums.check(idx[r], &self.prefetch_bufs[r].0, region.page_addr(idx[r]), shared.tiers[tier as usize].name());
+                }
+            }
+            let (dst, src, len) = (region.page_addr(idx[k]), self.prefetch_bufs[k].0.as_ptr(), (run * PAGE_SIZE) as u64);
+            // SAFETY: buffers k..k+run are page-aligned pages in a row owned by
+            // this thread (a Vec of `AlignedPage`), not written during the call.
+            let done = match gated(&shared, dst, len, || unsafe { shared.uffd.copy(dst, src, len, true) }) {
+                Ok(()) => run,
+                Err(p) => (p.done / PAGE_SIZE as u64) as usize,
+            };
+            for r in k..k + run {
+                let (j, handle) = (idx[r], handles[r].raw());
+                let faulting = State::Faulting { tier, handle };
+                if r >= k + done {
+                    region.states.transition(j, faulting, State::Evicted { tier, handle });
+                    continue;
+                }
+                if let Some(sums) = &region.sums {
+                    sums.release(j);
+                }
+                region.states.transition(j, faulting, State::Resident);
+                region.evicted.fetch_sub(1, Ordering::Relaxed);
+                self.remove_later(tier, handle);
+                shared.resident_est.fetch_add(1, Ordering::Relaxed);
+                shared.counters.pages_prefetched.fetch_add(1, Ordering::Relaxed);
+            }
+            k += run;
         }
         end
     }
@@ -845,7 +925,6 @@ impl FaultHandler {
         }
         let mut suspect = false;
         if let Some(sums) = &region.sums {
-            suspect = sums.zero_fill_suspect(i, region.page_addr(i));
             for k in i + 1..end {
                 sums.check_no_copy(k, region.page_addr(k));
             }
@@ -859,12 +938,20 @@ impl FaultHandler {
             // thread runs on while the rest of a growth window is filled.
             let stop = if cur < i + head { (i + head).min(end) } else { end };
             let len = ((stop - cur) * PAGE_SIZE) as u64;
-            let r = if write {
-                // SAFETY: ZEROS is static, page-aligned and never written.
-                unsafe { shared.uffd.copy(dst, ZEROS.0.as_ptr(), len, true) }
-            } else {
-                shared.uffd.zeropage(dst, len)
-            };
+            // Zeros are what a dropped page holds, but a fill the gate lets
+            // through is also the one whose check below is sound: no drop
+            // of the page can be read and not yet applied.
+            let r = gated(&shared, dst, len, || {
+                if let Some(sums) = region.sums.as_ref().filter(|_| (cur..stop).contains(&i)) {
+                    suspect = sums.zero_fill_suspect(i, region.page_addr(i));
+                }
+                if write {
+                    // SAFETY: ZEROS is static, page-aligned and never written.
+                    unsafe { shared.uffd.copy(dst, ZEROS.0.as_ptr(), len, true) }
+                } else {
+                    shared.uffd.zeropage(dst, len)
+                }
+            });
             let mark = |from: usize, to: usize| {
                 if let Some(sums) = &region.sums {
                     if (from..to).contains(&i) {

@@ -42,6 +42,7 @@ mod evict;
 mod fatal;
 mod fault;
 mod fork;
+mod gate;
 pub mod pagemap;
 mod pagestate;
 mod pins;

@@ -36,8 +36,9 @@
 //!
 //! Only the fault handlers install pages into a region (UFFDIO_COPY/ZEROPAGE/POISON),
 //! and they also apply the kernel's REMOVE/UNMAP/REMAP events, in the order the
-//! kernel reports them (see `fault::Turns`); so a page the program dropped is
-//! never brought back.
+//! kernel reports them (see `fault::Turns`), and never begin an install into
+//! a range whose event is read but not yet applied (see `gate`); so a page the
+//! program dropped is never brought back.
 //! The evictor only takes pages out, and only pages it has claimed, so a write
 //! that lands during eviction either happens before the move (and is in the
 //! copy) or faults and waits for the page to come back.

@@ -611,13 +611,17 @@ fn zero_fill(shared: &Shared, region: &Region, i: usize, write: bool) -> Outcome
         return Outcome::Retry;
     }
     let dst = region.page_addr(i);
-    let suspect = region.sums.as_ref().is_some_and(|s| s.zero_fill_suspect(i, dst));
-    let r = if write {
-        // SAFETY: the zero page is static, page-aligned and never written.
-        unsafe { shared.uffd.copy(dst, fault::zeros(), PAGE_SIZE as u64, false) }
-    } else {
-        shared.uffd.zeropage(dst, PAGE_SIZE as u64)
-    };
+    let mut suspect = false;
+    // Checked under the install gate, as in the handler threads' zero-fill.
+    let r = fault::gated(shared, dst, PAGE_SIZE as u64, || {
+        suspect = region.sums.as_ref().is_some_and(|s| s.zero_fill_suspect(i, dst));
+        if write {
+            // SAFETY: the zero page is static, page-aligned and never written.
+            unsafe { shared.uffd.copy(dst, fault::zeros(), PAGE_SIZE as u64, false) }
+        } else {
+            shared.uffd.zeropage(dst, PAGE_SIZE as u64)
+        }
+    });
     let filled = match r {
         Ok(()) => true,
         // Present already: a thread got there first.

@@ -433,6 +433,15 @@ impl Userfaultfd {
     }
 }
 
+impl Userfaultfd {
+    /// Whether a message is pending, without waiting or taking it.
+    pub fn pending(&self) -> bool {
+        let mut fd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 && fd.revents != 0 }
+    }
+}
+
 impl AsRawFd for Userfaultfd {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -169,6 +169,12 @@ impl PageSums {
     /// not go in changes nothing (a fault read after another path installed
     /// the page, served once the program had unmapped it and something else
     /// was mapped there, its UNMAP event still behind it in the queue).
+    /// Called under the install gate, with the fill: a drop of the page the
+    /// kernel has already acted on is then either applied (the page is no
+    /// longer marked filled) or covers the fill, which does not go in.
+    /// Checked outside the gate, a drop read by one handler and not yet
+    /// applied could make another handler's zero-fill of that page look
+    /// like a loss.
     pub fn zero_fill_suspect(&self, i: usize, addr: u64) -> bool {
         self.check_no_copy(i, addr);
         self.word(i).load(Ordering::Acquire) & FILLED != 0 && !crate::is_present(addr)

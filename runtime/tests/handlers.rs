@@ -76,6 +76,7 @@ in_both_modes!(
     faults_racing_drops_unmaps_moves_forks_and_eviction_from_8_threads_stay_byte_exact,
     requests_are_served_while_faults_are_in_flight,
     two_threads_forking_at_once_both_get_children_with_every_page,
+    a_page_dropped_while_it_is_read_ahead_reads_as_zeros,
 );
 
 /// A thread that evicts `[first, first + pages)` of `heap` over and over
@@ -474,4 +475,90 @@ fn two_threads_forking_at_once_both_get_children_with_every_page(mode: FaultMode
     eprintln!("{forks} forks from two threads, {evicted} pages evicted meanwhile");
     assert!(failures.is_empty(), "{} of {forks} children saw pages wrong", failures.len());
     assert!(evicted > 0, "nothing was evicted: the forks raced nothing");
+}
+
+/// Stamps every word of page `p` with `round` and `p`, so that a copy from
+/// another round or of another page shows.
+fn stamp(page: &mut [u8], p: usize, round: u64) {
+    let w = round << 32 | p as u64 | 1 << 63;
+    page.chunks_mut(8).for_each(|c| c.copy_from_slice(&w.to_le_bytes()));
+}
+
+fn stamped(page: &[u8], p: usize, round: u64) -> bool {
+    let w = (round << 32 | p as u64 | 1 << 63).to_le_bytes();
+    page.chunks(8).all(|c| c == w)
+}
+
+/// One thread reads an evicted block in order, so the handlers read the
+/// pages ahead of it back; another drops a page of that window meanwhile and
+/// must then read zeros. The kernel zaps a dropped range as soon as a
+/// handler has read the drop's event, so a read-ahead copy already decided
+/// on (or a fault message read before the drop and served after it) must
+/// not land after the zap: the page would hold its bytes from before the drop.
+fn a_page_dropped_while_it_is_read_ahead_reads_as_zeros(mode: FaultMode) {
+    const BLOCK: usize = 64;
+    const BLOCKS: usize = 16;
+    // The reader reads pages 0..READ of a block; the dropper drops one of
+    // READ..BLOCK, all of which the reader's fault at page 32 reads ahead.
+    const READ: usize = 40;
+    const ROUNDS: u64 = 4_000;
+    let rt = runtime(BLOCK, mode);
+    let heap = Arc::new(Heap::new(BLOCK * BLOCKS * PAGE));
+    rt.register(heap.ptr, heap.len).unwrap();
+    let (rt2, heap2) = (Arc::clone(&rt), Arc::clone(&heap));
+    let (wrong_read, wrong_dropped) = watchdog("drops beside readahead", Duration::from_secs(120), move || {
+        let (rt, heap) = (rt2, heap2);
+        let (wrong_read, wrong_dropped) = (AtomicU64::new(0), AtomicU64::new(0));
+        let progress = std::sync::atomic::AtomicUsize::new(0);
+        let turn = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..ROUNDS {
+                    let base = (round as usize % BLOCKS) * BLOCK;
+                    (base..base + BLOCK).for_each(|p| stamp(heap.page(p), p, round));
+                    // SAFETY: the block lies inside the heap.
+                    rt.evict(unsafe { heap.ptr.add(base * PAGE) }, BLOCK * PAGE).unwrap();
+                    progress.store(0, Ordering::Release);
+                    turn.wait();
+                    for p in base..base + READ {
+                        if !stamped(heap.page(p), p, round) {
+                            wrong_read.fetch_add(1, Ordering::Relaxed);
+                        }
+                        progress.store(p - base, Ordering::Release);
+                    }
+                    turn.wait();
+                }
+            });
+            s.spawn(|| {
+                let mut x = 0x5eed_u64;
+                for round in 0..ROUNDS {
+                    let base = (round as usize % BLOCKS) * BLOCK;
+                    turn.wait();
+                    let target = base + READ + next(&mut x) as usize % (BLOCK - READ);
+                    // Around the reader's fault at page 32, whose readahead
+                    // covers the target; a deadline, as the reader may be done.
+                    let after = 24 + next(&mut x) as usize % 12;
+                    let t0 = Instant::now();
+                    while progress.load(Ordering::Acquire) < after && t0.elapsed() < Duration::from_millis(5) {
+                        std::hint::spin_loop();
+                    }
+                    // SAFETY: dropping one page of the heap that only this thread touches this round.
+                    unsafe { libc::madvise(heap.ptr.add(target * PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+                    if heap.page(target).iter().any(|&b| b != 0) {
+                        wrong_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    turn.wait();
+                }
+            });
+        });
+        (wrong_read.into_inner(), wrong_dropped.into_inner())
+    });
+    served_in_mode(&rt, mode);
+    let s = rt.stats();
+    eprintln!(
+        "{ROUNDS} rounds: {} pages read ahead, {} faults from tiers, {} evicted pages dropped, {} raced",
+        s.pages_prefetched, s.faults_from_tier, s.pages_dropped_by_program, s.faults_raced
+    );
+    assert_eq!((wrong_read, wrong_dropped), (0, 0), "(pages read wrong, dropped pages that did not read as zeros)");
+    assert!(s.pages_prefetched > ROUNDS && s.pages_dropped_by_program > 0, "the race was not set up: {} pages read ahead, {} evicted pages dropped", s.pages_prefetched, s.pages_dropped_by_program);
 }
