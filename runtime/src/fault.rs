@@ -266,7 +266,6 @@ impl Turns {
     }
 }
 
-/// One fault handler's loop and its own state.
 /// Reads what the kernel has pending, through the install gate: the ranges
 /// the events read cover are published before any install may begin again.
 /// The caller holds `Turns::read`, and clears the gate once it has applied
@@ -307,6 +306,7 @@ pub(crate) fn gated(shared: &Shared, dst: u64, len: u64, install: impl FnOnce() 
     install()
 }
 
+/// One fault handler's loop and its own state.
 pub(crate) struct FaultHandler {
     shared: Arc<Shared>,
     deferred: Vec<(u64, bool)>,
