@@ -269,11 +269,12 @@ impl Turns {
 /// Reads what the kernel has pending, through the install gate: the ranges
 /// the events read cover are published before any install may begin again.
 /// The caller holds `Turns::read`, and clears the gate once it has applied
-/// the events.
-fn read_gated(shared: &Shared, out: &mut [Event]) -> io::Result<usize> {
-    // Another handler may have taken what woke this one: a read that finds
-    // nothing need not hold installs off.
-    if !shared.uffd.pending() {
+/// the events. `readable`: poll(2) has just said a message is pending, and
+/// the kernel is not asked again (a poll costs as much as the read).
+fn read_gated(shared: &Shared, out: &mut [Event], readable: bool) -> io::Result<usize> {
+    // A handler looping over deferred faults, or back from serving, reads
+    // only when the kernel has something: a read holds installs off.
+    if !readable && !shared.uffd.pending() {
         return Ok(0);
     }
     let gate = &shared.turns.gate;
@@ -295,15 +296,30 @@ fn read_gated(shared: &Shared, out: &mut [Event]) -> io::Result<usize> {
     r
 }
 
-/// Runs `install` (one ioctl into `[dst, dst + len)`) through the install
-/// gate; if an event read but not yet applied covers the range, it does not
-/// run and the result is EAGAIN, as for an event the kernel has pending.
-pub(crate) fn gated(shared: &Shared, dst: u64, len: u64, install: impl FnOnce() -> Result<(), Partial>) -> Result<(), Partial> {
-    let pass = shared.turns.gate.enter();
-    if pass.covered(dst, len) {
-        return Err(Partial { done: 0, error: io::Error::from_raw_os_error(libc::EAGAIN) });
+/// Runs `install` (one ioctl into `[dst, dst + len)`, which must not wake
+/// anyone) through the install gate; if an event read but not yet applied
+/// covers the range, it does not run and the result is EAGAIN, as for an
+/// event the kernel has pending. `wake`: then wakes the threads waiting on
+/// what went in, as the ioctl would have.
+pub(crate) fn gated(shared: &Shared, dst: u64, len: u64, wake: bool, install: impl FnOnce() -> Result<(), Partial>) -> Result<(), Partial> {
+    let r = {
+        let pass = shared.turns.gate.enter();
+        if pass.covered(dst, len) {
+            return Err(Partial { done: 0, error: io::Error::from_raw_os_error(libc::EAGAIN) });
+        }
+        install()
+    };
+    // After the pass: the thread woken often preempts this one on its CPU
+    // at once, and a pass held meanwhile keeps every reader, and so every
+    // fault, waiting until this thread runs again.
+    let done = match &r {
+        Ok(()) => len,
+        Err(p) => p.done,
+    };
+    if wake && done > 0 {
+        let _ = shared.uffd.wake(dst, done);
     }
-    install()
+    r
 }
 
 /// One fault handler's loop and its own state.
@@ -340,7 +356,7 @@ pub(crate) fn restore_staged(shared: &Shared, region: &Region, i: usize, slot: u
     }
     // SAFETY: staging slot `slot` holds the page and stays mapped and
     // unchanged while the page is `Restoring` (the evictor waits).
-    match gated(shared, dst, PAGE_SIZE as u64, || unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, wake) }) {
+    match gated(shared, dst, PAGE_SIZE as u64, wake, || unsafe { shared.uffd.copy(dst, src, PAGE_SIZE as u64, false) }) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from staging", dst, &p),
         Err(p) => {
@@ -373,7 +389,7 @@ pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u
         sums.check(i, &buf.0, dst, shared.tiers[tier as usize].name());
     }
     // SAFETY: `buf` is a page-aligned page, not written during the call.
-    match gated(shared, dst, PAGE_SIZE as u64, || unsafe { shared.uffd.copy(dst, buf.0.as_ptr(), PAGE_SIZE as u64, wake) }) {
+    match gated(shared, dst, PAGE_SIZE as u64, wake, || unsafe { shared.uffd.copy(dst, buf.0.as_ptr(), PAGE_SIZE as u64, false) }) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EEXIST) => unexpected(shared, "copy from tier", dst, &p),
         Err(p) => {
@@ -402,7 +418,7 @@ pub(crate) fn install_loaded(shared: &Shared, region: &Region, i: usize, tier: u
 pub(crate) fn poison(shared: &Shared, region: &Region, i: usize, tier: u8, handle: u64) -> bool {
     let dst = region.page_addr(i);
     let faulting = State::Faulting { tier, handle };
-    match gated(shared, dst, PAGE_SIZE as u64, || shared.uffd.poison(dst, PAGE_SIZE as u64)) {
+    match gated(shared, dst, PAGE_SIZE as u64, false, || shared.uffd.poison(dst, PAGE_SIZE as u64)) {
         Ok(()) => {}
         Err(p) if p.error.raw_os_error() == Some(libc::EAGAIN) => {
             region.states.transition(i, faulting, State::Evicted { tier, handle });
@@ -540,7 +556,7 @@ impl FaultHandler {
                 continue;
             }
             let woken = std::mem::take(&mut woken_for_message);
-            let n = match read_gated(&shared, &mut events) {
+            let n = match read_gated(&shared, &mut events, woken) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!("reading userfaultfd failed: {e}; the fault handler stops");
@@ -641,7 +657,8 @@ impl FaultHandler {
     /// request waits on EAGAIN: the event that causes it must be read first.
     fn pump(&mut self) {
         let mut events = [Event::Unknown(0); 16];
-        if let Ok(n) = read_gated(&self.shared, &mut events) {
+        // Called because an install met EAGAIN: an event is pending.
+        if let Ok(n) = read_gated(&self.shared, &mut events, true) {
             let t0 = Instant::now();
             for ev in &events[..n] {
                 self.serve_event(*ev, t0);
@@ -726,7 +743,7 @@ impl FaultHandler {
                 State::Poisoned => {
                     // Dropped meanwhile (its event read, not yet applied): once
                     // applied, the page reads as zeros, not as poison.
-                    if gated(&shared, addr, PAGE_SIZE as u64, || shared.uffd.poison(addr, PAGE_SIZE as u64)).is_err_and(|p| p.error.raw_os_error() == Some(libc::EAGAIN)) {
+                    if gated(&shared, addr, PAGE_SIZE as u64, false, || shared.uffd.poison(addr, PAGE_SIZE as u64)).is_err_and(|p| p.error.raw_os_error() == Some(libc::EAGAIN)) {
                         return Served::Again;
                     }
                     let _ = shared.uffd.wake(addr, PAGE_SIZE as u64);
@@ -875,7 +892,7 @@ impl FaultHandler {
             let (dst, src, len) = (region.page_addr(idx[k]), self.prefetch_bufs[k].0.as_ptr(), (run * PAGE_SIZE) as u64);
             // SAFETY: buffers k..k+run are page-aligned pages in a row owned by
             // this thread (a Vec of `AlignedPage`), not written during the call.
-            let done = match gated(&shared, dst, len, || unsafe { shared.uffd.copy(dst, src, len, true) }) {
+            let done = match gated(&shared, dst, len, true, || unsafe { shared.uffd.copy(dst, src, len, false) }) {
                 Ok(()) => run,
                 Err(p) => (p.done / PAGE_SIZE as u64) as usize,
             };
@@ -941,14 +958,15 @@ impl FaultHandler {
             // Zeros are what a dropped page holds, but a fill the gate lets
             // through is also the one whose check below is sound: no drop
             // of the page can be read and not yet applied.
-            let r = gated(&shared, dst, len, || {
+            let r = gated(&shared, dst, len, write, || {
                 if let Some(sums) = region.sums.as_ref().filter(|_| (cur..stop).contains(&i)) {
                     suspect = sums.zero_fill_suspect(i, region.page_addr(i));
                 }
                 if write {
                     // SAFETY: ZEROS is static, page-aligned and never written.
-                    unsafe { shared.uffd.copy(dst, ZEROS.0.as_ptr(), len, true) }
+                    unsafe { shared.uffd.copy(dst, ZEROS.0.as_ptr(), len, false) }
                 } else {
+                    // Wakes within the pass; rarer than copies, and short.
                     shared.uffd.zeropage(dst, len)
                 }
             });

@@ -613,7 +613,7 @@ fn zero_fill(shared: &Shared, region: &Region, i: usize, write: bool) -> Outcome
     let dst = region.page_addr(i);
     let mut suspect = false;
     // Checked under the install gate, as in the handler threads' zero-fill.
-    let r = fault::gated(shared, dst, PAGE_SIZE as u64, || {
+    let r = fault::gated(shared, dst, PAGE_SIZE as u64, false, || {
         suspect = region.sums.as_ref().is_some_and(|s| s.zero_fill_suspect(i, dst));
         if write {
             // SAFETY: the zero page is static, page-aligned and never written.
