@@ -431,9 +431,7 @@ impl Userfaultfd {
         }
         Ok((fds[0].revents != 0, fds[1].revents != 0))
     }
-}
 
-impl Userfaultfd {
     /// Whether a message is pending, without waiting or taking it.
     pub fn pending(&self) -> bool {
         let mut fd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
