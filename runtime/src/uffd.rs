@@ -494,4 +494,28 @@ mod tests {
         let again = unsafe { uffd.copy(base, staging.addr(), PAGE, true) }.unwrap_err();
         assert_eq!(again.error.raw_os_error(), Some(libc::EEXIST));
     }
+
+    #[test]
+    fn pending_sees_an_event_until_it_is_read() {
+        let uffd = Userfaultfd::open(feature::EVENT_REMOVE, feature::EVENT_REMOVE).unwrap();
+        let region = Mapping::anonymous(2 * PAGE as usize).unwrap();
+        let base = region.addr() as u64;
+        uffd.register(base, 2 * PAGE, mode::MISSING).unwrap();
+        assert!(!uffd.pending());
+        // The drop waits in the kernel until its REMOVE event is read.
+        let dropper = std::thread::spawn(move || {
+            // SAFETY: drops the pages of a mapping the test owns and never reads.
+            unsafe { libc::madvise(base as *mut libc::c_void, PAGE as usize, libc::MADV_DONTNEED) }
+        });
+        let t0 = std::time::Instant::now();
+        while !uffd.pending() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the REMOVE event never showed");
+            std::thread::yield_now();
+        }
+        let mut out = [Event::Unknown(0); 4];
+        assert_eq!(uffd.read_events(&mut out).unwrap(), 1);
+        assert!(matches!(out[0], Event::Remove { start, .. } if start == base), "{:?}", out[0]);
+        assert!(!uffd.pending());
+        assert_eq!(dropper.join().unwrap(), 0);
+    }
 }
