@@ -99,6 +99,13 @@ pub struct FaultBenchReport {
     /// The bare mechanism of signal mode (SIGBUS, one UFFDIO_COPY, no
     /// runtime), p50: signal mode's floor on this machine (None if skipped).
     pub signal_floor_p50_us: Option<f64>,
+    /// The bare mechanism of thread mode (a handler thread pinned to the
+    /// faulting thread's CPU: poll, read, one UFFDIO_COPY), p50: thread
+    /// mode's floor on this machine (None if skipped).
+    pub thread_floor_p50_us: Option<f64>,
+    /// The same with a bare handler pinned to each CPU, all polling the one
+    /// userfaultfd, p50: the floor of farmem's arrangement.
+    pub thread_floor_each_cpu_p50_us: Option<f64>,
     /// The first `--tier` run's fault-back p50 (None without `--tier`).
     pub spill_p50_us: Option<f64>,
     /// Its p99.
@@ -127,6 +134,10 @@ pub struct FaultBenchReport {
     pub first_touch: crate::stats::LatencySummary,
     /// The bare signal-mode mechanism in full.
     pub signal_floor: Option<crate::stats::LatencySummary>,
+    /// The bare thread-mode mechanism, one handler on the faulting CPU, in full.
+    pub thread_floor: Option<crate::stats::LatencySummary>,
+    /// The bare thread-mode mechanism, a handler on each CPU, in full.
+    pub thread_floor_each_cpu: Option<crate::stats::LatencySummary>,
     /// The kernel run in full.
     pub kernel_zram: Option<kernel::ZramRun>,
     /// Each file tier run, with its bare-read baseline and demotion rate.
@@ -192,6 +203,16 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
     };
     eprintln!("first-touch page faults...");
     let first_touch = first_touch::measure_first_touch(cfg.accesses.min(size / 4096)).map_err(|e| e.to_string())?;
+    eprintln!("bare thread-mode faults (a handler thread, UFFDIO_COPY, no runtime)...");
+    let thread_floor_of = |h| match crate::thread_floor::measure_thread_floor(cfg.accesses.min(size / 4096), h) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("skipped: bare thread-mode faults ({h:?}): {e}");
+            None
+        }
+    };
+    let thread_floor = thread_floor_of(crate::thread_floor::Handlers::SameCpu);
+    let thread_floor_each_cpu = thread_floor_of(crate::thread_floor::Handlers::EachCpu);
     // Before any runtime: it takes SIGBUS's action for its duration.
     eprintln!("bare signal-mode faults (SIGBUS, UFFDIO_COPY, no runtime)...");
     let signal_floor = match crate::signal_floor::measure_signal_floor(cfg.accesses.min(size / 4096)) {
@@ -250,6 +271,8 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         spill_over_t1_p50: spill_runs.first().map(|r| r.p50_us / lz4.p50_us),
         first_touch_p50_us: first_touch.p50_us,
         signal_floor_p50_us: signal_floor.as_ref().map(|s| s.p50_us),
+        thread_floor_p50_us: thread_floor.as_ref().map(|s| s.p50_us),
+        thread_floor_each_cpu_p50_us: thread_floor_each_cpu.as_ref().map(|s| s.p50_us),
         kernel_zram_p50_us: kernel_zram.as_ref().map(|k| k.latency.p50_us),
         kernel_zram_p99_us: kernel_zram.as_ref().map(|k| k.latency.p99_us),
         kernel_zram_p999_us: kernel_zram.as_ref().map(|k| k.latency.p999_us),
@@ -261,6 +284,8 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         capped,
         first_touch,
         signal_floor,
+        thread_floor,
+        thread_floor_each_cpu,
         kernel_zram,
         file_tiers: file_runs,
         skipped,
@@ -296,6 +321,11 @@ fn print_table(r: &FaultBenchReport) {
     println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", "kernel first-touch fault", ft.p50_us, ft.p99_us, ft.p999_us, ft.per_s, "-");
     if let Some(s) = &r.signal_floor {
         println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", "bare SIGBUS + UFFDIO_COPY", s.p50_us, s.p99_us, s.p999_us, s.per_s, "-");
+    }
+    for (label, s) in [("bare handler thread, same CPU", &r.thread_floor), ("bare handler thread on each CPU", &r.thread_floor_each_cpu)] {
+        if let Some(s) = s {
+            println!("{:<34} {:>9.1} {:>9.1} {:>9.1} {:>11.0} {:>7}", label, s.p50_us, s.p99_us, s.p999_us, s.per_s, "-");
+        }
     }
     match &r.kernel_zram {
         Some(k) => println!(

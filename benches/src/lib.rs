@@ -39,6 +39,7 @@ pub mod kernel;
 pub mod plot;
 pub mod policy;
 pub mod signal_floor;
+pub mod thread_floor;
 pub mod spill;
 pub mod stats;
 

@@ -3,7 +3,7 @@
 use std::io;
 
 /// The CPUs the calling thread may run on (its affinity mask), in order.
-pub(crate) fn allowed() -> io::Result<Vec<usize>> {
+pub fn allowed() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain bits; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into `set`.
@@ -15,11 +15,19 @@ pub(crate) fn allowed() -> io::Result<Vec<usize>> {
 }
 
 /// Pins the calling thread to `cpu`.
-pub(crate) fn pin(cpu: usize) -> io::Result<()> {
+pub fn pin(cpu: usize) -> io::Result<()> {
+    set_allowed(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` only (each below CPU_SETSIZE, as
+/// [`allowed`] returns them).
+pub fn set_allowed(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: as in `allowed`.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of a valid set; `cpu` comes from `allowed`, below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: CPU_SET writes one bit of a valid set, for an index below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: sched_setaffinity reads size_of::<cpu_set_t>() bytes from `set`.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(io::Error::last_os_error());

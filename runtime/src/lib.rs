@@ -36,7 +36,7 @@
 //! runtime is inert. Not yet done: write-protect based dirty tracking (an
 //! evicted page's tier copy is dropped when it faults back).
 
-mod cpus;
+pub mod cpus;
 mod error;
 mod evict;
 mod fatal;
