@@ -18,15 +18,13 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use farmem_runtime::cpus::{allowed, set_allowed};
 use farmem_runtime::mem::Mapping;
 use farmem_runtime::uffd::{mode, Event, Userfaultfd};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
-use crate::stats::{histogram, LatencySummary};
+use crate::signal_floor::time_page_reads;
+use crate::stats::LatencySummary;
 use crate::BaselineError;
 
 #[repr(C, align(4096))]
@@ -102,37 +100,27 @@ pub fn measure_thread_floor(pages: usize, handlers: Handlers) -> Result<LatencyS
         Handlers::SameCpu => vec![here],
         Handlers::EachCpu => cpus.clone(),
     };
-    let threads: Vec<_> = handler_cpus
-        .iter()
-        .map(|&cpu| {
-            let (uffd, stop) = (Arc::clone(&uffd), Arc::clone(&stop));
-            std::thread::Builder::new().name(format!("bare-fault-{cpu}")).spawn(move || {
-                let _ = set_allowed(&[cpu]);
-                serve(&uffd, stop_fd, &stop);
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| os("spawning a bare fault handler".into(), e))?;
-    let pinned = set_allowed(&[here]).map(|()| Pinned(cpus.clone()));
-    // Let every handler reach its poll before the first fault.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let mut order: Vec<usize> = (0..pages).collect();
-    order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(1));
-    let mut h = histogram();
-    let (mut total_ns, mut wrong) = (0u64, 0usize);
-    let mut recorded = Ok(());
-    for &i in &order {
-        let s = Instant::now();
-        // SAFETY: page i lies inside the mapping; its fault is served above.
-        let v = unsafe { std::ptr::read_volatile(base.add(i * 4096 + 17)) };
-        let ns = (s.elapsed().as_nanos() as u64).max(1);
-        wrong += usize::from(v != 0x5a);
-        total_ns += ns;
-        if h.record(ns).is_err() {
-            recorded = Err(BaselineError::Parse { path: "thread floor samples".into(), value: format!("{ns} ns is out of the histogram's range") });
+    let mut threads = Vec::with_capacity(handler_cpus.len());
+    let mut spawned = Ok(());
+    for &cpu in &handler_cpus {
+        let (uffd, stop) = (Arc::clone(&uffd), Arc::clone(&stop));
+        match std::thread::Builder::new().name(format!("bare-fault-{cpu}")).spawn(move || {
+            let _ = set_allowed(&[cpu]);
+            serve(&uffd, stop_fd, &stop);
+        }) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                spawned = Err(os(format!("spawning a bare fault handler for CPU {cpu}"), e));
+                break;
+            }
         }
     }
-    drop(pinned);
+    let timed = spawned.and_then(|()| {
+        let _pinned = set_allowed(&[here]).map(|()| Pinned(cpus.clone()));
+        // Let every handler reach its poll before the first fault.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        time_page_reads(base, pages, SOURCE.0[0], "thread floor")
+    });
     stop.store(true, Ordering::Release);
     let one = 1u64;
     // SAFETY: writes 8 bytes from a u64 to our own eventfd.
@@ -143,11 +131,7 @@ pub fn measure_thread_floor(pages: usize, handlers: Handlers) -> Result<LatencyS
     // SAFETY: every handler has stopped; nothing else uses the fd.
     unsafe { libc::close(stop_fd) };
     drop(map);
-    recorded?;
-    if wrong > 0 {
-        return Err(BaselineError::Invalid { what: "thread floor", value: format!("{wrong} of {pages} pages read back something other than the page installed") });
-    }
-    Ok(LatencySummary::from_ns(&h, total_ns as f64 / 1e9))
+    timed
 }
 
 #[cfg(test)]
