@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::file::FileTier;
-use crate::{CompressedConfig, CompressedTier, FirstTier, MmapTier, RawTier, SpillTier, Tier, TierError, TierSpec};
+use crate::{CompressedConfig, RemoteTier, CompressedTier, FirstTier, MmapTier, RawTier, SpillTier, Tier, TierError, TierSpec};
 
 /// A tier of the spec could not be made; names the tier as the spec wrote it.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,7 @@ impl TierSpec {
             tiers.push(match s {
                 SpillTier::Mmap { .. } => Arc::new(MmapTier::from_spill(s).map_err(err(s.to_string()))?),
                 SpillTier::File { .. } => Arc::new(FileTier::from_spill(s).map_err(err(s.to_string()))?),
+                SpillTier::Remote(_) => Arc::new(RemoteTier::from_spill(s, self.first.codec()).map_err(err(s.to_string()))?),
             });
         }
         Ok(tiers)

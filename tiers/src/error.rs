@@ -95,6 +95,19 @@ pub enum TierError {
         /// What did not match.
         reason: String,
     },
+    /// A remote tier's store could not give a page back, or gave bytes that
+    /// fail their check; nothing wrong was returned.
+    #[error("{op} on {server}{} failed: {reason}", key.as_ref().map(|k| format!(" (key {k})")).unwrap_or_default())]
+    Remote {
+        /// What was being done ("loading a page").
+        op: &'static str,
+        /// The store, as `redis://HOST:PORT`.
+        server: String,
+        /// The page's key there, when the error is about one page.
+        key: Option<String>,
+        /// What went wrong: the I/O error, the server's reply, or the check that failed.
+        reason: String,
+    },
     /// A fault was injected for testing (see `FailingTier` in the runtime's tests).
     #[error("injected failure")]
     Injected,

@@ -14,6 +14,8 @@
 //! node. [`FileTier`] is T2's spill file: pages compressed into a log of
 //! segments in an unlinked file, read and written through io_uring, each
 //! checked by a crc (optionally encrypted), compacted by a thread of its own.
+//! [`RemoteTier`] keeps pages on a network store (Redis, Valkey, memcached),
+//! compressed, checked and encrypted the same way, sent in pipelined batches.
 //! [`TierSpec`] is the one-string tier configuration a user writes
 //! (`lz4,mmap:/dev/dax0.0:64G:lz4,file:/var/tmp:100G`). Every tier times its
 //! loads and stores ([`LatencyHistogram`]) and reports the percentiles, and
@@ -40,6 +42,7 @@ pub mod latency;
 pub mod mem;
 pub mod mmap;
 pub mod raw;
+pub mod remote;
 pub mod spec;
 mod threads;
 
@@ -50,7 +53,8 @@ pub use file::{FileCompaction, FileConfig, FileStats, FileTier};
 pub use latency::{LatencyHistogram, OpLatency};
 pub use mmap::{MmapConfig, MmapTier};
 pub use raw::RawTier;
-pub use spec::{FirstTier, MmapForm, SpecError, SpecProblem, SpillTier, TierSpec};
+pub use remote::{RemoteConfig, RemoteStats, RemoteTier};
+pub use spec::{FirstTier, MmapForm, RemoteProtocol, RemoteSpec, SpecError, SpecProblem, SpillTier, TierSpec};
 pub use threads::set_thread_hook;
 
 /// The size of a page as farmem stores it.

@@ -21,6 +21,16 @@
 //!   codec. `numa=N` binds the mapping to NUMA node N (`mbind`, MPOL_BIND)
 //!   before first touch, for CXL memory that shows up as a CPU-less node.
 //!   FORM and `numa=N` may come in either order, each at most once.
+//! - `redis://HOST[:PORT][/PREFIX][?OPTIONS]` and `memcached://HOST[:PORT][/PREFIX][?OPTIONS]`:
+//!   a network store (Redis or Valkey, memcached) that keeps pages under
+//!   keys of this process's own. PORT defaults to 6379 and 11211, HOST is a
+//!   name, an IPv4 address or `[IPv6]`. PREFIX starts every key (letters,
+//!   digits and `_-.:{}`). OPTIONS, joined by `&`: `size=SIZE` (the most the
+//!   tier may hold there, 4G when not given), `ttl=N[s|m|h|d]` (the expiry
+//!   of every key, kept fresh while the process runs, so a crashed process's
+//!   pages go away on their own: 10s to 30d, 1h when not given) and `plain`
+//!   (send pages unencrypted; without it they are sealed with
+//!   ChaCha20-Poly1305 under a key only this process has).
 //!
 //! SIZE is a whole number with an optional unit K, M, G or T (powers of 1024),
 //! and must come to a positive multiple of 4096 bytes. Paths must be absolute,
@@ -53,7 +63,19 @@ const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 const MAX_NUMA_NODES: u32 = 1024;
 
 /// Every kind of part, for error messages.
-const ACCEPTED: &str = "lz4, zstd, zstd:LEVEL, FIRST+SECOND (e.g. lz4+zstd:1), raw, file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N]";
+const ACCEPTED: &str =
+    "lz4, zstd, zstd:LEVEL, FIRST+SECOND (e.g. lz4+zstd:1), raw, file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N], redis://HOST[:PORT][/PREFIX][?OPTIONS], memcached://HOST[:PORT][/PREFIX][?OPTIONS]";
+
+/// The remote parts' grammar, for error messages.
+const REMOTE_FORM: &str = "redis://HOST[:PORT][/PREFIX][?size=SIZE&ttl=N[s|m|h|d]&plain] (or memcached://...), e.g. redis://10.0.0.7:6379/web1?size=64G";
+
+/// Expiry a remote key gets when the spec gives none, in seconds.
+pub const DEFAULT_REMOTE_TTL_SECS: u64 = 3600;
+
+/// The expiries a spec accepts, in seconds: long enough for the tier to
+/// keep them fresh, short enough for memcached (which reads more than 30
+/// days as a date).
+const REMOTE_TTL_SECS: std::ops::RangeInclusive<u64> = 10..=30 * 86400;
 
 /// The T1 codec part's grammar, for error messages.
 const CODECS: &str = "lz4, zstd, zstd:LEVEL (LEVEL 1 to 19), FIRST+SECOND of two different of those (e.g. lz4+zstd:1) and raw";
@@ -77,6 +99,14 @@ pub enum FirstTier {
 }
 
 impl FirstTier {
+    /// The codec a spill tier compresses with: T1's first, or lz4 after raw.
+    pub fn codec(&self) -> Codec {
+        match self {
+            FirstTier::Compressed { codec, .. } => *codec,
+            FirstTier::Raw => Codec::Lz4,
+        }
+    }
+
     /// T1 with one codec and no fallback.
     pub fn compressed(codec: Codec) -> Self {
         FirstTier::Compressed { codec, fallback: None }
@@ -126,6 +156,77 @@ impl fmt::Display for MmapForm {
     }
 }
 
+/// The wire protocol of a remote tier's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteProtocol {
+    /// Redis's RESP: Redis, Valkey, KeyDB and what else speaks it.
+    Redis,
+    /// memcached's text protocol.
+    Memcached,
+}
+
+impl RemoteProtocol {
+    /// The scheme a spec writes it with (`redis`, `memcached`).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            RemoteProtocol::Redis => "redis",
+            RemoteProtocol::Memcached => "memcached",
+        }
+    }
+
+    /// The server's port when the spec gives none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            RemoteProtocol::Redis => 6379,
+            RemoteProtocol::Memcached => 11211,
+        }
+    }
+}
+
+/// A network store the spec names (`redis://...`, `memcached://...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// How to talk to it.
+    pub protocol: RemoteProtocol,
+    /// Its host name or address (an IPv6 address without brackets).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// What every key starts with, before the process's own random part.
+    pub prefix: String,
+    /// The most the tier may keep there, in bytes.
+    pub size_bytes: u64,
+    /// The expiry of every key, in seconds.
+    pub ttl_secs: u64,
+    /// Whether pages go out unencrypted.
+    pub plain: bool,
+}
+
+impl RemoteSpec {
+    /// The server as messages name it: `redis://HOST:PORT`.
+    pub fn server(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.protocol.scheme(), self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.protocol.scheme(), self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for RemoteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.server())?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        write!(f, "?size={}&ttl={}s", Size(self.size_bytes), self.ttl_secs)?;
+        if self.plain {
+            f.write_str("&plain")?;
+        }
+        Ok(())
+    }
+}
+
 /// A tier after T1, in the order the spec lists them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpillTier {
@@ -147,6 +248,8 @@ pub enum SpillTier {
         /// The NUMA node the mapping is bound to, if any.
         numa: Option<u32>,
     },
+    /// A network store (Redis, Valkey, memcached).
+    Remote(RemoteSpec),
 }
 
 impl fmt::Display for SpillTier {
@@ -163,6 +266,7 @@ impl fmt::Display for SpillTier {
                     None => Ok(()),
                 }
             }
+            SpillTier::Remote(r) => r.fmt(f),
         }
     }
 }
@@ -274,6 +378,9 @@ pub enum SpecProblem {
     /// More `:` fields than the kind has.
     #[error("too many `:` fields: accepted is {0} (paths cannot contain `:` or `,`)")]
     TooManyFields(&'static str),
+    /// A remote part that does not parse: says which piece, and the grammar.
+    #[error("{0}: accepted is {REMOTE_FORM}")]
+    BadRemote(String),
 }
 
 impl FromStr for TierSpec {
@@ -295,6 +402,8 @@ impl FromStr for TierSpec {
                 "" if rest.is_none() => return Err(err(SpecProblem::Empty)),
                 "file" => spec.spill.push(parse_file(rest.unwrap_or("")).map_err(err)?),
                 "mmap" => spec.spill.push(parse_mmap(rest.unwrap_or("")).map_err(err)?),
+                "redis" => spec.spill.push(parse_remote(RemoteProtocol::Redis, rest.unwrap_or("")).map_err(err)?),
+                "memcached" => spec.spill.push(parse_remote(RemoteProtocol::Memcached, rest.unwrap_or("")).map_err(err)?),
                 _ if matches!(codec_kind, "lz4" | "zstd" | "raw") => {
                     if i != 0 {
                         return Err(err(SpecProblem::CodecNotFirst));
@@ -393,6 +502,67 @@ fn parse_mmap(rest: &str) -> Result<SpillTier, SpecProblem> {
         }
     }
     Ok(SpillTier::Mmap { path, size_bytes, form: form.unwrap_or_default(), numa })
+}
+
+/// Parses what follows `redis:` or `memcached:`: `//HOST[:PORT][/PREFIX][?OPTIONS]`.
+fn parse_remote(protocol: RemoteProtocol, rest: &str) -> Result<SpillTier, SpecProblem> {
+    let bad = |what: String| SpecProblem::BadRemote(what);
+    let rest = rest.strip_prefix("//").ok_or_else(|| bad(format!("`{}:` is followed by `//`", protocol.scheme())))?;
+    let (rest, options) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad(format!("`{authority}` opens `[` without closing it")))?;
+        (host, after.strip_prefix(':').map(Some).unwrap_or_else(|| if after.is_empty() { None } else { Some(after) }))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    if !host_ok(host) || (host.contains(':') && !authority.starts_with('[')) {
+        return Err(bad(format!("`{host}` is not a host name or address (an IPv6 address goes in brackets, [::1])")));
+    }
+    let port = match port {
+        None => protocol.default_port(),
+        Some(p) => p.parse::<u16>().ok().filter(|n| *n > 0 && p.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| bad(format!("port `{p}` is not a number from 1 to 65535")))?,
+    };
+    // memcached takes keys of printable ASCII without spaces, 250 bytes at
+    // most; the tier adds 36 of its own.
+    if prefix.len() > 200 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:{}".contains(&b)) {
+        return Err(bad(format!("prefix `{prefix}` may hold only letters, digits and _-.:{{}}, 200 bytes at most")));
+    }
+    let mut remote = RemoteSpec { protocol, host: host.to_owned(), port, prefix: prefix.to_owned(), size_bytes: DEFAULT_FILE_BYTES, ttl_secs: DEFAULT_REMOTE_TTL_SECS, plain: false };
+    let mut seen = Vec::new();
+    for opt in options.split('&').filter(|o| !o.is_empty()) {
+        let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+        if seen.contains(&name) {
+            return Err(bad(format!("option `{name}` is given twice")));
+        }
+        seen.push(name);
+        match (name, value) {
+            ("size", v) => remote.size_bytes = parse_size(v)?,
+            ("ttl", v) => remote.ttl_secs = parse_ttl(v).ok_or_else(|| bad(format!("ttl `{v}` is not a whole number of s, m, h or d from 10s to 30d")))?,
+            ("plain", "") => remote.plain = true,
+            _ => return Err(bad(format!("option `{opt}` is not one of size=SIZE, ttl=N[s|m|h|d], plain"))),
+        }
+    }
+    Ok(SpillTier::Remote(remote))
+}
+
+/// Parses `90`, `90s`, `15m`, `2h`, `7d` into seconds within the accepted range.
+fn parse_ttl(v: &str) -> Option<u64> {
+    let (digits, unit) = match v.as_bytes().last()? {
+        b's' => (&v[..v.len() - 1], 1),
+        b'm' => (&v[..v.len() - 1], 60),
+        b'h' => (&v[..v.len() - 1], 3600),
+        b'd' => (&v[..v.len() - 1], 86400),
+        _ => (v, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit).filter(|s| REMOTE_TTL_SECS.contains(s))
 }
 
 fn parse_path(p: &str, what: &'static str, form: &'static str) -> Result<PathBuf, SpecProblem> {
@@ -537,6 +707,50 @@ mod tests {
     }
 
     #[test]
+    fn remote_stores_their_defaults_and_options() {
+        let remote = |s: &str| match parse(s).spill.pop() {
+            Some(SpillTier::Remote(r)) => r,
+            other => panic!("{s}: {other:?}"),
+        };
+        let r = remote("lz4,file:/var/tmp:16G,redis://cache-host:6379");
+        assert_eq!(
+            r,
+            RemoteSpec { protocol: RemoteProtocol::Redis, host: "cache-host".into(), port: 6379, prefix: String::new(), size_bytes: 4 * G, ttl_secs: 3600, plain: false }
+        );
+        assert_eq!(remote("redis://10.0.0.7").port, 6379);
+        assert_eq!(remote("memcached://10.0.0.7").port, 11211);
+        let r = remote("redis://[::1]:7000/web1:{a}?size=64G&ttl=2h&plain");
+        assert_eq!((r.host.as_str(), r.port, r.prefix.as_str(), r.size_bytes, r.ttl_secs, r.plain), ("::1", 7000, "web1:{a}", 64 * G, 7200, true));
+        assert_eq!(r.server(), "redis://[::1]:7000");
+        assert_eq!(remote("memcached://m/p?ttl=30d").ttl_secs, 30 * 86400);
+        assert_eq!(remote("redis://h?ttl=90").ttl_secs, 90);
+        assert_eq!(parse("lz4,redis://h").to_string(), "lz4,redis://h:6379?size=4G&ttl=3600s");
+        assert_eq!(parse("lz4,memcached://h:1/x?plain&size=1G").to_string(), "lz4,memcached://h:1/x?size=1G&ttl=3600s&plain");
+        for bad in [
+            "redis:h:6379",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h:+1",
+            "redis://::1",
+            "redis://[::1",
+            "redis://h/a b",
+            "redis://h?ttl=5s",
+            "redis://h?ttl=31d",
+            "redis://h?ttl=1w",
+            "redis://h?size=1G&size=2G",
+            "redis://h?tls",
+            "redis://h?plain=no",
+        ] {
+            let (part, p, msg) = problem(bad);
+            assert_eq!(part, 1, "{bad}");
+            assert!(matches!(p, SpecProblem::BadRemote(_)), "{bad}: {p:?}");
+            assert!(msg.contains("redis://HOST[:PORT]"), "{bad}: {msg}");
+        }
+        assert!(matches!(problem("redis://h?size=12").1, SpecProblem::SizeNotPages { .. }));
+    }
+
+    #[test]
     fn the_message_names_the_part_and_what_is_accepted() {
         let (part, p, msg) = problem("lz4,file:var/tmp");
         assert_eq!((part, p), (2, SpecProblem::RelativePath("directory")));
@@ -657,6 +871,24 @@ mod tests {
                 proptest::option::of(0..1024u32)
             )
                 .prop_map(|(path, size_bytes, form, numa)| SpillTier::Mmap { path, size_bytes, form, numa }),
+            (
+                prop_oneof![Just(RemoteProtocol::Redis), Just(RemoteProtocol::Memcached)],
+                prop_oneof!["[a-z][a-z0-9.-]{0,12}", "::1", "fe80::[0-9a-f]{1,4}"],
+                1..=u16::MAX,
+                "[a-zA-Z0-9_.:{}-]{0,12}",
+                size(),
+                10u64..=30 * 86400,
+                any::<bool>()
+            )
+                .prop_map(|(protocol, host, port, prefix, size_bytes, ttl_secs, plain)| SpillTier::Remote(RemoteSpec {
+                    protocol,
+                    host,
+                    port,
+                    prefix,
+                    size_bytes,
+                    ttl_secs,
+                    plain
+                })),
         ]
     }
 

@@ -54,7 +54,7 @@ impl FileConfig {
     pub fn from_spill(spill: &SpillTier) -> Option<Self> {
         match spill {
             SpillTier::File { dir, size_bytes } => Some(Self::new(dir.clone(), *size_bytes)),
-            SpillTier::Mmap { .. } => None,
+            SpillTier::Mmap { .. } | SpillTier::Remote(_) => None,
         }
     }
 

@@ -13,14 +13,14 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 
 /// Bytes of the authentication tag appended to each encrypted payload.
-pub(super) const TAG_BYTES: usize = 16;
+pub(crate) const TAG_BYTES: usize = 16;
 
 /// The process's page cipher.
-pub(super) struct Sealer(ChaCha20Poly1305);
+pub(crate) struct Sealer(ChaCha20Poly1305);
 
 impl Sealer {
     /// A cipher with a fresh random key.
-    pub(super) fn random() -> io::Result<Self> {
+    pub(crate) fn random() -> io::Result<Self> {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| io::Error::other(format!("getrandom for the spill key: {e}")))?;
         let sealer = Sealer(ChaCha20Poly1305::new(Key::from_slice(&key)));
@@ -35,13 +35,13 @@ impl Sealer {
     }
 
     /// Encrypts `buf` in place and returns its tag.
-    pub(super) fn seal(&self, seq: u64, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
+    pub(crate) fn seal(&self, seq: u64, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_BYTES] {
         // The only failure is a payload beyond 256 GiB.
         self.0.encrypt_in_place_detached(&Self::nonce(seq), aad, buf).expect("a page fits ChaCha20-Poly1305").into()
     }
 
     /// Decrypts `buf` in place if `tag` authenticates it with `aad`.
-    pub(super) fn open(&self, seq: u64, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
+    pub(crate) fn open(&self, seq: u64, aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
         self.0.decrypt_in_place_detached(&Self::nonce(seq), aad, buf, Tag::from_slice(tag)).is_ok()
     }
 }

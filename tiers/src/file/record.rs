@@ -19,17 +19,17 @@ use crate::compressed::codec::{self, Encoding, SCRATCH_BYTES};
 use crate::{Codec, Page, PAGE_SIZE};
 
 /// Bytes of a record header.
-pub(super) const HEADER: usize = 24;
+pub(crate) const HEADER: usize = 24;
 /// The largest record stored: header, a raw page and a tag.
-pub(super) const MAX_RECORD: usize = HEADER + PAGE_SIZE + TAG_BYTES;
+pub(crate) const MAX_RECORD: usize = HEADER + PAGE_SIZE + TAG_BYTES;
 /// Room to build a record in: lz4's worst case may pass a page before it is
 /// found wanting.
-pub(super) const RECORD_BUF: usize = HEADER + SCRATCH_BYTES + TAG_BYTES;
+pub(crate) const RECORD_BUF: usize = HEADER + SCRATCH_BYTES + TAG_BYTES;
 const ENCRYPTED: u8 = 0x80;
 
 /// Builds the record of `page` for handle (`slot`, `generation`) in `rec`;
 /// returns its length.
-pub(super) fn encode(page: &Page, codec: Codec, slot: u32, generation: u32, seq: u64, sealer: Option<&Sealer>, rec: &mut [u8; RECORD_BUF]) -> usize {
+pub(crate) fn encode(page: &Page, codec: Codec, slot: u32, generation: u32, seq: u64, sealer: Option<&Sealer>, rec: &mut [u8; RECORD_BUF]) -> usize {
     let room: &mut [u8; SCRATCH_BYTES] = (&mut rec[HEADER..HEADER + SCRATCH_BYTES]).try_into().expect("the record buffer has room for the codec's worst case");
     // The T1 codec (a zstd context per thread); a failure to compress is
     // treated as incompressible: the page is stored raw.
@@ -65,7 +65,7 @@ pub(super) fn encode(page: &Page, codec: Codec, slot: u32, generation: u32, seq:
 /// Checks that `rec` is the intact record of handle (`slot`, `generation`)
 /// and decodes it into `out`; the error says what did not match. `rec` is
 /// decrypted in place.
-pub(super) fn decode(rec: &mut [u8], slot: u32, generation: u32, sealer: Option<&Sealer>, out: &mut Page) -> Result<(), String> {
+pub(crate) fn decode(rec: &mut [u8], slot: u32, generation: u32, sealer: Option<&Sealer>, out: &mut Page) -> Result<(), String> {
     check(rec)?;
     let (got_slot, got_gen) = owner(rec);
     if (got_slot, got_gen) != (slot, generation) {
@@ -95,7 +95,7 @@ pub(super) fn decode(rec: &mut [u8], slot: u32, generation: u32, sealer: Option<
 }
 
 /// Checks `rec`'s length field and checksum.
-pub(super) fn check(rec: &[u8]) -> Result<(), String> {
+pub(crate) fn check(rec: &[u8]) -> Result<(), String> {
     if rec.len() < HEADER || rec.len() > MAX_RECORD {
         return Err(format!("record of {} bytes", rec.len()));
     }
@@ -112,7 +112,7 @@ pub(super) fn check(rec: &[u8]) -> Result<(), String> {
 }
 
 /// The (slot, generation) a record's header names.
-pub(super) fn owner(rec: &[u8]) -> (u32, u32) {
+pub(crate) fn owner(rec: &[u8]) -> (u32, u32) {
     let slot = u32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
     let generation = u32::from_le_bytes([rec[8], rec[9], rec[10], 0]);
     (slot, generation)

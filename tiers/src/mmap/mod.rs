@@ -256,7 +256,7 @@ impl MmapTier {
     pub fn from_spill(spill: &SpillTier) -> Result<Self, TierError> {
         match spill {
             SpillTier::Mmap { path, size_bytes, form, numa } => Self::open_with(path, MmapConfig { limit_bytes: *size_bytes, form: *form, numa_node: *numa }),
-            SpillTier::File { .. } => {
+            SpillTier::File { .. } | SpillTier::Remote(_) => {
                 Err(TierError::BadBacking { tier: NAME, path: PathBuf::from(spill.to_string()), reason: "not an mmap:PATH:SIZE tier".into() })
             }
         }

@@ -1,0 +1,303 @@
+//! The remote tier against real servers started on loopback: byte-exact
+//! round trips from four threads, a server killed mid-run, an expired key,
+//! a damaged value, what an encrypted page shows on the server, and keys
+//! deleted at close and at exit (or left to expire after a crash).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::Codec;
+
+/// A server, or `None` (and a line saying so) where the program is not installed.
+fn server(protocol: RemoteProtocol) -> Option<LocalServer> {
+    match LocalServer::start(protocol) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: {} is not installed (bash .ci/run installs it)", protocol.scheme());
+            None
+        }
+        Err(e) => panic!("starting {}: {e}", protocol.scheme()),
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`, its output.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Keys on the server: DBSIZE, or memcached's curr_items.
+fn keys_on(server: &LocalServer) -> u64 {
+    match server.protocol {
+        RemoteProtocol::Redis => cli(server.port, &["DBSIZE"]).parse().unwrap(),
+        RemoteProtocol::Memcached => {
+            let mut c = Conn::open(server.protocol, "127.0.0.1", server.port, Duration::from_secs(2)).unwrap();
+            c.command(&["stats"]);
+            c.send().unwrap();
+            let lines = c.text_reply().unwrap().unwrap();
+            lines.iter().find_map(|l| l.strip_prefix("STAT curr_items ")).unwrap().parse().unwrap()
+        }
+    }
+}
+
+/// Page `i` of a test: text-like (compresses) for most, noise for every fifth.
+fn page(i: u64) -> Page {
+    let mut p = [0u8; PAGE_SIZE];
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for (k, b) in p.iter_mut().enumerate() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = if i % 5 == 0 { x as u8 } else { b"page of farmem, "[(k + (x % 3) as usize) % 16] };
+    }
+    p[..8].copy_from_slice(&i.to_le_bytes());
+    p
+}
+
+fn round_trips_under_four_threads(protocol: RemoteProtocol) {
+    let Some(server) = server(protocol) else { return };
+    let tier = Arc::new(RemoteTier::open(RemoteConfig { batch_pages: 64, ..server.config() }).unwrap());
+    const EACH: u64 = 600;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let tier = Arc::clone(&tier);
+            std::thread::spawn(move || {
+                let mut handles = Vec::new();
+                for i in t * EACH..(t + 1) * EACH {
+                    let h = tier.store(&page(i), PageClass::DEFAULT).unwrap();
+                    // Some loads at once: held in RAM, or already sent.
+                    if i % 7 == 0 {
+                        let mut back = [0u8; PAGE_SIZE];
+                        tier.load(h, &mut back).unwrap();
+                        assert!(back == page(i), "page {i} read back at once");
+                    }
+                    handles.push((i, h));
+                }
+                tier.flush().unwrap();
+                for &(i, h) in &handles {
+                    let mut back = [0u8; PAGE_SIZE];
+                    tier.load(h, &mut back).unwrap();
+                    assert!(back == page(i), "page {i} from the server");
+                }
+                // One round trip for many pages.
+                let (idx, hs): (Vec<u64>, Vec<Handle>) = handles[..32].iter().copied().unzip();
+                let mut out = vec![[0u8; PAGE_SIZE]; 32];
+                let mut ok = 0;
+                tier.load_many(&hs, &mut out, &mut |k, r| {
+                    r.unwrap();
+                    ok += 1;
+                    let _ = k;
+                });
+                assert_eq!(ok, 32);
+                for (k, i) in idx.iter().enumerate() {
+                    assert!(out[k] == page(*i), "page {i} of a batch");
+                }
+                // Half the pages come back for good: their keys go.
+                for &(_, h) in handles.iter().step_by(2) {
+                    tier.remove(h);
+                }
+                handles
+            })
+        })
+        .collect();
+    let all: Vec<Vec<(u64, Handle)>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    tier.flush().unwrap();
+    let s = tier.remote_stats();
+    eprintln!("{}: {s:?}", protocol.scheme());
+    assert_eq!(s.stored_pages, 2 * EACH, "{s:?}");
+    assert!(s.batches < 4 * EACH / 4, "pages went out in batches: {s:?}");
+    assert_eq!(keys_on(&server), 2 * EACH, "the server holds exactly the live pages");
+    assert_eq!(tier.stats().pages, 2 * EACH);
+    for &(i, h) in all.iter().flatten().skip(1).step_by(2) {
+        let mut back = [0u8; PAGE_SIZE];
+        tier.load(h, &mut back).unwrap();
+        assert!(back == page(i), "page {i} after the removes");
+    }
+    drop(tier);
+    assert_eq!(keys_on(&server), 0, "every key is deleted when the tier closes");
+}
+
+#[test]
+fn redis_pages_come_back_byte_for_byte_under_four_threads() {
+    round_trips_under_four_threads(RemoteProtocol::Redis);
+}
+
+#[test]
+fn memcached_pages_come_back_byte_for_byte_under_four_threads() {
+    round_trips_under_four_threads(RemoteProtocol::Memcached);
+}
+
+#[test]
+fn a_killed_server_fails_only_its_pages_and_stops_stores_until_it_answers() {
+    let Some(mut server) = server(RemoteProtocol::Redis) else { return };
+    // A long linger: pages stored after the flush stay held in RAM.
+    let tier = RemoteTier::open(RemoteConfig { linger: Duration::from_secs(30), batch_pages: 1 << 20, timeout: Duration::from_millis(500), ..server.config() }).unwrap();
+    let sent: Vec<Handle> = (0..50).map(|i| tier.store(&page(i), PageClass::DEFAULT).unwrap()).collect();
+    tier.flush().unwrap();
+    let held: Vec<Handle> = (50..60).map(|i| tier.store(&page(i), PageClass::DEFAULT).unwrap()).collect();
+    server.kill();
+    let mut back = [0u8; PAGE_SIZE];
+    for (i, h) in sent.iter().enumerate() {
+        let e = tier.load(*h, &mut back).expect_err("a page on a dead server cannot come back");
+        let msg = e.to_string();
+        assert!(msg.contains(&tier.key_of(*h)) && msg.contains("127.0.0.1"), "page {i}: {msg}");
+    }
+    for (i, h) in held.iter().enumerate() {
+        tier.load(*h, &mut back).unwrap();
+        assert!(back == page(50 + i as u64), "held page {i}");
+    }
+    assert!(tier.remote_stats().down);
+    assert!(matches!(tier.store(&page(99), PageClass::DEFAULT), Err(TierError::Full { .. })), "stores are refused while the store is down");
+    // Back, empty: the tier takes pages again; the lost ones stay lost.
+    server.restart().unwrap();
+    let t0 = std::time::Instant::now();
+    while tier.remote_stats().down {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the tier never saw the server come back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let h = tier.store(&page(100), PageClass::DEFAULT).unwrap();
+    tier.flush().unwrap();
+    tier.load(h, &mut back).unwrap();
+    assert!(back == page(100));
+    for (i, h) in held.iter().enumerate() {
+        tier.load(*h, &mut back).unwrap();
+        assert!(back == page(50 + i as u64), "held page {i}, sent after the restart");
+    }
+    let e = tier.load(sent[0], &mut back).unwrap_err().to_string();
+    assert!(e.contains("the key is gone"), "{e}");
+    assert_eq!(tier.remote_stats().down_events, 1, "one outage");
+}
+
+#[test]
+fn an_expired_key_or_a_damaged_value_fails_the_load() {
+    let Some(server) = server(RemoteProtocol::Redis) else { return };
+    for plain in [false, true] {
+        let mut config = server.config();
+        config.spec.plain = plain;
+        config.spec.ttl_secs = 600;
+        let tier = RemoteTier::open(config).unwrap();
+        let hs: Vec<Handle> = (0..4).map(|i| tier.store(&page(i), PageClass::DEFAULT).unwrap()).collect();
+        tier.flush().unwrap();
+        let key = |h| tier.key_of(h);
+        // Every key carries the expiry.
+        let ttl: i64 = cli(server.port, &["PTTL", &key(hs[0])]).parse().unwrap();
+        assert!(ttl > 590_000 && ttl <= 600_000, "PTTL {ttl}");
+        assert_eq!(cli(server.port, &["PEXPIRE", &key(hs[1]), "1"]), "1");
+        std::thread::sleep(Duration::from_millis(20));
+        // One byte changed in the header, one in the payload.
+        cli(server.port, &["SETRANGE", &key(hs[2]), "5", "Z"]);
+        cli(server.port, &["SETRANGE", &key(hs[3]), "40", "Z"]);
+        let mut back = [0u8; PAGE_SIZE];
+        tier.load(hs[0], &mut back).unwrap();
+        assert!(back == page(0));
+        let gone = tier.load(hs[1], &mut back).unwrap_err().to_string();
+        assert!(gone.contains("the key is gone"), "{gone}");
+        for h in &hs[2..] {
+            let bad = tier.load(*h, &mut back).unwrap_err().to_string();
+            assert!(bad.contains("checking a page") && bad.contains("crc32c mismatch"), "plain {plain}: {bad}");
+        }
+        assert_eq!(tier.stats().load_errors, 3);
+    }
+}
+
+#[test]
+fn an_encrypted_page_shows_nothing_on_the_server() {
+    let Some(server) = server(RemoteProtocol::Redis) else { return };
+    let marker = b"FARMEM-CLEAR-TEXT-MARKER";
+    let mut p = [0u8; PAGE_SIZE];
+    for (k, chunk) in p.chunks_mut(64).enumerate() {
+        chunk[..marker.len()].copy_from_slice(marker);
+        chunk[marker.len()..marker.len() + 8].copy_from_slice(&(k as u64).to_le_bytes());
+    }
+    // Every value on the server, as `redis-cli --scan` and GET list them.
+    let dump = |base: &str| -> Vec<u8> {
+        let keys = cli(server.port, &["--scan", "--pattern", &format!("{base}*")]);
+        let mut all = Vec::new();
+        for k in keys.lines() {
+            let out = Command::new("redis-cli").args(["-p", &server.port.to_string(), "--no-raw", "GET", k]).output().unwrap();
+            all.extend_from_slice(&out.stdout);
+        }
+        all
+    };
+    for plain in [true, false] {
+        let mut config = server.config();
+        config.spec.plain = plain;
+        let tier = RemoteTier::open(config).unwrap();
+        for _ in 0..3 {
+            tier.store(&p, PageClass::DEFAULT).unwrap();
+        }
+        tier.flush().unwrap();
+        let all = dump(&tier.key_base());
+        assert!(!all.is_empty());
+        let seen = all.windows(marker.len()).any(|w| w == marker);
+        // The plain tier is the control: the marker shows through lz4.
+        assert_eq!(seen, plain, "plain {plain}: the marker is {} on the server", if seen { "visible" } else { "not visible" });
+    }
+}
+
+const EXIT_CHILD: &str = "FARMEM_REMOTE_EXIT_CHILD";
+
+/// In a child: pages stored and flushed, the tier never dropped, then an
+/// ordinary exit (the keys must go) or `_exit` as after a crash (they must
+/// stay, with their expiry).
+#[test]
+fn keys_go_at_exit_and_expire_after_a_crash() {
+    if let Ok(arg) = std::env::var(EXIT_CHILD) {
+        let (port, how) = arg.split_once(':').unwrap();
+        let mut config = RemoteConfig::redis("127.0.0.1", port.parse().unwrap());
+        config.spec.ttl_secs = 300;
+        let tier = RemoteTier::open(config).unwrap();
+        for i in 0..100 {
+            tier.store(&page(i), PageClass::DEFAULT).unwrap();
+        }
+        tier.flush().unwrap();
+        std::mem::forget(tier);
+        if how == "crash" {
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(0) };
+        }
+        std::process::exit(0);
+    }
+    let Some(server) = server(RemoteProtocol::Redis) else { return };
+    for how in ["exit", "crash"] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "remote::tests::keys_go_at_exit_and_expire_after_a_crash", "--nocapture", "--test-threads=1"])
+            .env(EXIT_CHILD, format!("{}:{how}", server.port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{how}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+        let keys = cli(server.port, &["--scan", "--pattern", "fm:*"]);
+        let n = keys.lines().count();
+        if how == "exit" {
+            assert_eq!(n, 0, "keys left after an ordinary exit: {keys}");
+        } else {
+            assert_eq!(n, 100, "a crashed process's keys stay until they expire");
+            for k in keys.lines() {
+                let ttl: i64 = cli(server.port, &["PTTL", k]).parse().unwrap();
+                assert!(ttl > 0 && ttl <= 300_000, "{k}: PTTL {ttl}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_server_that_does_not_answer_is_named_at_open() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = RemoteTier::open(RemoteConfig::redis("127.0.0.1", port)).unwrap_err().to_string();
+    // Another test's server may have taken the port meanwhile: then it is the ping that fails.
+    assert!(e.contains(&format!("redis://127.0.0.1:{port}")) && (e.contains("connecting") || e.contains("pinging")), "{e}");
+}
+
+#[test]
+fn zstd_pages_round_trip_too() {
+    let Some(server) = server(RemoteProtocol::Redis) else { return };
+    let tier = RemoteTier::open(RemoteConfig { codec: Codec::Zstd { level: 3 }, ..server.config() }).unwrap();
+    let h = tier.store(&page(3), PageClass::DEFAULT).unwrap();
+    tier.flush().unwrap();
+    let mut back = [0u8; PAGE_SIZE];
+    tier.load(h, &mut back).unwrap();
+    assert!(back == page(3));
+}
