@@ -77,7 +77,9 @@ enum Bench {
         /// A second tier to measure beside T1: mmap:PATH (a /dev/dax device,
         /// or a new or empty file), mmap:memfd, or file:DIR (the io_uring
         /// spill file, beside bare O_DIRECT reads of it and the rate of
-        /// demotion into it). May be given more than once.
+        /// demotion into it), or redis://HOST:PORT / memcached://HOST:PORT
+        /// (the remote tier, beside bare 4 KiB GETs from the same server and
+        /// the rate of demotion into it). May be given more than once.
         #[arg(long = "tier", value_name = "SPEC")]
         tiers: Vec<farmem_bench::fault::SpillBench>,
     },

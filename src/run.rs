@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// Never reclaim below this resident size.
     #[arg(long, value_parser = checked(parse_size))]
     min: Option<String>,
-    /// The tiers, nearest first: lz4, zstd[:LEVEL], FIRST+SECOND (the default, lz4+zstd:1: zstd for the pages lz4 leaves above 75%) or raw, then spill tiers file:DIR[:SIZE] or mmap:PATH:SIZE[:FORM][:numa=N], comma-separated.
+    /// The tiers, nearest first: lz4, zstd[:LEVEL], FIRST+SECOND (the default, lz4+zstd:1: zstd for the pages lz4 leaves above 75%) or raw, then spill tiers file:DIR[:SIZE], mmap:PATH:SIZE[:FORM][:numa=N], redis://HOST[:PORT][/PREFIX][?size=SIZE&ttl=N[s|m|h|d]&plain] or memcached://... (pages encrypted unless plain), comma-separated.
     #[arg(long, value_parser = checked(|s: &str| TierSpec::from_str(s).map_err(|e| e.to_string())))]
     tiers: Option<String>,
     /// Pages (0 to 64) brought back beside each fault from a spill tier, if they were demoted with it.

@@ -35,20 +35,28 @@ pub enum SpillBench {
     Mmap(Option<PathBuf>),
     /// The file tier, its spill file in this directory.
     File(PathBuf),
+    /// The remote tier on this store (`redis://HOST:PORT`, `memcached://...`).
+    Remote(farmem_tiers::RemoteSpec),
 }
 
 impl std::str::FromStr for SpillBench {
     type Err = String;
 
-    /// `mmap:PATH`, `mmap:memfd` or `file:DIR`.
+    /// `mmap:PATH`, `mmap:memfd`, `file:DIR`, or a remote tier as a tier spec writes it.
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("redis:") || s.starts_with("memcached:") {
+            return match s.parse::<farmem_tiers::TierSpec>().map_err(|e| format!("--tier {s}: {e}"))?.spill.pop() {
+                Some(farmem_tiers::SpillTier::Remote(r)) => Ok(SpillBench::Remote(r)),
+                other => Err(format!("--tier {s}: not a remote tier ({other:?})")),
+            };
+        }
         match s.split_once(':') {
             Some(("mmap", "memfd")) => Ok(SpillBench::Mmap(None)),
             Some(("mmap", path)) if path.starts_with('/') => Ok(SpillBench::Mmap(Some(PathBuf::from(path)))),
             Some(("mmap", path)) => Err(format!("--tier mmap:{path}: the path must be absolute (or `memfd`)")),
             Some(("file", dir)) if dir.starts_with('/') => Ok(SpillBench::File(PathBuf::from(dir))),
             Some(("file", dir)) => Err(format!("--tier file:{dir}: the directory must be absolute")),
-            _ => Err(format!("--tier {s}: expected mmap:PATH (a /dev/dax device or a new or empty file), mmap:memfd, or file:DIR")),
+            _ => Err(format!("--tier {s}: expected mmap:PATH (a /dev/dax device or a new or empty file), mmap:memfd, file:DIR, redis://HOST:PORT or memcached://HOST:PORT")),
         }
     }
 }
@@ -59,6 +67,7 @@ impl SpillBench {
             SpillBench::Mmap(None) => "mmap (raw, memfd)".into(),
             SpillBench::Mmap(Some(p)) => format!("mmap (raw, {})", p.display()),
             SpillBench::File(d) => format!("file ({})", d.display()),
+            SpillBench::Remote(r) => format!("{} ({})", r.protocol.scheme(), r.server()),
         }
     }
 
@@ -67,6 +76,7 @@ impl SpillBench {
             SpillBench::Mmap(None) => MmapTier::from_memfd(limit_bytes),
             SpillBench::Mmap(Some(p)) => MmapTier::open(p, limit_bytes),
             SpillBench::File(_) => unreachable!("the file tier is run by spill::run"),
+            SpillBench::Remote(_) => unreachable!("the remote tier is run by remote::run"),
         };
         Ok(Arc::new(t.map_err(|e| e.to_string())?))
     }
@@ -112,6 +122,13 @@ pub struct FaultBenchReport {
     pub spill_p99_us: Option<f64>,
     /// Its p50 over lz4's (T1's) p50, from the same invocation.
     pub spill_over_t1_p50: Option<f64>,
+    /// The first remote `--tier`'s bare GET of a 4 KiB value from the same
+    /// server, p50, same invocation (None without a remote `--tier`).
+    pub remote_get_p50_us: Option<f64>,
+    /// Its p99.
+    pub remote_get_p99_us: Option<f64>,
+    /// The first remote `--tier`'s demotion rate from T1, MB/s of pages.
+    pub remote_demote_mb_per_s: Option<f64>,
     /// The kernel's zram swap-in p50 (None when skipped).
     pub kernel_zram_p50_us: Option<f64>,
     /// The kernel's zram swap-in p99.
@@ -142,6 +159,8 @@ pub struct FaultBenchReport {
     pub kernel_zram: Option<kernel::ZramRun>,
     /// Each file tier run, with its bare-read baseline and demotion rate.
     pub file_tiers: Vec<crate::spill::FileTierRun>,
+    /// Each remote tier run, with its bare-GET baseline and demotion rate.
+    pub remote_tiers: Vec<crate::remote::RemoteTierRun>,
     /// Why a part was skipped.
     pub skipped: Vec<String>,
 }
@@ -236,8 +255,17 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
     }
     let mut spill_runs = Vec::new();
     let mut file_runs = Vec::new();
+    let mut remote_runs = Vec::new();
     for spill in &cfg.spill {
         let label = spill.label();
+        if let SpillBench::Remote(spec) = spill {
+            eprintln!("farmem: {label}, {} MiB heap evicted into the store, {} random faults, then as many bare 4 KiB GETs from it; then T1 demoted into it...", size >> 20, cfg.accesses.min(size / 4096));
+            let r = crate::remote::run(spec, size, cfg.accesses, SEED, cfg.service)?;
+            spill_runs.push(r.faults.clone());
+            runs.push(r.faults.clone());
+            remote_runs.push(r);
+            continue;
+        }
         if let SpillBench::File(dir) = spill {
             eprintln!("farmem: {label}, {} MiB heap evicted into the file, {} random faults, then as many bare 4 KiB preads of it; then T1 demoted into a new file...", size >> 20, cfg.accesses.min(size / 4096));
             let f = crate::spill::run(dir, size, cfg.accesses, SEED, cfg.service)?;
@@ -269,6 +297,9 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         spill_p50_us: spill_runs.first().map(|r| r.p50_us),
         spill_p99_us: spill_runs.first().map(|r| r.p99_us),
         spill_over_t1_p50: spill_runs.first().map(|r| r.p50_us / lz4.p50_us),
+        remote_get_p50_us: remote_runs.first().map(|r| r.bare_get.p50_us),
+        remote_get_p99_us: remote_runs.first().map(|r| r.bare_get.p99_us),
+        remote_demote_mb_per_s: remote_runs.first().map(|r| r.demote_mb_per_s),
         first_touch_p50_us: first_touch.p50_us,
         signal_floor_p50_us: signal_floor.as_ref().map(|s| s.p50_us),
         thread_floor_p50_us: thread_floor.as_ref().map(|s| s.p50_us),
@@ -288,6 +319,7 @@ pub fn run(cfg: &FaultBenchConfig) -> Result<(), String> {
         thread_floor_each_cpu,
         kernel_zram,
         file_tiers: file_runs,
+        remote_tiers: remote_runs,
         skipped,
     };
     print_table(&report);
@@ -379,6 +411,23 @@ fn print_table(r: &FaultBenchReport) {
             f.over_bare_p50,
             f.demote_mb_per_s,
             f.demoted_pages
+        );
+    }
+    for r in &r.remote_tiers {
+        let b = &r.bare_get;
+        println!(
+            "{}{}: fault-back p50 {:.1} us, p99 {:.1} us against a bare 4 KiB GET from the same server p50 {:.1} us, p99 {:.1} us: {:.2}x at p50, {:.2}x at p99; demotion T1 to the store {:.0} MB/s ({} pages in {} round trips)",
+            r.faults.label,
+            if r.encrypted { ", encrypted" } else { ", plain" },
+            r.faults.p50_us,
+            r.faults.p99_us,
+            b.p50_us,
+            b.p99_us,
+            r.over_bare_p50,
+            r.over_bare_p99,
+            r.demote_mb_per_s,
+            r.demoted_pages,
+            r.demote_batches
         );
     }
 }

@@ -38,6 +38,7 @@ pub mod heap;
 pub mod kernel;
 pub mod plot;
 pub mod policy;
+pub mod remote;
 pub mod signal_floor;
 pub mod thread_floor;
 pub mod spill;

@@ -1,5 +1,6 @@
 //! A Redis or memcached server of its own on loopback, for tests and
-//! benchmarks: started on a free port, stopped by its PID when dropped.
+//! benchmarks: started on a free port, stopped by its PID when dropped; and
+//! a bare client of the store, for a benchmark's baseline.
 //!
 //! ```no_run
 //! use farmem_tiers::remote::LocalServer;
@@ -12,8 +13,10 @@
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use super::wire::{Conn, Key, Status, Value};
 use super::RemoteConfig;
 use crate::RemoteProtocol;
 
@@ -30,7 +33,7 @@ impl LocalServer {
     /// Starts `redis-server` or `memcached` on a free port and waits until
     /// it takes connections. The error is `NotFound` when the program is not installed.
     pub fn start(protocol: RemoteProtocol) -> io::Result<LocalServer> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let mut s = LocalServer { child: None, protocol, port };
         s.restart()?;
         Ok(s)
@@ -107,8 +110,68 @@ impl LocalServer {
     }
 }
 
+/// A port nobody listens on, below the kernel's ephemeral range (where
+/// `bind` to port 0 and outgoing connections take theirs), and never the
+/// same twice in one process: two servers started at once by two tests
+/// cannot race for one port.
+fn free_port() -> io::Result<u16> {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..2000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 10000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "no free port from 20000 to 32000 on 127.0.0.1"))
+}
+
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A client of the store with none of the tier around it (no records, no
+/// checks, no pool): the same connection code, for a benchmark's bare
+/// round trip beside the tier's.
+pub struct BareClient(Conn, u64);
+
+impl BareClient {
+    /// Connects to the store `config` names.
+    pub fn connect(config: &RemoteConfig) -> io::Result<BareClient> {
+        let spec = &config.spec;
+        Ok(BareClient(Conn::open(spec.protocol, &spec.host, spec.port, config.timeout)?, config.ttl_ms()))
+    }
+
+    /// Stores `value` under `base` followed by `n` in hex, with the config's expiry.
+    pub fn set(&mut self, base: &[u8], n: u64, value: &[u8]) -> io::Result<()> {
+        self.0.set(&Key::new(base, n), value, self.1);
+        self.0.send()?;
+        match self.0.status()? {
+            Status::Done => Ok(()),
+            other => Err(io::Error::other(format!("SET refused: {other:?}"))),
+        }
+    }
+
+    /// Fetches the value under `base` and `n` into `out`: one round trip.
+    /// Returns its length; an error if it is missing.
+    pub fn get(&mut self, base: &[u8], n: u64, out: &mut [u8]) -> io::Result<usize> {
+        self.0.get(&Key::new(base, n));
+        self.0.send()?;
+        match self.0.value(out)? {
+            Value::Got(len) => Ok(len),
+            other => Err(io::Error::other(format!("GET gave {other:?}"))),
+        }
+    }
+
+    /// Deletes the keys `base` followed by each of `ns`.
+    pub fn delete(&mut self, base: &[u8], ns: std::ops::Range<u32>) -> io::Result<()> {
+        let replies = self.0.delete(ns.map(|n| Key::new(base, n.into())));
+        self.0.send()?;
+        for _ in 0..replies {
+            self.0.status()?;
+        }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@
 //! | `sender` | the `farmem-remote` thread: sends held records in batches, deletes removed keys, renews expiries, notices the store going down and coming back |
 //! | `exit` | deleting every key of the process when it exits |
 //! | `config` | [`RemoteConfig`] |
-//! | `local` | [`LocalServer`]: a store on loopback, for tests and benchmarks |
+//! | `local` | [`LocalServer`]: a store on loopback, for tests and benchmarks; [`BareClient`]: the store without the tier, for baselines |
 //!
 //! # How a page flows
 //!
@@ -97,7 +97,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use config::RemoteConfig;
-pub use local::LocalServer;
+pub use local::{BareClient, LocalServer};
 
 use crate::file::crypt::Sealer;
 use crate::file::record::{self, MAX_RECORD, RECORD_BUF};
