@@ -110,6 +110,88 @@ impl LocalServer {
     }
 }
 
+/// A Redis Cluster of `n` masters on loopback (no replicas), for tests:
+/// started, joined with `redis-cli --cluster create`, stopped by PID and its
+/// directory removed when dropped.
+pub struct LocalCluster {
+    nodes: Vec<Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl LocalCluster {
+    /// Starts the nodes, joins them, waits until the cluster serves every slot.
+    pub fn start(n: usize) -> io::Result<LocalCluster> {
+        let dir = std::env::temp_dir().join(format!("farmem-cluster-{}-{}", std::process::id(), free_port()?));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = LocalCluster { nodes: Vec::new(), ports: Vec::new(), dir };
+        for _ in 0..n {
+            let port = free_port()?;
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf"), "--cluster-node-timeout", "5000"])
+                .current_dir(&c.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            c.nodes.push(child);
+            c.ports.push(port);
+            wait_for(port, Duration::from_secs(10))?;
+        }
+        let addrs: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli").arg("--cluster").arg("create").args(&addrs).args(["--cluster-replicas", "0", "--cluster-yes"]).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!("redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout))));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in &c.ports {
+            loop {
+                if c.cli(port, &["CLUSTER", "INFO"])?.contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("the cluster node on port {port} is not ok within 20 s")));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(c)
+    }
+
+    /// `redis-cli -p PORT ARGS...`: its output, trimmed.
+    pub fn cli(&self, port: u16, args: &[&str]) -> io::Result<String> {
+        let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!("redis-cli -p {port} {args:?}: {}", String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until something takes connections on `port`.
+fn wait_for(port: u16, within: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("nothing took a connection on port {port} within {within:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// A port nobody listens on, below the kernel's ephemeral range (where
 /// `bind` to port 0 and outgoing connections take theirs), and never the
 /// same twice in one process: two servers started at once by two tests

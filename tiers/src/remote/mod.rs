@@ -6,7 +6,7 @@
 //! front), sealed with ChaCha20-Poly1305 under a key drawn when the tier is
 //! made and kept only in this process's memory unless the spec says `plain`,
 //! and is kept under a key of its own:
-//! `PREFIX` `fm:` *16 random hex digits* `:` *handle in hex*. The random part
+//! `PREFIX` `{fm:` *16 random hex digits* `}:` *handle in hex*. The random part
 //! is drawn per tier, so two processes never share a key and a restarted
 //! process never reads an old one; a handle is never reused, so neither is a
 //! key. Every key expires after the spec's `ttl` (an hour by default), and
@@ -58,11 +58,23 @@
 //!   (Redis `maxmemory` with a policy other than `noeviction`; memcached
 //!   without `-M`): an evicted key is a lost page.
 //!
+//! # Redis Cluster
+//!
+//! The braces in the key are a hash tag: every key of one tier hashes to one
+//! slot, so a tier's pages live on one node, each batch is one pipeline to
+//! it, and the tiers of many processes (each its own random run id) spread
+//! over the nodes. At open a GET of a key never used finds the node (it
+//! answers, or redirects with `MOVED`); a `MOVED` later (the slot resharded,
+//! a failover) moves the tier to the new node, its pooled connections
+//! closed; while the slot migrates, an `ASK` sends that one key's command
+//! to the importing node after `ASKING`. The spec names any node of the
+//! cluster.
+//!
 //! # Limits
 //!
-//! Redis Cluster is not supported yet: keys are sent to the one server the
-//! spec names, and a `MOVED` reply counts as a refusal. Loads block the
-//! faulting thread for a round trip, so the tier takes thread mode only
+//! No TLS, no AUTH (a server that wants a password refuses the first ping,
+//! and the tier is not made). Loads block the faulting thread for a round
+//! trip, so the tier takes thread mode only
 //! ([`Tier::loads_in_signal_handler`] is false).
 //!
 //! # Example
@@ -97,14 +109,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use config::RemoteConfig;
-pub use local::{BareClient, LocalServer};
+pub use local::{BareClient, LocalCluster, LocalServer};
 
 use crate::file::crypt::Sealer;
 use crate::file::record::{self, MAX_RECORD, RECORD_BUF};
 use crate::latency::OpLatency;
 use crate::{Capacity, Handle, Page, PageClass, RemoteProtocol, SpillTier, Tier, TierError, TierStats, PAGE_SIZE};
 use book::Book;
-use wire::{Conn, Key, Status, Value};
+use wire::{Conn, Key, Redirect, Status, Value};
 
 /// Connections kept for loads; more may be open at once, the rest are closed after use.
 const POOL: usize = 8;
@@ -175,6 +187,11 @@ struct Shared {
     /// Wakes flushes and the close: the sender finished a round.
     progress: Condvar,
     pool: Mutex<Vec<Conn>>,
+    /// The node that serves the tier's keys: the server the spec names, or
+    /// the Redis Cluster node its slot lives on.
+    node: Mutex<(String, u16)>,
+    /// Counts the node's changes; connections carry the epoch they were made in.
+    epoch: AtomicU64,
     /// The store failed a send, load or renewal; cleared by a ping that works.
     down: AtomicBool,
     /// An outage was logged; cleared, with a line, by the next batch the store takes.
@@ -197,20 +214,46 @@ impl RemoteTier {
         if config.batch_pages == 0 || config.held_bytes < 2 * MAX_RECORD {
             return Err(fail("setting up", format!("batch_pages {} and held_bytes {} must allow one batch of one page", config.batch_pages, config.held_bytes)));
         }
-        let mut conn = Conn::open(spec.protocol, &spec.host, spec.port, config.timeout).map_err(|e| fail("connecting", e.to_string()))?;
-        conn.ping();
-        conn.send().map_err(|e| fail("pinging", e.to_string()))?;
-        match conn.status().map_err(|e| fail("pinging", e.to_string()))? {
-            Status::Done => {}
-            other => return Err(fail("pinging", format!("the server answered {other:?}"))),
-        }
-        warn_if_it_evicts(&mut conn, &server, spec.protocol);
+        let connect = |host: &str, port: u16| -> Result<Conn, TierError> {
+            let mut conn = Conn::open(spec.protocol, host, port, config.timeout).map_err(|e| fail("connecting", format!("{host}:{port}: {e}")))?;
+            conn.ping();
+            conn.send().map_err(|e| fail("pinging", e.to_string()))?;
+            match conn.status().map_err(|e| fail("pinging", e.to_string()))? {
+                Status::Done => Ok(conn),
+                other => Err(fail("pinging", format!("the server answered {other:?}"))),
+            }
+        };
+        let mut conn = connect(&spec.host, spec.port)?;
         let mut run = [0u8; 8];
         getrandom::getrandom(&mut run).map_err(|e| fail("drawing the run id", e.to_string()))?;
-        let base = format!("{}fm:{:016x}:", spec.prefix, u64::from_le_bytes(run)).into_bytes();
+        // The braces are a Redis Cluster hash tag: all of the tier's keys
+        // share one slot, so they live on one node, a batch is one
+        // pipeline to it, and other processes' tiers spread over the nodes.
+        let base = format!("{}{{fm:{:016x}}}:", spec.prefix, u64::from_le_bytes(run)).into_bytes();
+        let mut node = (spec.host.clone(), spec.port);
+        if spec.protocol == RemoteProtocol::Redis {
+            // Which node serves the tier's slot: a GET of a key never used
+            // (handle 0) is answered, or redirected with MOVED.
+            for _ in 0..4 {
+                conn.get(&Key::new(&base, 0));
+                conn.send().map_err(|e| fail("probing", e.to_string()))?;
+                match conn.value(&mut [0u8; 64]).map_err(|e| fail("probing", e.to_string()))? {
+                    Value::Refused(m) => match Redirect::of(&m, &node.0) {
+                        Some(Redirect::Moved(h, p)) => {
+                            conn = connect(&h, p)?;
+                            node = (h, p);
+                        }
+                        _ => return Err(fail("probing", format!("the server refused a GET: {m}"))),
+                    },
+                    _ => break,
+                }
+            }
+        }
+        warn_if_it_evicts(&mut conn, &server, spec.protocol);
         let sealer = if spec.plain { None } else { Some(Sealer::random().map_err(|e| fail("drawing the page key", e.to_string()))?) };
+        let served_by = if (node.0.as_str(), node.1) != (spec.host.as_str(), spec.port) { format!(" (cluster node {}:{} serves its keys)", node.0, node.1) } else { String::new() };
         tracing::info!(
-            "{} tier: {server}, keys {}*, {} MiB at most, keys expire after {} s unless renewed, {}",
+            "{} tier: {server}{served_by}, keys {}*, {} MiB at most, keys expire after {} s unless renewed, {}",
             spec.protocol.scheme(),
             String::from_utf8_lossy(&base),
             spec.size_bytes >> 20,
@@ -226,6 +269,8 @@ impl RemoteTier {
             work: Condvar::new(),
             progress: Condvar::new(),
             pool: Mutex::new(vec![conn]),
+            node: Mutex::new(node),
+            epoch: AtomicU64::new(0),
             down: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             owner_pid: std::process::id(),
@@ -261,6 +306,12 @@ impl RemoteTier {
     /// The key the page of `handle` is kept under (for tests and tools).
     pub fn key_of(&self, handle: Handle) -> String {
         Key::new(&self.shared.base, handle.raw()).text()
+    }
+
+    /// The node that serves the tier's keys now, as host and port: the
+    /// server the spec names, or the Redis Cluster node of the tier's slot.
+    pub fn node(&self) -> (String, u16) {
+        self.shared.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// What every key of this tier starts with.
@@ -373,16 +424,63 @@ impl Shared {
     /// child never uses its parent's connections.
     fn take_conn(&self) -> std::io::Result<Conn> {
         if std::process::id() == self.owner_pid {
-            if let Some(c) = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-                return Ok(c);
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(c) = pool.pop() {
+                if c.epoch == epoch {
+                    return Ok(c);
+                }
             }
         }
-        let spec = &self.config.spec;
-        Conn::open(spec.protocol, &spec.host, spec.port, self.config.timeout)
+        self.open_conn()
+    }
+
+    /// A new connection to the node that serves the tier's keys now.
+    fn open_conn(&self) -> std::io::Result<Conn> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let (host, port) = self.node.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut c = Conn::open(self.config.spec.protocol, &host, port, self.config.timeout)?;
+        c.epoch = epoch;
+        Ok(c)
+    }
+
+    /// A connection for an ASK redirect: its commands go after `ASKING`; never pooled.
+    fn ask_conn(&self, host: &str, port: u16) -> std::io::Result<Conn> {
+        let mut c = Conn::open(self.config.spec.protocol, host, port, self.config.timeout)?;
+        c.asking();
+        c.epoch = u64::MAX;
+        Ok(c)
+    }
+
+    /// The host of the node in use, for redirects that name none.
+    fn node_host(&self) -> String {
+        self.node.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Follows a MOVED: the tier's slot is served by `host:port` from now on.
+    fn follow(&self, host: &str, port: u16) {
+        let mut node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        if (node.0.as_str(), node.1) == (host, port) {
+            return;
+        }
+        *node = (host.to_owned(), port);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        drop(node);
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        tracing::info!("{}: the tier's keys are served by {host}:{port} now (cluster redirect)", self.server);
+    }
+
+    /// The redirect in a refusal, following it if it is a MOVED.
+    fn redirect(&self, message: &str) -> Option<Redirect> {
+        let r = Redirect::of(message, &self.node_host())?;
+        if let Redirect::Moved(h, p) = &r {
+            self.follow(h, *p);
+        }
+        Some(r)
     }
 
     fn give_back(&self, conn: Conn) {
-        if std::process::id() != self.owner_pid {
+        if std::process::id() != self.owner_pid || conn.epoch != self.epoch.load(Ordering::Acquire) {
             return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
@@ -406,12 +504,16 @@ impl Shared {
     /// handle) from the server, all GETs in one round trip, calling
     /// `done(index, result)` for each. A broken connection gets one more
     /// try, on a fresh one, for the pages not yet answered (none when the
-    /// store already counts as down); then they fail.
+    /// store already counts as down); then they fail. A key an ASK redirect
+    /// names is fetched from there on its own.
     fn fetch(&self, handles: &[(usize, u64)], out: &mut [Page], done: &mut dyn FnMut(usize, Result<(), TierError>)) {
         let mut k = 0;
         let mut last = String::new();
-        let tries = if self.down.load(Ordering::Acquire) { 1 } else { 2 };
-        for _ in 0..tries {
+        // A broken connection gets one more try; a MOVED (the tier's slot
+        // went to another cluster node) sends the rest there, up to three times.
+        let io_tries = if self.down.load(Ordering::Acquire) { 1 } else { 2 };
+        let (mut io_failures, mut redirects) = (0, 0);
+        while io_failures < io_tries && redirects < 3 {
             if k == handles.len() {
                 return;
             }
@@ -419,6 +521,7 @@ impl Shared {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("cannot connect: {e}");
+                    io_failures += 1;
                     continue;
                 }
             };
@@ -428,6 +531,7 @@ impl Shared {
             self.counters.load_round_trips.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = conn.send() {
                 last = format!("sending GETs: {e}");
+                io_failures += 1;
                 continue;
             }
             let mut rec = [0u8; MAX_RECORD];
@@ -440,8 +544,22 @@ impl Shared {
                         Err(self.load_error(h, "loading a page", "the key is gone: it expired, the server evicted it, or the server restarted".into()))
                     }
                     Ok(Value::TooLong(n)) => Err(self.load_error(h, "loading a page", format!("the value is {n} bytes, longer than any record of this tier"))),
-                    Ok(Value::Refused(m)) => Err(self.load_error(h, "loading a page", format!("the server refused the GET: {m}"))),
-                    Err(e) => break Some(e),
+                    Ok(Value::Refused(m)) => match self.redirect(&m) {
+                        // The rest of the batch goes to where the slot is
+                        // (the connection, its replies unread, is dropped).
+                        Some(Redirect::Moved(..)) => {
+                            redirects += 1;
+                            break Some(format!("redirected: {m}"));
+                        }
+                        // This key alone has moved on in a migration; the
+                        // next ones may not have.
+                        Some(Redirect::Ask(h2, p2)) => self.fetch_asked(&h2, p2, h, &mut out[i]),
+                        None => Err(self.load_error(h, "loading a page", format!("the server refused the GET: {m}"))),
+                    },
+                    Err(e) => {
+                        io_failures += 1;
+                        break Some(format!("reading a GET reply: {e}"));
+                    }
                 };
                 done(i, r);
                 k += 1;
@@ -451,7 +569,7 @@ impl Shared {
                     self.give_back(conn);
                     return;
                 }
-                Some(e) => last = format!("reading a GET reply: {e}"),
+                Some(e) => last = e,
             }
         }
         if k < handles.len() {
@@ -459,6 +577,24 @@ impl Shared {
         }
         for &(i, h) in &handles[k..] {
             done(i, Err(self.load_error(h, "loading a page", last.clone())));
+        }
+    }
+}
+
+impl Shared {
+    /// Fetches `handle`'s page from the node an ASK redirect named (its
+    /// slot is migrating there), after `ASKING`.
+    fn fetch_asked(&self, host: &str, port: u16, handle: u64, out: &mut Page) -> Result<(), TierError> {
+        let failed = |reason: String| self.load_error(handle, "loading a page", reason);
+        let mut conn = self.ask_conn(host, port).map_err(|e| failed(format!("cannot connect to {host}:{port} (ASK redirect): {e}")))?;
+        conn.get(&self.key(handle));
+        conn.send().map_err(|e| failed(format!("sending a GET to {host}:{port} (ASK redirect): {e}")))?;
+        self.counters.load_round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut rec = [0u8; MAX_RECORD];
+        match conn.value(&mut rec).map_err(|e| failed(format!("reading a GET reply from {host}:{port} (ASK redirect): {e}")))? {
+            Value::Got(n) => self.decode(handle, &mut rec[..n], out),
+            Value::Missing => Err(failed(format!("the key is gone: {host}:{port}, where the cluster sent the GET, does not have it"))),
+            other => Err(failed(format!("{host}:{port} (ASK redirect) answered {other:?}"))),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::book::DEAD_BATCH;
-use super::wire::{Conn, Status};
+use super::wire::{Conn, Redirect, Status};
 use super::Shared;
 
 /// How often a store that went down is pinged.
@@ -72,10 +72,13 @@ pub(super) fn run(s: &Shared) {
 }
 
 /// The sender's connection, opened if it has none.
+/// A connection to a node the tier no longer uses (a MOVED) is replaced.
 fn connect<'c>(s: &Shared, conn: &'c mut Option<Conn>) -> Result<&'c mut Conn, String> {
+    if conn.as_ref().is_some_and(|c| c.epoch != s.epoch.load(Ordering::Acquire)) {
+        *conn = None;
+    }
     if conn.is_none() {
-        let spec = &s.config.spec;
-        *conn = Some(Conn::open(spec.protocol, &spec.host, spec.port, s.config.timeout).map_err(|e| format!("cannot connect: {e}"))?);
+        *conn = Some(s.open_conn().map_err(|e| format!("cannot connect: {e}"))?);
     }
     Ok(conn.as_mut().expect("just opened"))
 }
@@ -100,7 +103,8 @@ fn ping(s: &Shared, conn: &mut Option<Conn>) -> bool {
 /// same bytes) and the store counts as down.
 fn send(s: &Shared, conn: &mut Option<Conn>, batch: &[(u64, std::sync::Arc<[u8]>)], dead: &[u64]) {
     let ttl = s.config.ttl_ms();
-    let result = (|| -> Result<Vec<Status>, String> {
+    let mut moved = None;
+    let result = (|| -> Result<(Vec<Status>, Option<String>), String> {
         let c = connect(s, conn)?;
         for (h, rec) in batch {
             c.set(&s.key(*h), rec, ttl);
@@ -111,37 +115,64 @@ fn send(s: &Shared, conn: &mut Option<Conn>, batch: &[(u64, std::sync::Arc<[u8]>
         for _ in batch {
             statuses.push(c.status().map_err(|e| format!("reading the reply to a SET: {e}"))?);
         }
+        // A key already gone (expired) is deleted as far as the tier cares;
+        // a refused delete (a redirect, TRYAGAIN in a migration) is tried again.
+        let mut del_refused = None;
         for _ in 0..del_replies {
-            // A key already gone (expired) is deleted as far as the tier cares.
             if let Status::Refused(m) = c.status().map_err(|e| format!("reading the reply to a delete: {e}"))? {
-                tracing::debug!("{}: a delete was refused: {m}", s.server);
+                del_refused = Some(m);
             }
         }
-        Ok(statuses)
+        Ok((statuses, del_refused))
     })();
     let c = &s.counters;
     let mut b = s.lock_book();
     b.deleting = 0;
     match result {
-        Ok(statuses) => {
+        Ok((statuses, del_refused)) => {
             let mut refused = None;
             let mut took = 0;
+            let mut asked = Vec::new();
             for ((h, _), st) in batch.iter().zip(&statuses) {
                 if *st == Status::Done {
                     b.sent(*h);
                     took += 1;
                 }
             }
-            for ((h, _), st) in batch.iter().zip(&statuses).rev() {
-                if let Status::Refused(m) = st {
-                    b.unsent(*h);
-                    refused = Some(m.clone());
+            let host = s.node_host();
+            for ((h, rec), st) in batch.iter().zip(&statuses).rev() {
+                let Status::Refused(m) = st else { continue };
+                match Redirect::of(m, &host) {
+                    // Sent again, to the slot's node, in the next round.
+                    Some(Redirect::Moved(h2, p2)) => {
+                        b.unsent(*h);
+                        moved = Some((h2, p2));
+                    }
+                    Some(Redirect::Ask(h2, p2)) => asked.push((*h, rec.clone(), h2, p2)),
+                    None => {
+                        b.unsent(*h);
+                        refused = Some(m.clone());
+                    }
+                }
+            }
+            if let Some(m) = &del_refused {
+                b.dead.extend_from_slice(dead);
+                if let Some(Redirect::Moved(h2, p2)) = Redirect::of(m, &host) {
+                    moved = Some((h2, p2));
                 }
             }
             drop(b);
+            if let Some((h2, p2)) = &moved {
+                s.follow(h2, *p2);
+            }
+            if !asked.is_empty() {
+                took += send_asked(s, &asked);
+            }
             c.batches.fetch_add(1, Ordering::Relaxed);
             c.pages_sent.fetch_add(took, Ordering::Relaxed);
-            c.keys_deleted.fetch_add(dead.len() as u64, Ordering::Relaxed);
+            if del_refused.is_none() {
+                c.keys_deleted.fetch_add(dead.len() as u64, Ordering::Relaxed);
+            }
             match refused {
                 Some(m) => s.mark_down(&format_args!("the server refused a page: {m}")),
                 None if !batch.is_empty() && s.warned.swap(false, Ordering::AcqRel) => tracing::warn!("{}: the store answers again and takes pages", s.server),
@@ -158,6 +189,37 @@ fn send(s: &Shared, conn: &mut Option<Conn>, batch: &[(u64, std::sync::Arc<[u8]>
             s.mark_down(&e);
         }
     }
+}
+
+/// Sends the records an ASK redirect named (new keys of a slot being
+/// migrated) to the node it named, each after `ASKING`; books what it took
+/// as sent and the rest as unsent. Returns how many it took.
+fn send_asked(s: &Shared, asked: &[(u64, std::sync::Arc<[u8]>, String, u16)]) -> u64 {
+    let ttl = s.config.ttl_ms();
+    let (host, port) = (&asked[0].2, asked[0].3);
+    let result = (|| -> Result<Vec<Status>, String> {
+        let mut c = s.ask_conn(host, port).map_err(|e| format!("cannot connect to {host}:{port} (ASK redirect): {e}"))?;
+        for (h, rec, _, _) in asked {
+            c.set(&s.key(*h), rec, ttl);
+        }
+        c.send().map_err(|e| e.to_string())?;
+        asked.iter().map(|_| c.status().map_err(|e| e.to_string())).collect()
+    })();
+    let mut b = s.lock_book();
+    let mut took = 0;
+    for (k, (h, ..)) in asked.iter().enumerate().rev() {
+        match result.as_ref().map(|st| &st[k]) {
+            Ok(Status::Done) => {
+                b.sent(*h);
+                took += 1;
+            }
+            _ => b.unsent(*h),
+        }
+    }
+    if let Err(e) = result {
+        tracing::debug!("{}: {e}", s.server);
+    }
+    took
 }
 
 /// Renews the expiry of every stored key, a chunk per round trip. A key
@@ -179,7 +241,11 @@ fn renew(s: &Shared, conn: &mut Option<Conn>) {
                         s.counters.renewed.fetch_add(1, Ordering::Relaxed);
                     }
                     Status::Missing => lost += 1,
-                    Status::Refused(m) => tracing::debug!("{}: a renewal was refused: {m}", s.server),
+                    // A MOVED is followed; the next round renews on the slot's node.
+                    Status::Refused(m) => {
+                        s.redirect(&m);
+                        tracing::debug!("{}: a renewal was refused: {m}", s.server);
+                    }
                 }
             }
             Ok(())
@@ -200,15 +266,31 @@ fn renew(s: &Shared, conn: &mut Option<Conn>) {
 fn delete_all(s: &Shared, conn: &mut Option<Conn>, keys: &[u64]) {
     let mut left = keys.len();
     for chunk in keys.chunks(KEY_CHUNK) {
-        let r = (|| -> Result<(), String> {
+        // Ok(Some(message)): the server refused a delete.
+        let attempt = |conn: &mut Option<Conn>| -> Result<Option<String>, String> {
             let c = connect(s, conn)?;
             let n = c.delete(chunk.iter().map(|h| s.key(*h)));
             c.send().map_err(|e| e.to_string())?;
+            let mut refused = None;
             for _ in 0..n {
-                c.status().map_err(|e| e.to_string())?;
+                if let Status::Refused(m) = c.status().map_err(|e| e.to_string())? {
+                    refused = Some(m);
+                }
             }
-            Ok(())
-        })();
+            Ok(refused)
+        };
+        let mut r = attempt(conn);
+        // A second try after a MOVED, which `redirect` follows.
+        if let Ok(Some(m)) = &r {
+            if matches!(s.redirect(m), Some(Redirect::Moved(..))) {
+                r = attempt(conn);
+            }
+        }
+        let r = match r {
+            Ok(Some(m)) => Err(format!("the server refused: {m}")),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
             tracing::warn!("{}: {left} keys could not be deleted at close ({e}); they expire within {} s", s.server, s.config.spec.ttl_secs);
             return;

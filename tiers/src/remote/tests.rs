@@ -269,7 +269,7 @@ fn keys_go_at_exit_and_expire_after_a_crash() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{how}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
-        let keys = cli(server.port, &["--scan", "--pattern", "fm:*"]);
+        let keys = cli(server.port, &["--scan", "--pattern", "*"]);
         let n = keys.lines().count();
         if how == "exit" {
             assert_eq!(n, 0, "keys left after an ordinary exit: {keys}");
@@ -300,4 +300,85 @@ fn zstd_pages_round_trip_too() {
     let mut back = [0u8; PAGE_SIZE];
     tier.load(h, &mut back).unwrap();
     assert!(back == page(3));
+}
+
+/// Redis Cluster: the tier finds the node of its slot (MOVED at open),
+/// stores new pages on the importing node while its slot migrates (ASK),
+/// reads pages from either side of the migration, follows the slot when it
+/// has moved (MOVED), and deletes its keys at close wherever they are.
+#[test]
+fn redis_cluster_redirects_are_followed_through_a_slot_migration() {
+    let cluster = match LocalCluster::start(3) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: redis-server or redis-cli is not installed (bash .ci/run installs them)");
+            return;
+        }
+        Err(e) => panic!("starting a cluster: {e}"),
+    };
+    let cli = |port: u16, args: &[&str]| cluster.cli(port, args).unwrap();
+    let first = cluster.ports[0];
+    // A tier whose slot lives on another node than the one the spec names.
+    let tier = (0..30)
+        .map(|_| RemoteTier::open(RemoteConfig::redis("127.0.0.1", first)).unwrap())
+        .find(|t| t.node().1 != first)
+        .expect("30 tiers all had their slot on the first node");
+    let src = tier.node().1;
+    let dst = *cluster.ports.iter().find(|p| **p != src && **p != first).unwrap();
+    let check = |hs: &[(u64, Handle)], what: &str| {
+        for &(i, h) in hs {
+            let mut back = [0u8; PAGE_SIZE];
+            tier.load(h, &mut back).unwrap_or_else(|e| panic!("{what}: page {i}: {e}"));
+            assert!(back == page(i), "{what}: page {i}");
+        }
+    };
+    let mut pages: Vec<(u64, Handle)> = (0..200).map(|i| (i, tier.store(&page(i), PageClass::DEFAULT).unwrap())).collect();
+    tier.flush().unwrap();
+    check(&pages, "before the migration");
+    let key0 = tier.key_of(pages[0].1);
+    assert_eq!(cli(src, &["EXISTS", &key0]), "1", "the key is on the slot's node");
+    // Migrate the slot from src to dst, by hand as redis-cli --cluster reshard does.
+    let slot = cli(src, &["CLUSTER", "KEYSLOT", &key0]);
+    let (src_id, dst_id) = (cli(src, &["CLUSTER", "MYID"]), cli(dst, &["CLUSTER", "MYID"]));
+    cli(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    // New keys of a migrating slot go to dst (ASK); old ones are still on src.
+    let new: Vec<(u64, Handle)> = (200..250).map(|i| (i, tier.store(&page(i), PageClass::DEFAULT).unwrap())).collect();
+    tier.flush().unwrap();
+    let on_dst = Command::new("redis-cli").args(["-p", &dst.to_string()]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+        use std::io::Write;
+        let mut input = c.stdin.take().unwrap();
+        writeln!(input, "ASKING\nEXISTS {}", tier.key_of(new[0].1))?;
+        drop(input);
+        c.wait_with_output()
+    });
+    let on_dst = String::from_utf8_lossy(&on_dst.unwrap().stdout).into_owned();
+    assert!(on_dst.lines().last() == Some("1"), "a page stored during the migration is on the importing node: {on_dst}");
+    assert!(cli(src, &["EXISTS", &tier.key_of(new[0].1)]).starts_with("ASK "), "src does not have it, and sends the client on");
+    check(&pages, "old pages during the migration");
+    check(&new, "new pages during the migration (ASK)");
+    // Move the old keys, then give the slot to dst everywhere.
+    let keys = cli(src, &["CLUSTER", "GETKEYSINSLOT", &slot, "10000"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 200, "the old pages' keys are on src");
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", "", "", "0", "5000", "KEYS"];
+    let dst_port = dst.to_string();
+    migrate[2] = &dst_port;
+    migrate.extend(keys.iter().copied());
+    assert_eq!(cli(src, &migrate), "OK");
+    for &p in &cluster.ports {
+        cli(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    pages.extend(new);
+    check(&pages, "after the migration (MOVED)");
+    assert_eq!(tier.node().1, dst, "the tier follows its slot");
+    let later: Vec<(u64, Handle)> = (250..260).map(|i| (i, tier.store(&page(i), PageClass::DEFAULT).unwrap())).collect();
+    tier.flush().unwrap();
+    check(&later, "stored after the migration");
+    assert_eq!(cli(dst, &["EXISTS", &tier.key_of(later[0].1)]), "1");
+    let s = tier.remote_stats();
+    assert_eq!((s.stored_pages, s.down_events, s.lost), (260, 0, 0), "{s:?}");
+    drop(tier);
+    let left: u64 = cluster.ports.iter().map(|p| cli(*p, &["DBSIZE"]).parse::<u64>().unwrap()).sum();
+    assert_eq!(left, 0, "keys left on the cluster after the tier closed");
 }

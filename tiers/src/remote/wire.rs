@@ -81,8 +81,41 @@ pub(super) enum Value {
     Refused(String),
 }
 
+/// Where a Redis Cluster node sends a command for a slot it does not serve.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Redirect {
+    /// The slot lives on this node now (`MOVED slot host:port`): go there from now on.
+    Moved(String, u16),
+    /// The slot is being migrated to this node and the key is there
+    /// (`ASK slot host:port`): this command only, sent there after `ASKING`.
+    Ask(String, u16),
+}
+
+impl Redirect {
+    /// The redirect in a refusal's message, if it is one. A node that names
+    /// no host (`:port`, `?:port`) means the host already asked: `host`.
+    pub(super) fn of(message: &str, host: &str) -> Option<Redirect> {
+        let mut words = message.split_whitespace();
+        let kind = words.next()?;
+        let _slot = words.next()?;
+        let (h, p) = words.next()?.rsplit_once(':')?;
+        let port = p.parse().ok()?;
+        let h = if h.is_empty() || h == "?" { host } else { h.trim_start_matches('[').trim_end_matches(']') };
+        match kind {
+            "MOVED" => Some(Redirect::Moved(h.to_owned(), port)),
+            "ASK" => Some(Redirect::Ask(h.to_owned(), port)),
+            _ => None,
+        }
+    }
+}
+
 /// One connection to the store, with its buffers.
 pub(super) struct Conn {
+    /// The tier's node epoch when it was opened: a connection to a node the
+    /// tier no longer uses (its slot moved) is closed, not reused.
+    pub(super) epoch: u64,
+    /// Each command goes after `ASKING` (a connection made for an ASK redirect).
+    asking: bool,
     stream: TcpStream,
     protocol: RemoteProtocol,
     out: Vec<u8>,
@@ -104,7 +137,7 @@ impl Conn {
                     stream.set_nodelay(true)?;
                     stream.set_read_timeout(Some(timeout))?;
                     stream.set_write_timeout(Some(timeout))?;
-                    return Ok(Conn { stream, protocol, out: Vec::with_capacity(64 << 10), line: Vec::with_capacity(256), buf: vec![0; READ_BUF].into_boxed_slice(), start: 0, end: 0 });
+                    return Ok(Conn { epoch: 0, asking: false, stream, protocol, out: Vec::with_capacity(64 << 10), line: Vec::with_capacity(256), buf: vec![0; READ_BUF].into_boxed_slice(), start: 0, end: 0 });
                 }
                 Err(e) => last = e,
             }
@@ -112,8 +145,33 @@ impl Conn {
         Err(last)
     }
 
+    /// Makes every later command go after `ASKING` (Redis Cluster, during
+    /// the migration of a slot), and every reply read skip its `+OK`.
+    pub(super) fn asking(&mut self) {
+        self.asking = true;
+    }
+
+    fn ask_first(&mut self) {
+        if self.asking {
+            self.array(1);
+            self.bulk(b"ASKING");
+        }
+    }
+
+    /// Reads the `+OK` of the `ASKING` before a command, if there is one.
+    fn asked(&mut self) -> io::Result<()> {
+        if self.asking {
+            self.read_line()?;
+            if self.line != b"+OK" {
+                return Err(protocol_error("+OK to ASKING", &self.line));
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a store of `value` under `key`, expiring after `ttl_ms`.
     pub(super) fn set(&mut self, key: &Key, value: &[u8], ttl_ms: u64) {
+        self.ask_first();
         let k = key.as_bytes();
         match self.protocol {
             RemoteProtocol::Redis => {
@@ -135,6 +193,7 @@ impl Conn {
 
     /// Queues a fetch of `key`.
     pub(super) fn get(&mut self, key: &Key) {
+        self.ask_first();
         match self.protocol {
             RemoteProtocol::Redis => {
                 self.array(2);
@@ -152,6 +211,7 @@ impl Conn {
         if n == 0 {
             return 0;
         }
+        self.ask_first();
         match self.protocol {
             RemoteProtocol::Redis => {
                 self.array(n + 1);
@@ -172,6 +232,7 @@ impl Conn {
 
     /// Queues a renewal of `key`'s expiry to `ttl_ms` from now.
     pub(super) fn renew(&mut self, key: &Key, ttl_ms: u64) {
+        self.ask_first();
         match self.protocol {
             RemoteProtocol::Redis => {
                 let ms = Decimal::new(ttl_ms);
@@ -225,6 +286,7 @@ impl Conn {
     /// Reads the reply of a store, delete, renew or ping. A Redis integer
     /// reply of 0 (PEXPIRE of a missing key, DEL of nothing) is `Missing`.
     pub(super) fn status(&mut self) -> io::Result<Status> {
+        self.asked()?;
         self.read_line()?;
         let line = &self.line[..];
         Ok(match self.protocol {
@@ -249,6 +311,7 @@ impl Conn {
 
     /// Reads the reply of a fetch into `out`.
     pub(super) fn value(&mut self, out: &mut [u8]) -> io::Result<Value> {
+        self.asked()?;
         self.read_line()?;
         let line = &self.line[..];
         let len = match self.protocol {
@@ -462,6 +525,11 @@ mod tests {
             assert_eq!(Decimal::new(n).as_bytes(), n.to_string().as_bytes());
         }
         assert_eq!(parse_len(b"4096"), Some(4096));
+        assert_eq!(Redirect::of("MOVED 3999 127.0.0.1:6381", "h"), Some(Redirect::Moved("127.0.0.1".into(), 6381)));
+        assert_eq!(Redirect::of("ASK 3999 :7000", "node-a"), Some(Redirect::Ask("node-a".into(), 7000)));
+        assert_eq!(Redirect::of("MOVED 1 [::1]:7001", "h"), Some(Redirect::Moved("::1".into(), 7001)));
+        assert_eq!(Redirect::of("OOM command not allowed", "h"), None);
+        assert_eq!(Redirect::of("MOVED 1 host:notaport", "h"), None);
         for bad in [&b""[..], b"-1", b"+5", b"1x", b"9999999999999"] {
             assert_eq!(parse_len(bad), None, "{bad:?}");
         }
