@@ -132,3 +132,37 @@ fn demotion(cfg: &RemoteConfig, size: usize, seed: u64) -> Result<(u64, f64, u64
     drop(rt);
     Ok((r.demoted, r.demoted as f64 * PAGE_SIZE as f64 / 1e6 / secs, batches))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use farmem_tiers::remote::LocalServer;
+    use farmem_tiers::RemoteProtocol;
+
+    #[test]
+    fn the_bench_times_faults_beside_bare_gets_and_demotion_on_both_protocols() {
+        for protocol in [RemoteProtocol::Redis, RemoteProtocol::Memcached] {
+            let server = match LocalServer::start(protocol) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!("skipped: {} is not installed (bash .ci/run installs it)", protocol.scheme());
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let spec = format!("lz4,{}://127.0.0.1:{}", protocol.scheme(), server.port);
+            let crate::fault::SpillBench::Remote(spec) = spec[4..].parse::<crate::fault::SpillBench>().unwrap() else { panic!("{spec} is not a remote tier") };
+            let r = run(&spec, 8 << 20, 500, 7, Service::default()).unwrap();
+            eprintln!("{}: {:.1} us against a bare GET's {:.1} us; demotion {:.0} MB/s", r.server, r.faults.p50_us, r.bare_get.p50_us, r.demote_mb_per_s);
+            assert_eq!(r.bare_get.count, 500);
+            assert!(r.faults.p50_us > 0.0 && r.over_bare_p50 > 0.0);
+            // One GET per fault: a fault-back is one round trip.
+            assert!(r.load_round_trips >= 500 && r.load_round_trips <= 510, "{} round trips for 500 faults", r.load_round_trips);
+            assert!(r.demoted_pages > 1000 && r.demote_batches * 256 >= r.demoted_pages && r.demote_batches < r.demoted_pages / 16, "{r:?}");
+            if protocol == RemoteProtocol::Redis {
+                let out = std::process::Command::new("redis-cli").args(["-p", &server.port.to_string(), "DBSIZE"]).output().unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the bench leaves keys on the server");
+            }
+        }
+    }
+}

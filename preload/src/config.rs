@@ -5,7 +5,7 @@
 //! | `FARMEM_LIMIT` | a size (`512M`, `2G`): keep the resident heap under it |
 //! | `FARMEM_STALL` | a percentage (`0.1%`): reclaim while stalls stay under it |
 //! | `FARMEM_MIN` | a size: never reclaim below it |
-//! | `FARMEM_TIERS` | a tier spec (`lz4+zstd:1`, the default; `lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4+zstd:1,file:DIR:SIZE`) |
+//! | `FARMEM_TIERS` | a tier spec (`lz4+zstd:1`, the default; `lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4+zstd:1,file:DIR:SIZE`, `lz4,redis://HOST:PORT`, `lz4,memcached://HOST:PORT`) |
 //! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
 //! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit, by the process that owns the variable (see `FARMEM_STATS_PID`) |
 //! | `FARMEM_STATS_PID` | set by the shim, not by hand: the pid that owns `FARMEM_STATS`. The first process under the shim that finds `FARMEM_STATS` without it claims the file and sets it; only that pid writes the file, whatever image it execs into (exec keeps the pid), never a child it forks or spawns |

@@ -211,6 +211,11 @@ impl RemoteTier {
         if spec.size_bytes == 0 || !spec.size_bytes.is_multiple_of(PAGE_SIZE as u64) {
             return Err(TierError::BadLimit { tier: spec.protocol.scheme(), limit_bytes: spec.size_bytes });
         }
+        // Keys hold the prefix and 36 bytes of the tier's own; memcached
+        // takes 250 bytes of printable ASCII without spaces at most.
+        if spec.prefix.len() > 200 || !spec.prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(fail("setting up", format!("the key prefix {:?} must be printable ASCII without spaces, 200 bytes at most", spec.prefix)));
+        }
         if config.batch_pages == 0 || config.held_bytes < 2 * MAX_RECORD {
             return Err(fail("setting up", format!("batch_pages {} and held_bytes {} must allow one batch of one page", config.batch_pages, config.held_bytes)));
         }
