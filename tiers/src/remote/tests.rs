@@ -86,10 +86,9 @@ fn round_trips_under_four_threads(protocol: RemoteProtocol) {
                 let (idx, hs): (Vec<u64>, Vec<Handle>) = handles[..32].iter().copied().unzip();
                 let mut out = vec![[0u8; PAGE_SIZE]; 32];
                 let mut ok = 0;
-                tier.load_many(&hs, &mut out, &mut |k, r| {
+                tier.load_many(&hs, &mut out, &mut |_, r| {
                     r.unwrap();
                     ok += 1;
-                    let _ = k;
                 });
                 assert_eq!(ok, 32);
                 for (k, i) in idx.iter().enumerate() {
@@ -115,6 +114,16 @@ fn round_trips_under_four_threads(protocol: RemoteProtocol) {
         let mut back = [0u8; PAGE_SIZE];
         tier.load(h, &mut back).unwrap();
         assert!(back == page(i), "page {i} after the removes");
+    }
+    // Many pages, one round trip (a prefetch of pages demoted together).
+    let batch: Vec<(u64, Handle)> = all.iter().flatten().skip(1).step_by(2).take(48).copied().collect();
+    let hs: Vec<Handle> = batch.iter().map(|b| b.1).collect();
+    let mut out = vec![[0u8; PAGE_SIZE]; hs.len()];
+    let trips = tier.remote_stats().load_round_trips;
+    tier.load_many(&hs, &mut out, &mut |k, r| r.unwrap_or_else(|e| panic!("page {}: {e}", batch[k].0)));
+    assert_eq!(tier.remote_stats().load_round_trips - trips, 1, "48 pages in one round trip");
+    for (k, (i, _)) in batch.iter().enumerate() {
+        assert!(out[k] == page(*i), "page {i} of the batch");
     }
     drop(tier);
     assert_eq!(keys_on(&server), 0, "every key is deleted when the tier closes");
