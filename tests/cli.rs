@@ -194,10 +194,79 @@ fn bench_fault_measures_the_file_tier_beside_bare_reads_of_its_file() {
 
 #[test]
 fn bench_fault_refuses_a_tier_it_cannot_measure() {
-    for (spec, says) in [("file:relative/dir", "must be absolute"), ("mmap:relative/path", "must be absolute"), ("tape:/dev/st0", "expected mmap:PATH")] {
+    for (spec, says) in [
+        ("file:relative/dir", "must be absolute"),
+        ("mmap:relative/path", "must be absolute"),
+        ("tape:/dev/st0", "expected mmap:PATH"),
+        ("redis://h:0", "not a number from 1 to 65535"),
+    ] {
         let out = farmem().args(["bench", "fault", "--no-kernel", "--tier", spec]).output().unwrap();
         assert!(!out.status.success(), "--tier {spec} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(spec) && err.contains(says), "{err}");
     }
+}
+
+/// A Redis server for a test, or `None` (and a line) where it is not installed.
+fn redis_server() -> Option<farmem_tiers::remote::LocalServer> {
+    match farmem_tiers::remote::LocalServer::start(farmem_tiers::RemoteProtocol::Redis) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("skipped: redis-server is not installed (bash .ci/run installs it)");
+            None
+        }
+        Err(e) => panic!("starting redis-server: {e}"),
+    }
+}
+
+#[test]
+fn bench_fault_measures_the_remote_tier_beside_bare_gets_from_its_server() {
+    let Some(server) = redis_server() else { return };
+    let json = std::env::temp_dir().join(format!("farmem-cli-remote-{}.json", std::process::id()));
+    let out = farmem()
+        .args(["bench", "fault", "--size", "32M", "--accesses", "2000", "--no-kernel", "--tier"])
+        .arg(format!("redis://127.0.0.1:{}", server.port))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["spill_p50_us", "remote_get_p50_us", "remote_demote_mb_per_s"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} missing or not positive in {v}");
+    }
+    let r = &v["remote_tiers"][0];
+    assert!(r["over_bare_p50"].as_f64().is_some_and(|x| x > 0.0) && r["encrypted"] == true, "{r}");
+    std::fs::remove_file(&json).unwrap();
+}
+
+#[test]
+fn a_program_runs_under_a_remote_tier_and_without_farmem_when_its_server_is_not_there() {
+    let program = "x = bytearray(64 << 20)\nfor i in range(0, len(x), 4096): x[i] = i % 251\nprint(sum(x[::4096]))";
+    let want = (0..(64usize << 20)).step_by(4096).map(|i| i % 251).sum::<usize>().to_string();
+    let run = |tiers: &str, stats: Option<&std::path::Path>| {
+        let mut cmd = farmem();
+        cmd.args(["run", "--limit", "32M", "--tiers", tiers]);
+        if let Some(s) = stats {
+            cmd.arg("--stats").arg(s);
+        }
+        cmd.args(["--", "python3", "-c", program]).output().unwrap()
+    };
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    // Nothing listens on port 1: one line, and the program runs as it would without farmem.
+    let out = run("lz4,redis://127.0.0.1:1", None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == want, "{:?} {err}", out.status);
+    assert!(err.contains("redis://127.0.0.1:1") && err.contains("running without farmem") && err.lines().count() == 1, "{err}");
+    let Some(server) = redis_server() else { return };
+    let stats = std::env::temp_dir().join(format!("farmem-cli-remote-run-{}.json", std::process::id()));
+    let out = run(&format!("lz4,redis://127.0.0.1:{}", server.port), Some(&stats));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == want, "{:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let names: Vec<&str> = v["tiers"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"redis"), "the run's tiers: {names:?}");
+    std::fs::remove_file(&stats).unwrap();
 }
