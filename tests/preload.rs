@@ -521,7 +521,7 @@ struct Redis {
 
 impl Redis {
     fn start(mut cmd: Command, dir: &Path) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = farmem_tiers::remote::free_port().unwrap();
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--enable-debug-command", "yes", "--dbfilename", "dump.rdb", "--dir"])
             .arg(dir)

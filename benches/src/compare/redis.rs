@@ -5,7 +5,7 @@
 //! take the digest again. The server is the measured process.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,10 +29,11 @@ pub fn value(k: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// A free loopback port (bound and released; redis binds it right after).
+/// A free loopback port for a server this harness starts: outside the
+/// ephemeral range, so no client connection of a concurrent run takes it
+/// before the server binds it (see [`farmem_tiers::remote::free_port`]).
 pub fn free_port() -> Result<u16, CompareError> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| CompareError::Io { what: "binding a loopback port".into(), source })?;
-    l.local_addr().map(|a| a.port()).map_err(|source| CompareError::Io { what: "reading the bound port".into(), source })
+    farmem_tiers::remote::free_port().map_err(|source| CompareError::Io { what: "finding a free loopback port".into(), source })
 }
 
 /// The arguments that start redis-server on `port` of 127.0.0.1 only, with

@@ -192,11 +192,12 @@ fn wait_for(port: u16, within: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// A port nobody listens on, below the kernel's ephemeral range (where
-/// `bind` to port 0 and outgoing connections take theirs), and never the
-/// same twice in one process: two servers started at once by two tests
-/// cannot race for one port.
-fn free_port() -> io::Result<u16> {
+/// A loopback port nobody listens on, for a server a test or benchmark
+/// starts: below the kernel's ephemeral range (where `bind` to port 0 and
+/// every outgoing connection take theirs, so no client socket can take it
+/// between this check and the server's bind), and never the same twice in
+/// one process, so two servers started at once cannot race for one port.
+pub fn free_port() -> io::Result<u16> {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20000 + (std::process::id() % 500) as u16 * 20;
     for _ in 0..2000 {

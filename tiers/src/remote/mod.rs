@@ -109,7 +109,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use config::RemoteConfig;
-pub use local::{BareClient, LocalCluster, LocalServer};
+pub use local::{free_port, BareClient, LocalCluster, LocalServer};
 
 use crate::file::crypt::Sealer;
 use crate::file::record::{self, MAX_RECORD, RECORD_BUF};
