@@ -36,8 +36,23 @@ enum Command {
     /// farmem run [--limit SIZE] [--stall PCT] [--min SIZE] [--tiers SPEC] [--stats PATH] -- CMD ARGS...
     Run(run::RunArgs),
     /// A live summary of a process running under farmem: resident memory,
-    /// tiers, faults per second, stall.
+    /// tiers, faults per second, stall; without a PID, one line for every
+    /// process under farmem (those the agent manages among them).
     Stat(stat::StatArgs),
+    /// The node agent: processes started with `farmem run --agent SOCKET`
+    /// join it, and it sets each one's limit from one node budget by the
+    /// rules of its TOML config; Prometheus metrics on /metrics.
+    Agent {
+        /// The TOML config (rules and the node budget); re-read when it changes.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The socket processes join on.
+        #[arg(long, default_value = farmem_agent::DEFAULT_SOCKET)]
+        socket: std::path::PathBuf,
+        /// Where to serve /metrics (`none` for nowhere).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: String,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -204,15 +219,21 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The agent is a daemon: it says who joined and left unless told otherwise.
+    let default_log = if matches!(cli.command, Command::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FARMEM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FARMEM_LOG").unwrap_or_else(|_| default_log.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let r = match cli.command {
         Command::Demo { size, threads, codec } => demo::run(size, threads, &codec),
         Command::Run(args) => return run::run(args),
         Command::Stat(args) => stat::run(args),
+        Command::Agent { config, socket, metrics } => (|| {
+            let metrics = if metrics == "none" { None } else { Some(metrics.parse().map_err(|e| format!("--metrics {metrics}: not ADDR:PORT ({e}), or none"))?) };
+            farmem_agent::run(farmem_agent::AgentOptions { config, socket, metrics, tick: std::time::Duration::from_secs(1) }).map_err(|e| e.to_string())
+        })(),
         Command::Bench { which: Bench::Fault { size, accesses, json, no_kernel, spin_us, fault_handlers, fault, tiers } } => {
             farmem_bench::fault::run(&farmem_bench::fault::FaultBenchConfig {
                 size: size as usize,

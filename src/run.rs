@@ -44,6 +44,12 @@ pub struct RunArgs {
     /// Write the final statistics as JSON to this file when the program exits.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Join the node agent on this socket (`farmem agent`): it sets the limit from the node's budget.
+    #[arg(long, value_name = "SOCKET")]
+    agent: Option<PathBuf>,
+    /// A word the agent's `label` rules match (FARMEM_LABEL).
+    #[arg(long)]
+    label: Option<String>,
     /// The program and its arguments (after `--`).
     #[arg(trailing_var_arg = true, required = true, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -132,6 +138,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         if let Some(v) = value {
             cmd.env(var, v);
         }
+    }
+    if let Some(a) = &args.agent {
+        cmd.env("FARMEM_AGENT", std::path::absolute(a).unwrap_or_else(|_| a.clone()));
+    }
+    if let Some(l) = &args.label {
+        cmd.env("FARMEM_LABEL", l);
     }
     let stats_path = args.stats.as_ref().map(|p| {
         // The program may change directory before it exits.

@@ -1,5 +1,7 @@
 //! `farmem stat PID`: a live summary of a process running under the shim,
 //! read twice from its statistics socket to turn counters into rates.
+//! `farmem stat` alone: one line for every process under farmem that this
+//! user can see (those a node agent manages among them).
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -12,8 +14,8 @@ use serde_json::Value;
 /// The arguments of `farmem stat`.
 #[derive(clap::Args, Debug)]
 pub struct StatArgs {
-    /// The process to look at.
-    pid: u32,
+    /// The process to look at; without it, every process under farmem.
+    pid: Option<u32>,
     /// Seconds between the two readings the rates come from.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -59,18 +61,74 @@ fn mib(b: f64) -> String {
     format!("{:.1} MiB", b / (1 << 20) as f64)
 }
 
+/// The pids of every statistics socket in the directories this user's
+/// shims serve them from.
+fn every_pid() -> Vec<u32> {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut dirs = vec![PathBuf::from("/run/farmem"), PathBuf::from(format!("/run/user/{uid}/farmem")), PathBuf::from(format!("/tmp/farmem-{uid}"))];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        dirs.push(PathBuf::from(x).join("farmem"));
+    }
+    let mut pids: Vec<u32> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".sock")?.parse().ok())
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// `farmem stat` without a pid: a line a process, rates over `interval`.
+fn run_all(interval: f64, json: bool) -> Result<(), String> {
+    let pids = every_pid();
+    let first: Vec<(u32, Value)> = pids.iter().filter_map(|p| read_snapshot(*p).ok().map(|v| (*p, v))).collect();
+    std::thread::sleep(Duration::from_secs_f64(interval.clamp(0.05, 60.0)));
+    if json {
+        let all: Vec<Value> = first.iter().filter_map(|(p, _)| read_snapshot(*p).ok()).collect();
+        println!("{}", Value::Array(all));
+        return Ok(());
+    }
+    println!("{:>8} {:<16} {:>12} {:>12} {:>12} {:>7} {:>10} {:>9}", "pid", "command", "resident", "limit", "out of RAM", "ratio", "faults/s", "stall %");
+    for (pid, a) in &first {
+        let Ok(b) = read_snapshot(*pid) else { continue };
+        let dt = (f(&b, "uptime_seconds") - f(a, "uptime_seconds")).max(1e-9);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let tiers: Vec<&Value> = b.get("tiers").and_then(Value::as_array).into_iter().flatten().filter(|t| t.get("name").and_then(Value::as_str) != Some("sampled")).collect();
+        let (held, used) = tiers.iter().fold((0.0, 0.0), |(h, u), t| (h + f(t, "bytes_in"), u + f(t, "bytes_used")));
+        println!(
+            "{pid:>8} {:<16} {:>12} {:>12} {:>12} {:>7.2} {:>10.0} {:>9.3}",
+            comm.trim(),
+            mib(f(&b, "resident_bytes")),
+            b.get("limit_bytes").and_then(Value::as_f64).map_or("-".into(), mib),
+            mib(held),
+            if used > 0.0 { held / used } else { 0.0 },
+            (f(&b, "faults") - f(a, "faults")) / dt,
+            (f(&b, "stall_seconds") - f(a, "stall_seconds")) / dt * 100.0
+        );
+    }
+    if first.is_empty() {
+        println!("no process under farmem serves statistics here");
+    }
+    Ok(())
+}
+
 /// Runs `farmem stat`.
 pub fn run(args: StatArgs) -> Result<(), String> {
-    let a = read_snapshot(args.pid)?;
+    let Some(pid) = args.pid else { return run_all(args.interval, args.json) };
+    let a = read_snapshot(pid)?;
     std::thread::sleep(Duration::from_secs_f64(args.interval.clamp(0.05, 60.0)));
-    let b = read_snapshot(args.pid)?;
+    let b = read_snapshot(pid)?;
     if args.json {
         println!("{b}");
         return Ok(());
     }
     let dt = (f(&b, "uptime_seconds") - f(&a, "uptime_seconds")).max(1e-9);
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", args.pid)).unwrap_or_default();
-    println!("pid {} ({}), up {:.1} s", args.pid, comm.trim(), f(&b, "uptime_seconds"));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    println!("pid {pid} ({}), up {:.1} s", comm.trim(), f(&b, "uptime_seconds"));
     let limit = b.get("limit_bytes").and_then(Value::as_f64).map_or(String::new(), |l| format!(", limit {}", mib(l)));
     println!(
         "resident   {} of {} registered in {} regions{limit}; process RSS {}",

@@ -6,6 +6,8 @@
 //! | `FARMEM_STALL` | a percentage (`0.1%`): reclaim while stalls stay under it |
 //! | `FARMEM_MIN` | a size: never reclaim below it |
 //! | `FARMEM_TIERS` | a tier spec (`lz4+zstd:1`, the default; `lz4`, `zstd:3`, `lz4,mmap:PATH:SIZE`, `lz4+zstd:1,file:DIR:SIZE`, `lz4,redis://HOST:PORT`, `lz4,memcached://HOST:PORT`) |
+//! | `FARMEM_AGENT` | a path: the node agent's socket (`farmem agent`); once its runtime runs, the process joins the agent, which sets its limit from the node's budget; if the agent goes away the process keeps its last limit and tries to join again every 2 s |
+//! | `FARMEM_LABEL` | a word the agent's `label` rules match |
 //! | `FARMEM_LOG` | a tracing filter (`info`, `farmem_runtime=debug`); logs go to stderr |
 //! | `FARMEM_STATS` | a path: final statistics are written there as JSON at exit, by the process that owns the variable (see `FARMEM_STATS_PID`) |
 //! | `FARMEM_STATS_PID` | set by the shim, not by hand: the pid that owns `FARMEM_STATS`. The first process under the shim that finds `FARMEM_STATS` without it claims the file and sets it; only that pid writes the file, whatever image it execs into (exec keeps the pid), never a child it forks or spawns |
@@ -60,6 +62,10 @@ pub struct ShimConfig {
     pub fault_handlers: Option<usize>,
     /// Who serves a fault (`FARMEM_FAULT`).
     pub fault_mode: farmem_runtime::FaultMode,
+    /// The node agent's socket to join (`FARMEM_AGENT`).
+    pub agent: Option<PathBuf>,
+    /// What the agent's `label` rules match (`FARMEM_LABEL`).
+    pub label: Option<String>,
 }
 
 /// A variable the shim cannot use, with what it accepts.
@@ -109,6 +115,8 @@ impl ShimConfig {
             c.tiers = TierSpec::from_str(&v).map_err(|e| ConfigError { var: "FARMEM_TIERS", value: v, reason: e.to_string() })?;
         }
         c.log = var("FARMEM_LOG")?;
+        c.agent = var("FARMEM_AGENT")?.map(PathBuf::from);
+        c.label = var("FARMEM_LABEL")?;
         c.stats_path = var("FARMEM_STATS")?.map(PathBuf::from);
         // Not checked as configuration: a value that is no pid only means that
         // no process of this tree writes the file (never that two do).

@@ -46,6 +46,7 @@
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 compile_error!("libfarmem.so supports Linux on x86-64 only");
 
+pub mod agent;
 pub mod alloc;
 pub mod config;
 pub mod cxx;
@@ -159,7 +160,7 @@ fn configure() -> Result<(), StartError> {
         signals::keep_sigbus();
         kernel_io::plain_stdio();
     }
-    lazy::arm(start_at, cfg.policy.limit.is_some());
+    lazy::arm(start_at, cfg.policy.limit.is_some() || cfg.agent.is_some());
     mmap::watch(cfg.mmap_min);
     alloc::activate(&arenas);
     tracing::debug!(start_at, ?arenas, "farmem waiting for a heap to manage");
@@ -209,6 +210,11 @@ pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
         Err(e) => tracing::warn!("farmem stat will not reach this process: {e}"),
     }
     mmap::start(rt, cfg.mmap_min);
+    if let (Some(socket), Some(stats)) = (&cfg.agent, SOCKET_PATH.get()) {
+        agent::join(rt, socket.clone(), stats.clone(), cfg.label.clone(), cfg.policy.clone());
+    } else if cfg.agent.is_some() {
+        tracing::warn!("FARMEM_AGENT is set, but this process serves no statistics socket for the agent to read: it does not join");
+    }
     tracing::info!(?cfg, arenas = ?alloc::arenas(), after_seconds = STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64()), "farmem started");
     Ok(rt)
 }
@@ -246,7 +252,7 @@ fn claim_stats(cfg: &ShimConfig) {
 
 fn snapshot() -> String {
     let started = STARTED.get().copied().unwrap_or_else(Instant::now);
-    report::snapshot(RUNTIME.get(), started, LIMIT.get().copied().flatten(), mmap::regions()).to_string()
+    report::snapshot(RUNTIME.get(), started, agent::limit(LIMIT.get().copied().flatten()), mmap::regions()).to_string()
 }
 
 /// Testing aid (`FARMEM_EVICT_EVERY`): evicts every registered page, again and

@@ -1,0 +1,263 @@
+//! The node agent with three real processes under one budget smaller than
+//! their sum: redis-server (high priority), memcached (normal) and a Python
+//! job (low, with a floor). The budget holds, the Python job gives first,
+//! the metrics parse with the Prometheus client's own parser, killing the
+//! agent leaves the three running on their last limits, and every byte of
+//! each is right at the end.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use farmem_tiers::remote::{free_port, BareClient};
+use farmem_tiers::{RemoteConfig, RemoteProtocol};
+
+const M: u64 = 1 << 20;
+const REDIS_VALUES: u64 = 30_000;
+const MEMCACHED_VALUES: u64 = 20_000;
+
+fn farmem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_farmem"))
+}
+
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// A 4 KiB value that compresses (text with the key in it), different per key.
+fn value(n: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4096);
+    while v.len() < 4096 {
+        v.extend_from_slice(format!("value {n} of the agent test, line {} ", v.len() / 40).as_bytes());
+    }
+    v.truncate(4096);
+    v
+}
+
+/// A child stopped and reaped when dropped: SIGTERM, which `farmem run`
+/// passes on to its program, then SIGKILL after 5 s.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while self.running() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+/// The agent's /metrics text.
+fn scrape(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// The value of `metric{...comm="COMM"...}` in a scrape.
+fn metric(text: &str, metric: &str, comm: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&format!("comm=\"{comm}\""))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn connect(protocol: RemoteProtocol, port: u16) -> BareClient {
+    let c = match protocol {
+        RemoteProtocol::Redis => RemoteConfig::redis("127.0.0.1", port),
+        RemoteProtocol::Memcached => RemoteConfig::memcached("127.0.0.1", port),
+    };
+    let t0 = Instant::now();
+    loop {
+        match BareClient::connect(&c) {
+            Ok(b) => return b,
+            Err(e) if t0.elapsed() > Duration::from_secs(20) => panic!("{}:{port} never answered: {e}", protocol.scheme()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn check_all(c: &mut BareClient, n: u64, what: &str) {
+    let mut out = vec![0u8; 8192];
+    for k in 0..n {
+        let len = c.get(b"agent:", k, &mut out).unwrap_or_else(|e| panic!("{what} key {k}: {e}"));
+        assert!(out[..len] == value(k)[..], "{what}: value {k} came back wrong");
+    }
+}
+
+#[test]
+fn three_processes_share_one_budget_and_low_priority_gives_first() {
+    for (p, a) in [("redis-server", "--version"), ("memcached", "-V"), ("python3", "-V")] {
+        if !have(p, a) {
+            eprintln!("skipped: {p} is not installed (bash .ci/run installs it)");
+            return;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-agent-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    const BUDGET: u64 = 300 * M;
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nbudget = \"{}M\"\n\n[[rule]]\nname = \"cache\"\ncommand = \"redis-server\"\npriority = \"high\"\n\n[[rule]]\nname = \"sessions\"\ncommand = \"memcached\"\n\n[[rule]]\nname = \"batch\"\nlabel = \"batch\"\npriority = \"low\"\nmin = \"32M\"\n",
+            BUDGET / M
+        ),
+    )
+    .unwrap();
+    let socket = dir.join("agent.sock");
+    let metrics_port = free_port().unwrap();
+    let mut agent = Proc(
+        farmem()
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    );
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10) && agent.running(), "the agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let under_agent = |label: Option<&str>| {
+        let mut c = farmem();
+        c.args(["run", "--agent"]).arg(&socket);
+        if let Some(l) = label {
+            c.args(["--label", l]);
+        }
+        c.arg("--");
+        c
+    };
+    let (redis_port, memcached_port) = (free_port().unwrap(), free_port().unwrap());
+    let mut redis = Proc(
+        under_agent(None)
+            .args(["redis-server", "--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    );
+    let mut mc = under_agent(None);
+    mc.args(["memcached", "-p", &memcached_port.to_string(), "-l", "127.0.0.1", "-U", "0", "-M", "-m", "1024", "-t", "2"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        mc.args(["-u", "root"]);
+    }
+    let mut memcached = Proc(mc.stdout(Stdio::null()).spawn().unwrap());
+    // The job: 160 MiB it fills, checks on a line from stdin, and prints the verdict.
+    let job = "import hashlib, sys\n\
+               x = bytearray(160 << 20)\n\
+               for i in range(0, len(x), 4096): x[i:i+4096] = ((b'block %d of the batch job ' % i) * 200)[:4096]\n\
+               sum1 = hashlib.sha256(x).hexdigest()\n\
+               print('ready', flush=True)\n\
+               sys.stdin.readline()\n\
+               print('same' if hashlib.sha256(x).hexdigest() == sum1 else 'DIFFERENT', flush=True)\n";
+    let mut python = Proc(under_agent(Some("batch")).args(["python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let mut job_out = BufReader::new(python.0.stdout.take().unwrap());
+    // Load both servers with values that compress.
+    let mut r = connect(RemoteProtocol::Redis, redis_port);
+    for k in 0..REDIS_VALUES {
+        r.set(b"agent:", k, &value(k)).unwrap();
+    }
+    let mut m = connect(RemoteProtocol::Memcached, memcached_port);
+    for k in 0..MEMCACHED_VALUES {
+        m.set(b"agent:", k, &value(k)).unwrap();
+    }
+    let mut line = String::new();
+    job_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // The budget holds, and the low-priority job gave first.
+    let t0 = Instant::now();
+    let text = loop {
+        let text = scrape(metrics_port).unwrap_or_default();
+        let resident: Vec<Option<f64>> = ["redis-server", "memcached", "python3"].iter().map(|c| metric(&text, "farmem_resident_bytes", c)).collect();
+        if let [Some(r), Some(m), Some(p)] = resident[..] {
+            let sum = (r + m + p) as u64;
+            let py_limit = metric(&text, "farmem_limit_bytes", "python3");
+            eprintln!("{:.1} s: resident redis {:.0} MiB, memcached {:.0} MiB, python {:.0} MiB (limit {:?}), sum {} MiB of {} MiB", t0.elapsed().as_secs_f64(), r / M as f64, m / M as f64, p / M as f64, py_limit.map(|l| l as u64 / M), sum / M, BUDGET / M);
+            if sum <= BUDGET + BUDGET / 20 && py_limit.is_some() {
+                break text;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "the budget did not hold within 90 s:\n{text}");
+        assert!(redis.running() && memcached.running() && python.running(), "a process died");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let limit = |c| metric(&text, "farmem_limit_bytes", c);
+    let py = limit("python3").unwrap();
+    assert!(py >= (32 * M) as f64 && py < (160 * M) as f64, "the job's limit {py} is not between its min and its need");
+    for c in ["redis-server", "memcached"] {
+        assert!(limit(c).map_or(true, |l| l > py), "{c} ({:?}) gave before the low-priority job ({py})", limit(c));
+    }
+    assert!(metric(&text, "farmem_resident_bytes", "python3").unwrap() < (120 * M) as f64, "the job kept its heap:\n{text}");
+    // The Prometheus client's own parser reads every family (from the
+    // first Python that has it: Debian's python3-prometheus-client is not on
+    // another Python's path).
+    let parse = |python: &str| {
+        Command::new(python)
+            .args([
+                "-c",
+                "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nfams = list(p(sys.stdin.read()))\nprint(len(fams), sum(len(f.samples) for f in fams))",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(text.as_bytes())?;
+                c.wait_with_output()
+            })
+            .ok()
+    };
+    let parsed = ["python3", "/usr/bin/python3"].iter().filter_map(|p| parse(p)).find(|o| !String::from_utf8_lossy(&o.stderr).contains("No module named 'prometheus_client'"));
+    match parsed {
+        None => eprintln!("skipped the parser check: no Python here has prometheus_client (bash .ci/run installs it)"),
+        Some(parsed) => {
+            let err = String::from_utf8_lossy(&parsed.stderr);
+            assert!(parsed.status.success(), "the Prometheus parser refused the metrics: {err}\n{text}");
+            let out = String::from_utf8_lossy(&parsed.stdout);
+            let (families, samples): (usize, usize) = out.trim().split_once(' ').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap();
+            eprintln!("the Prometheus parser read {families} families, {samples} samples");
+            assert!(families >= 10 && samples >= 3 * 7, "{out}");
+        }
+    }
+    // The agent dies: the three run on, their limits kept, and every byte is right.
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(redis.running() && memcached.running() && python.running(), "a process died with the agent");
+    check_all(&mut r, REDIS_VALUES, "redis");
+    check_all(&mut m, MEMCACHED_VALUES, "memcached");
+    python.0.stdin.take().unwrap().write_all(b"check\n").unwrap();
+    let mut verdict = String::new();
+    job_out.read_line(&mut verdict).unwrap();
+    assert_eq!(verdict.trim(), "same", "the job's heap changed");
+    drop((redis, memcached, python));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_config_is_one_line_naming_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("farmem-agent-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[node]\nbudget = \"1G\"\n\n[[rule]]\nname = \"x\"\ncommand = \"x\"\npriority = \"urgent\"\n").unwrap();
+    let out = farmem().args(["agent", "--metrics", "none", "--config"]).arg(&config).arg("--socket").arg(dir.join("s")).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 7") && err.contains("rule[1].priority") && err.trim().lines().count() == 1, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
