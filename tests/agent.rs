@@ -261,3 +261,77 @@ fn a_bad_config_is_one_line_naming_line_and_field() {
     assert!(err.contains("line 7") && err.contains("rule[1].priority") && err.trim().lines().count() == 1, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_process_that_exits_leaves_the_metrics_and_a_bad_reload_keeps_the_config() {
+    if !have("python3", "-V") {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-agent-exit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[node]\nbudget = \"1G\"\n\n[[rule]]\nname = \"job\"\nlabel = \"job\"\nmax = \"48M\"\n").unwrap();
+    let socket = dir.join("agent.sock");
+    let port = free_port().unwrap();
+    let mut agent = Proc(
+        farmem()
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut agent_log = BufReader::new(agent.0.stderr.take().unwrap());
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10) && agent.running(), "the agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let job = "import sys\nx = bytearray(96 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('ready', flush=True)\nsys.stdin.readline()\n";
+    let mut python = Proc(
+        farmem().args(["run", "--label", "job", "--agent"]).arg(&socket).args(["--", "python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut out = BufReader::new(python.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // Its rule's max is its limit: the whole heap does not fit under it.
+    let wait_for = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let text = scrape(port).unwrap_or_default();
+            if ok(&text) {
+                return text;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{what} within 30 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the job's limit is its max", &|t| metric(t, "farmem_limit_bytes", "python3") == Some((48 * M) as f64));
+    // `farmem stat` with no pid lists it.
+    let stat = farmem().arg("stat").args(["--interval", "0.1"]).output().unwrap();
+    let stat_out = String::from_utf8_lossy(&stat.stdout);
+    let pid = python.0.id();
+    assert!(stat.status.success() && stat_out.lines().any(|l| l.contains("python3")), "farmem stat (pid {pid}'s child):\n{stat_out}");
+    // A bad file while it runs: one line, and the running rules stay.
+    std::fs::write(&config, "[node]\nbudget = \"1G\"\n\n[[rule]]\nname = \"job\"\nlabel = \"job\"\nmax = \"a lot\"\n").unwrap();
+    let t0 = Instant::now();
+    let mut log = String::new();
+    while !log.contains("the running configuration stays") {
+        log.clear();
+        agent_log.read_line(&mut log).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(10), "no line about the bad file");
+    }
+    assert!(log.contains("line 7") && log.contains("rule[1].max"), "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(&scrape(port).unwrap(), "farmem_limit_bytes", "python3"), Some((48 * M) as f64), "the limit changed after a bad reload");
+    // The job exits: gone from the next scrapes.
+    python.0.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    assert!(python.0.wait().unwrap().success());
+    wait_for("the job is gone from the metrics", &|t| t.contains("farmem_node_processes") && metric(t, "farmem_resident_bytes", "python3").is_none());
+    drop(agent);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
