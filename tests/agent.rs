@@ -335,3 +335,51 @@ fn a_process_that_exits_leaves_the_metrics_and_a_bad_reload_keeps_the_config() {
     drop(agent);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
+    if !have("python3", "-V") {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-agent-adopt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Started without --agent: it only serves its statistics socket.
+    let job = "import sys\nx = bytearray(96 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(x[::4096]), flush=True)\n";
+    let mut python = Proc(farmem().args(["run", "--label", "adoptme", "--", "python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let mut out = BufReader::new(python.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[node]\nbudget = \"1G\"\nadopt = true\n\n[[rule]]\nname = \"adopted\"\nlabel = \"adoptme\"\nmax = \"40M\"\n").unwrap();
+    let port = free_port().unwrap();
+    let agent = Proc(
+        farmem()
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(dir.join("agent.sock"))
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    loop {
+        let text = scrape(port).unwrap_or_default();
+        let (limit, resident) = (metric(&text, "farmem_limit_bytes", "python3"), metric(&text, "farmem_resident_bytes", "python3"));
+        // The shim took the limit: its heap went under it.
+        if limit == Some((40 * M) as f64) && resident.is_some_and(|r| r <= (42 * M) as f64) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the job was not adopted and held to 40M within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(agent);
+    python.0.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), ((96 << 20) / 4096).to_string(), "the job's heap came back wrong");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,6 +6,7 @@
 //! budget = "6G"        # the resident heap all managed processes share; or "auto"
 //! reserve = "1G"       # auto: memory the node keeps free beyond the processes
 //! pressure = "0.5%"    # auto: the share of time stalled on memory the node may see
+//! adopt = true         # also manage processes already under farmem that match a rule
 //!
 //! [[rule]]
 //! name = "cache"
@@ -107,6 +108,9 @@ pub enum NodeBudget {
 pub struct Config {
     /// The node's budget.
     pub node: NodeBudget,
+    /// Whether processes already under farmem (not started with `--agent`)
+    /// that match a rule are managed too, through their statistics sockets.
+    pub adopt: bool,
     /// The rules, in order.
     pub rules: Vec<Rule>,
 }
@@ -144,6 +148,7 @@ struct RawNode {
     budget: Option<toml::Spanned<String>>,
     reserve: Option<toml::Spanned<String>>,
     pressure: Option<toml::Spanned<String>>,
+    adopt: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +179,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     })?;
     let err = |span: std::ops::Range<usize>, field: String, reason: String| ConfigError { line: line_of(text, span.start), field, reason };
     let size = |v: &toml::Spanned<String>, field: String| parse_size(v.get_ref()).map_err(|r| err(v.span(), field, r));
+    let adopt = raw.node.as_ref().and_then(|n| n.get_ref().adopt).unwrap_or(false);
     let node = match raw.node {
         None => NodeBudget::Auto { reserve: 1 << 30, pressure: 0.005 },
         Some(n) => {
@@ -229,7 +235,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }
         rules.push(Rule { name: r.name.into_inner(), matcher: matchers.into_iter().next().expect("one"), priority, min, max });
     }
-    Ok(Config { node, rules })
+    Ok(Config { node, adopt, rules })
 }
 
 #[cfg(test)]
@@ -276,6 +282,7 @@ priority = "low"
         let auto = parse("[node]\nbudget = \"auto\"\nreserve = \"2G\"\npressure = \"1%\"\n").unwrap();
         assert_eq!(auto.node, NodeBudget::Auto { reserve: 2 << 30, pressure: 0.01 });
         assert!(matches!(parse("").unwrap().node, NodeBudget::Auto { .. }));
+        assert!(!c.adopt && parse("[node]\nbudget = \"1G\"\nadopt = true\n").unwrap().adopt);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Processes join by being started with `farmem run --agent SOCKET` (or
 //! `FARMEM_AGENT=SOCKET` in the environment of the shim): once its runtime
 //! runs, the shim connects to the agent's socket and says who it is
-//! ([`wire::Hello`]); nothing is attached to a process that did not ask.
+//! ([`wire::Hello`]). With `adopt = true` in the config, processes already
+//! under farmem that match a rule are managed too, through their statistics
+//! sockets. Nothing is attached to a process that is not under farmem.
 //! Every tick (1 s) the agent reads each member's statistics socket,
 //! matches it to a rule of its configuration ([`config`]), shares the node
 //! budget among the members by priority ([`budget`]), and sends each its
@@ -152,6 +154,9 @@ mod daemon {
                 }
             }
             let cfg = config.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if cfg.adopt {
+                crate::members::adopt(&members, &cfg);
+            }
             tick(&cfg, &members, &view, &mut auto);
             std::thread::sleep(opts.tick.saturating_sub(t0.elapsed()));
         }

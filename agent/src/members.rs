@@ -53,16 +53,40 @@ pub struct Member {
     pub prev: Option<Reading>,
     /// The last reading of its statistics.
     pub last: Option<Reading>,
-    to: UnixStream,
+    to: Sink,
     /// Which connection: a process that joined again replaces its entry,
     /// and the old connection's end must not remove the new one.
     conn: u64,
 }
 
+/// How orders reach a member.
+enum Sink {
+    /// It joined: its connection to the agent.
+    Joined(UnixStream),
+    /// It was adopted: a line sent to its statistics socket.
+    Stats(PathBuf),
+}
+
 impl Member {
     /// Sends `order`; false if the process is gone.
     pub fn send(&mut self, order: Order) -> bool {
-        self.to.write_all(order.line().as_bytes()).is_ok()
+        match &mut self.to {
+            Sink::Joined(s) => s.write_all(order.line().as_bytes()).is_ok(),
+            Sink::Stats(path) => {
+                let Ok(mut s) = UnixStream::connect(&*path) else { return false };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                // The line first; the snapshot the socket answers with is read and dropped.
+                let ok = s.write_all(order.line().as_bytes()).is_ok();
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                ok
+            }
+        }
+    }
+
+    /// Whether it joined (rather than being adopted).
+    pub fn joined(&self) -> bool {
+        matches!(self.to, Sink::Joined(_))
     }
 }
 
@@ -84,6 +108,49 @@ pub fn read_stats(path: &Path) -> Option<Value> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// Where this user's processes under farmem serve their statistics sockets.
+fn socket_dirs() -> Vec<PathBuf> {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut dirs = vec![PathBuf::from("/run/farmem"), PathBuf::from(format!("/run/user/{uid}/farmem")), PathBuf::from(format!("/tmp/farmem-{uid}"))];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        dirs.push(PathBuf::from(x).join("farmem"));
+    }
+    dirs
+}
+
+/// What a process under farmem that did not join says of itself, read
+/// from /proc: its hello as it would have sent it.
+fn hello_of(pid: u32, stats: &Path) -> Option<Hello> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_owned();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
+    let cgroup = crate::wire::cgroup_of(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default());
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let label = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"FARMEM_LABEL=")).map(|v| String::from_utf8_lossy(v).into_owned());
+    Some(Hello { pid, comm, exe, cgroup, label, stats: stats.display().to_string() })
+}
+
+/// Adopts the processes under farmem that serve a statistics socket, did
+/// not join, and match a rule of `config`; drops adopted ones that are gone.
+pub fn adopt(members: &Members, config: &Config) {
+    let mut m = members.lock();
+    m.retain(|pid, x| x.joined() || (Path::new(&x.hello.stats).exists() && Path::new(&format!("/proc/{pid}")).exists()));
+    for dir in socket_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.strip_suffix(".sock")).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if m.contains_key(&pid) {
+                continue;
+            }
+            let Some(hello) = hello_of(pid, &e.path()) else { continue };
+            let Some(rule) = config.rule_for(&hello) else { continue };
+            tracing::info!("adopted: pid {pid} ({}) through {}, rule {}", hello.comm, e.path().display(), config.rules[rule].name);
+            let to = Sink::Stats(e.path());
+            m.insert(pid, Member { hello, rule: Some(rule), sent: None, prev: None, last: None, to, conn: u64::MAX });
+        }
+    }
 }
 
 /// Listens for processes joining on `path` (a stale socket there is
@@ -127,7 +194,7 @@ fn serve(conn: UnixStream, members: &Members, config: &RwLock<Config>) {
     let pid = hello.pid;
     let rule = config.read().unwrap_or_else(|e| e.into_inner()).rule_for(&hello);
     tracing::info!("joined: pid {pid} ({}, cgroup {}, label {:?}), rule {rule:?}", hello.comm, hello.cgroup, hello.label);
-    members.lock().insert(pid, Member { hello, rule, sent: None, prev: None, last: None, to, conn: id });
+    members.lock().insert(pid, Member { hello, rule, sent: None, prev: None, last: None, to: Sink::Joined(to), conn: id });
     // Nothing more comes from the process; the read ends when it exits.
     let mut rest = Vec::new();
     let _ = lines.read_to_end(&mut rest);

@@ -3,7 +3,9 @@
 //! and applies each limit the agent sends by restarting the policy with it
 //! (the stall target and floor from the environment stay). When the agent
 //! goes away the last limit stays, and the thread tries to join again
-//! every 2 s. The protocol is `farmem_agent::wire`.
+//! every 2 s. The protocol is `farmem_agent::wire`. An agent that adopts
+//! a process already under farmem sends the same orders through its
+//! statistics socket instead ([`order`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -17,6 +19,24 @@ use farmem_runtime::{Runtime, RuntimeScope};
 
 /// The limit in force, for the statistics (0: none).
 static LIMIT_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// The runtime and the policy from the environment, for orders that come
+/// through the statistics socket.
+static CONTROL: std::sync::OnceLock<(&'static Runtime, PolicyConfig)> = std::sync::OnceLock::new();
+
+/// Makes the runtime take orders from an agent through the statistics socket.
+pub(crate) fn control(rt: &'static Runtime, base: PolicyConfig) {
+    let _ = CONTROL.set((rt, base));
+}
+
+/// An order line from the statistics socket (an agent that adopted this process).
+pub(crate) fn order(line: &str) {
+    let Some((rt, base)) = CONTROL.get() else { return };
+    match Order::parse(line) {
+        Some(Order::Limit(limit)) => apply(rt, limit, base),
+        None => tracing::debug!("the statistics socket got {line:?}, which this shim does not know"),
+    }
+}
 
 /// The limit in force now, if any: the agent's last, else the environment's.
 pub(crate) fn limit(configured: Option<u64>) -> Option<u64> {

@@ -204,12 +204,13 @@ pub(crate) fn start_runtime() -> Result<&'static Runtime, StartError> {
             let _ = SOCKET_PATH.set(path);
             let _ = std::thread::Builder::new().name("farmem-stats".into()).spawn(move || {
                 let _scope = RuntimeScope::enter();
-                server::serve(listener, snapshot)
+                server::serve(listener, snapshot, agent::order)
             });
         }
         Err(e) => tracing::warn!("farmem stat will not reach this process: {e}"),
     }
     mmap::start(rt, cfg.mmap_min);
+    agent::control(rt, cfg.policy.clone());
     if let (Some(socket), Some(stats)) = (&cfg.agent, SOCKET_PATH.get()) {
         agent::join(rt, socket.clone(), stats.clone(), cfg.label.clone(), cfg.policy.clone());
     } else if cfg.agent.is_some() {

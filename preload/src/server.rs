@@ -3,7 +3,9 @@
 //! A Unix stream socket `PID.sock` in a directory only the process's user can
 //! enter (`/run/farmem` for root, else `$XDG_RUNTIME_DIR/farmem`, else
 //! `/tmp/farmem-UID`), mode 0600. Each connection gets one JSON snapshot (see
-//! [`crate::report`]) and is closed. The socket is removed at exit.
+//! [`crate::report`]) and is closed. A client that sends a line first is a
+//! node agent that adopted this process: the line is an order of
+//! `farmem_agent::wire` (`limit BYTES`). The socket is removed at exit.
 
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -94,12 +96,23 @@ pub fn bind(pid: u32) -> Result<(UnixListener, PathBuf), ServerError> {
     Err(ServerError::NoDir { tried: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "), source: last })
 }
 
-/// Answers each connection with `snapshot()`, forever.
-pub fn serve(listener: UnixListener, snapshot: impl Fn() -> String) {
+/// Answers each connection with `snapshot()`, forever. A client that sent
+/// a line first (a node agent managing this process: `limit BYTES`) has it
+/// passed to `order` after its snapshot; a plain reader gets its snapshot
+/// and end of file at once.
+pub fn serve(listener: UnixListener, snapshot: impl Fn() -> String, order: impl Fn(&str)) {
     for conn in listener.incoming() {
         match conn {
             Ok(mut c) => {
                 let _ = c.write_all(snapshot().as_bytes());
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                // A reader closes its end at our end of file, which ends this
+                // read at once; an agent's line is already there.
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+                let mut line = String::new();
+                if io::BufRead::read_line(&mut io::BufReader::new(&mut c), &mut line).is_ok() && !line.trim().is_empty() {
+                    order(line.trim());
+                }
             }
             Err(e) => {
                 tracing::debug!("statistics socket: {e}");
