@@ -95,6 +95,41 @@ fn check_all(c: &mut BareClient, n: u64, what: &str) {
     }
 }
 
+/// An agent on `dir/agent.toml` (written from `config`) and `dir/agent.sock`,
+/// its metrics on a port of its own, started and answering. Its log is
+/// piped: the caller reads it, or [`forward`]s it to the test's output.
+fn start_agent(dir: &std::path::Path, config: &str) -> (Proc, std::path::PathBuf, u16) {
+    let (file, socket, port) = (dir.join("agent.toml"), dir.join("agent.sock"), free_port().unwrap());
+    std::fs::write(&file, config).unwrap();
+    let mut agent = Proc(
+        farmem()
+            .args(["agent", "--config"])
+            .arg(&file)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10) && agent.running(), "the agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (agent, socket, port)
+}
+
+/// Passes the agent's log on to the test's output (a pipe nobody reads would fill).
+fn forward(agent: &mut Proc) {
+    let log = agent.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+        }
+    });
+}
+
 #[test]
 fn three_processes_share_one_budget_and_low_priority_gives_first() {
     for (p, a) in [("redis-server", "--version"), ("memcached", "-V"), ("python3", "-V")] {
@@ -105,34 +140,15 @@ fn three_processes_share_one_budget_and_low_priority_gives_first() {
     }
     let dir = std::env::temp_dir().join(format!("farmem-agent-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("agent.toml");
     const BUDGET: u64 = 300 * M;
-    std::fs::write(
-        &config,
-        format!(
+    let (mut agent, socket, metrics_port) = start_agent(
+        &dir,
+        &format!(
             "[node]\nbudget = \"{}M\"\n\n[[rule]]\nname = \"cache\"\ncommand = \"redis-server\"\npriority = \"high\"\n\n[[rule]]\nname = \"sessions\"\ncommand = \"memcached\"\n\n[[rule]]\nname = \"batch\"\nlabel = \"batch\"\npriority = \"low\"\nmin = \"32M\"\n",
             BUDGET / M
         ),
-    )
-    .unwrap();
-    let socket = dir.join("agent.sock");
-    let metrics_port = free_port().unwrap();
-    let mut agent = Proc(
-        farmem()
-            .args(["agent", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
     );
-    let t0 = Instant::now();
-    while !socket.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10) && agent.running(), "the agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    forward(&mut agent);
     let under_agent = |label: Option<&str>| {
         let mut c = farmem();
         c.args(["run", "--agent"]).arg(&socket);
@@ -270,27 +286,9 @@ fn a_process_that_exits_leaves_the_metrics_and_a_bad_reload_keeps_the_config() {
     }
     let dir = std::env::temp_dir().join(format!("farmem-agent-exit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let (mut agent, socket, port) = start_agent(&dir, "[node]\nbudget = \"1G\"\n\n[[rule]]\nname = \"job\"\nlabel = \"job\"\nmax = \"48M\"\n");
     let config = dir.join("agent.toml");
-    std::fs::write(&config, "[node]\nbudget = \"1G\"\n\n[[rule]]\nname = \"job\"\nlabel = \"job\"\nmax = \"48M\"\n").unwrap();
-    let socket = dir.join("agent.sock");
-    let port = free_port().unwrap();
-    let mut agent = Proc(
-        farmem()
-            .args(["agent", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--metrics", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
     let mut agent_log = BufReader::new(agent.0.stderr.take().unwrap());
-    let t0 = Instant::now();
-    while !socket.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10) && agent.running(), "the agent did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let job = "import sys\nx = bytearray(96 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('ready', flush=True)\nsys.stdin.readline()\n";
     let mut python = Proc(
         farmem().args(["run", "--label", "job", "--agent"]).arg(&socket).args(["--", "python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
@@ -351,20 +349,8 @@ fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let config = dir.join("agent.toml");
-    std::fs::write(&config, "[node]\nbudget = \"1G\"\nadopt = true\n\n[[rule]]\nname = \"adopted\"\nlabel = \"adoptme\"\nmax = \"40M\"\n").unwrap();
-    let port = free_port().unwrap();
-    let agent = Proc(
-        farmem()
-            .args(["agent", "--config"])
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.join("agent.sock"))
-            .args(["--metrics", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut agent, _, port) = start_agent(&dir, "[node]\nbudget = \"1G\"\nadopt = true\n\n[[rule]]\nname = \"adopted\"\nlabel = \"adoptme\"\nmax = \"40M\"\n");
+    forward(&mut agent);
     let t0 = Instant::now();
     loop {
         let text = scrape(port).unwrap_or_default();
