@@ -1,6 +1,7 @@
 //! Joining the node agent (`FARMEM_AGENT=SOCKET`): once the runtime runs,
 //! a thread of the shim connects to the agent, says who the process is,
-//! and applies each limit the agent sends by restarting the policy with it
+//! and applies each limit the agent sends: in place when the policy already
+//! holds one (`Runtime::set_limit`), else by starting the policy with it
 //! (the stall target and floor from the environment stay). When the agent
 //! goes away the last limit stays, and the thread tries to join again
 //! every 2 s. The protocol is `farmem_agent::wire`. An agent that adopts
@@ -97,7 +98,15 @@ fn serve(rt: &Runtime, s: UnixStream, hello: &Hello, base: &PolicyConfig) {
 
 fn apply(rt: &Runtime, limit: Option<u64>, base: &PolicyConfig) {
     let p = PolicyConfig { limit, ..base.clone() };
-    let r = if p.reclaims() { rt.start_policy(p) } else { Ok(rt.stop_policy()) };
+    // A new limit for a policy already holding one is set in place: the
+    // ages and samples it gathered stay. Otherwise the policy starts anew.
+    let r = if limit.is_some_and(|b| rt.set_limit(b)) {
+        Ok(())
+    } else if p.reclaims() {
+        rt.start_policy(p)
+    } else {
+        Ok(rt.stop_policy())
+    };
     match r {
         Ok(()) => {
             LIMIT_NOW.store(limit.unwrap_or(0), Ordering::Relaxed);

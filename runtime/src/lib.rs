@@ -299,6 +299,7 @@ impl RuntimeBuilder {
             sample_tier,
             tick: AtomicU32::new(0),
             limit_pages: AtomicU64::new(0),
+            limit_request: AtomicU64::new(0),
             reclaim_short: AtomicBool::new(false),
             resident_est: std::sync::atomic::AtomicI64::new(0),
             policy_bell: policy::Bell::default(),
@@ -452,6 +453,9 @@ pub(crate) struct Shared {
     tick: AtomicU32,
     /// The policy's limit in pages (0: none), for the fault handlers' throttle.
     limit_pages: AtomicU64,
+    /// A new limit in bytes for a policy running in limit mode, taken by
+    /// the policy thread at its next look (0: none asked).
+    limit_request: AtomicU64,
     /// Resident pages as the policy last measured them, plus the pages the
     /// fault handlers installed and less those reclaimed since: the throttle's
     /// view, kept current even when the policy thread gets no CPU.
@@ -717,6 +721,21 @@ impl Runtime {
             policy::PolicyHandle::start(Arc::clone(&self.shared), config).map_err(|source| RuntimeError::Os { op: "starting the policy thread", source })?,
         );
         Ok(())
+    }
+
+    /// Changes the limit of a policy running in limit mode to `bytes`, in
+    /// place: what the policy learned of the program's pages (their ages,
+    /// the sampler's state) stays, as it would not across
+    /// [`Runtime::start_policy`]. The policy takes it within a check
+    /// (a tenth of a tick). Returns false, changing nothing, when no policy
+    /// runs with a limit (start one with the limit instead).
+    pub fn set_limit(&self, bytes: u64) -> bool {
+        let slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes == 0 || !slot.as_ref().is_some_and(|p| p.limited()) {
+            return false;
+        }
+        self.shared.limit_request.store(bytes, Ordering::Release);
+        true
     }
 
     /// Stops the policy thread, if one runs; evicted pages stay where they are.

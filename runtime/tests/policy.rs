@@ -557,3 +557,32 @@ fn written_pages_are_seen_without_faults() {
     assert!(lost_off >= HOT as u64 / 2, "without write tracking, the hot set should have been taken and found by faults: {lost_off} pages back");
     assert!(lost_on * 4 <= lost_off, "{lost_on} hot pages back with write tracking against {lost_off} without");
 }
+
+/// A limit changed in place (the node agent's way): the heap goes under the
+/// new one, down and back up, every page intact; with no policy in limit
+/// mode the call changes nothing.
+#[test]
+fn a_limit_changed_in_place_is_held_and_the_policy_keeps_running() {
+    const PAGES: usize = 32768; // 128 MiB
+    let (heap, sums) = filled(PAGES);
+    let rt = Runtime::builder().build().unwrap();
+    rt.register(heap.ptr, heap.len).unwrap();
+    assert!(!rt.set_limit(64 << 20), "no policy runs");
+    rt.start_policy(PolicyConfig { stall: Some(0.001), ..PolicyConfig::default() }).unwrap();
+    assert!(!rt.set_limit(64 << 20), "a stall-mode policy has no limit to change");
+    rt.start_policy(PolicyConfig { limit: Some(96 << 20), tick: Duration::from_millis(100), ..PolicyConfig::default() }).unwrap();
+    for (limit, step) in [(96u64 << 20, "start"), (40 << 20, "lowered"), (72 << 20, "raised")] {
+        if step != "start" {
+            assert!(rt.set_limit(limit));
+        }
+        let ticks0 = rt.stats().policy.unwrap().ticks;
+        wait_for(&format!("{step} to {} MiB", limit >> 20), Duration::from_secs(30), || {
+            let f = footprint(&rt);
+            let p = rt.stats().policy.unwrap();
+            (f <= limit + limit / 20 && p.mode.contains(&format!("{}", limit >> 20)), format!("footprint {} MiB, mode {}", f >> 20, p.mode))
+        });
+        // The same policy thread: its tick count went on, it did not start over.
+        assert!(rt.stats().policy.unwrap().ticks >= ticks0, "the policy restarted");
+    }
+    verify(&heap, &sums);
+}

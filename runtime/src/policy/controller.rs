@@ -39,6 +39,11 @@ impl Controller {
         Controller { limit: config.limit, stall: config.stall, min: config.min, step: STEP_MIN, cooldown: 0, target: None }
     }
 
+    /// A new limit for limit mode, from the next tick on.
+    pub fn set_limit(&mut self, bytes: u64) {
+        self.limit = Some(bytes);
+    }
+
     /// The target of the last tick, if one was set.
     pub fn target(&self) -> Option<u64> {
         self.target

@@ -157,6 +157,8 @@ pub(crate) struct PolicyHandle {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<PolicyStats>>,
+    /// Started with a limit: [`crate::Runtime::set_limit`] may change it.
+    limited: bool,
 }
 
 /// Wakes the policy thread between its checks: to stop, or to reclaim at once
@@ -231,13 +233,20 @@ impl PolicyHandle {
         shared.policy_bell.reset();
         let stats = Arc::new(Mutex::new(PolicyStats { mode: describe(&config), ..PolicyStats::default() }));
         let (sh, o) = (Arc::clone(&shared), Arc::clone(&stats));
+        let limited = config.limit.is_some();
+        shared.limit_request.store(0, Relaxed);
         // Unnamed for std, as the fault handlers: see `RuntimeBuilder::build`.
         let thread = std::thread::Builder::new().spawn(move || {
             let _scope = RuntimeScope::enter();
             crate::set_thread_name(c"farmem-policy");
             Policy::new(sh, config, o).run();
         })?;
-        Ok(PolicyHandle { shared, thread: Some(thread), stats })
+        Ok(PolicyHandle { shared, thread: Some(thread), stats, limited })
+    }
+
+    /// Whether it runs in limit mode.
+    pub fn limited(&self) -> bool {
+        self.limited
     }
 
     /// A copy of the policy's statistics.
@@ -418,6 +427,13 @@ impl Policy {
             let wake = self.shared.policy_bell.wait(wait);
             if wake == Wake::Stop || self.shared.stopping.load(Relaxed) {
                 break;
+            }
+            let asked = self.shared.limit_request.swap(0, Relaxed);
+            if asked > 0 && self.config.limit.is_some() {
+                self.config.limit = Some(asked);
+                self.ctl.set_limit(asked);
+                self.stats.mode = describe(&self.config);
+                self.set_throttle();
             }
             if wake == Wake::Reclaim {
                 // A reclaim that found nothing to take is not retried at once.
