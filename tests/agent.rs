@@ -369,3 +369,71 @@ fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
     assert_eq!(line.trim(), ((96 << 20) / 4096).to_string(), "the job's heap came back wrong");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two jobs of the same priority under a budget for a bit more than one:
+/// the one that stalls (it reads its heap at random, all the time) and
+/// whose rule has a stall target gets more of the budget back than an even
+/// split would give it, and the idle one gives instead.
+#[test]
+fn a_process_that_stalls_past_its_rules_target_is_given_memory_back() {
+    if !have("python3", "-V") {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("farmem-agent-stall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut agent, socket, port) = start_agent(
+        &dir,
+        "[node]\nbudget = \"160M\"\n\n[[rule]]\nname = \"svc\"\nlabel = \"svc\"\nstall = \"5%\"\n\n[[rule]]\nname = \"idle\"\nlabel = \"idle\"\n",
+    );
+    forward(&mut agent);
+    let stop = dir.join("stop");
+    let job = |busy: bool| {
+        format!(
+            "import os, random\nx = bytearray(128 << 20)\nfor i in range(0, len(x), 4096): x[i:i+4096] = ((b'page %d ' % i) * 600)[:4096]\nprint('ready', flush=True)\nr = random.Random(3)\nwhile not os.path.exists({stop:?}):\n    if {busy}:\n        for _ in range(20000): x[r.randrange(len(x) >> 12) << 12]\n    else:\n        import time; time.sleep(0.2)\nprint(sum(x[::4096]), flush=True)\n",
+            stop = stop.display().to_string(),
+            busy = if busy { "True" } else { "False" }
+        )
+    };
+    let start = |label: &str, busy: bool| {
+        let mut p = Proc(farmem().args(["run", "--label", label, "--agent"]).arg(&socket).args(["--", "python3", "-c", &job(busy)]).stdout(Stdio::piped()).spawn().unwrap());
+        let mut out = BufReader::new(p.0.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        (p, out)
+    };
+    let (svc, mut svc_out) = start("svc", true);
+    let (idle, mut idle_out) = start("idle", false);
+    let pids = |text: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| l.starts_with("farmem_resident_bytes{"))
+            .map(|l| (l.split("name=\"").nth(1).unwrap_or("").split('"').next().unwrap_or("").to_owned(), l.rsplit(' ').next().unwrap().parse().unwrap()))
+            .collect()
+    };
+    let t0 = Instant::now();
+    loop {
+        let text = scrape(port).unwrap_or_default();
+        let r = pids(&text);
+        let get = |n: &str| r.iter().find(|(name, _)| name == n).map(|x| x.1);
+        if let (Some(s), Some(i)) = (get("svc"), get("idle")) {
+            eprintln!("{:.1} s: svc {:.0} MiB, idle {:.0} MiB", t0.elapsed().as_secs_f64(), s / M as f64, i / M as f64);
+            // An even split would be 80 MiB each.
+            if s >= (104 * M) as f64 && i <= (60 * M) as f64 {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the stalling job was not given memory back within 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(&stop, "").unwrap();
+    let want = ((0..(128u64 << 20)).step_by(4096).map(|i| format!("page {i} ").as_bytes()[0] as u64).sum::<u64>()).to_string();
+    for (mut p, out) in [(svc, &mut svc_out), (idle, &mut idle_out)] {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want, "a job's heap came back wrong");
+        assert!(p.0.wait().unwrap().success());
+    }
+    drop(agent);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

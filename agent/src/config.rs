@@ -14,6 +14,7 @@
 //! priority = "high"          # high, normal (the default) or low
 //! min = "512M"               # never below this
 //! max = "4G"                 # never above this
+//! stall = "2%"               # squeezed no further while it stalls more than this
 //! ```
 //!
 //! Rules are tried in order; the first that matches a process is its rule.
@@ -74,7 +75,7 @@ impl Matcher {
 }
 
 /// One rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     /// Its name, in metrics and logs.
     pub name: String,
@@ -86,6 +87,10 @@ pub struct Rule {
     pub min: u64,
     /// Bytes it never goes above, if bounded.
     pub max: Option<u64>,
+    /// The stall (a share of time, summed over its threads) past which a
+    /// process of the rule is squeezed no further: its share is kept at
+    /// what it holds, and others give instead. `None`: no such guard.
+    pub stall: Option<f64>,
 }
 
 /// How the node's budget is set.
@@ -161,6 +166,7 @@ struct RawRule {
     priority: Option<toml::Spanned<String>>,
     min: Option<toml::Spanned<String>>,
     max: Option<toml::Spanned<String>>,
+    stall: Option<toml::Spanned<String>>,
 }
 
 /// The line of byte offset `at` in `text`, from 1.
@@ -233,7 +239,8 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 return Err(err(v.span(), field("max"), format!("max {max} is below min {min}")));
             }
         }
-        rules.push(Rule { name: r.name.into_inner(), matcher: matchers.into_iter().next().expect("one"), priority, min, max });
+        let stall = r.stall.as_ref().map(|v| parse_stall(v.get_ref()).map_err(|reason| err(v.span(), field("stall"), reason))).transpose()?;
+        rules.push(Rule { name: r.name.into_inner(), matcher: matchers.into_iter().next().expect("one"), priority, min, max, stall });
     }
     Ok(Config { node, adopt, rules })
 }
@@ -251,6 +258,7 @@ name = "cache"
 command = "redis-server"
 priority = "high"
 min = "64M"
+stall = "2%"
 
 [[rule]]
 name = "web"
@@ -272,7 +280,7 @@ priority = "low"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.node, NodeBudget::Fixed(600 << 20));
         assert_eq!(c.rules.len(), 3);
-        assert_eq!((c.rules[0].priority, c.rules[0].min, c.rules[0].max), (Priority::High, 64 << 20, None));
+        assert_eq!((c.rules[0].priority, c.rules[0].min, c.rules[0].max, c.rules[0].stall), (Priority::High, 64 << 20, None, Some(0.02)));
         assert_eq!((c.rules[1].priority, c.rules[1].max), (Priority::Normal, Some(1 << 30)));
         assert_eq!(c.rule_for(&hello("redis-server", "/", None)), Some(0));
         assert_eq!(c.rule_for(&hello("nginx", "/system.slice/web/x", None)), Some(1));
@@ -295,6 +303,7 @@ priority = "low"
             ("[[rule]]\nname = \"a\"\ncommand = \"x\"\nlabel = \"y\"\n", 1, "rule[1].command"),
             ("[[rule]]\nname = \"a\"\ncommand = \"x\"\nmaxx = \"1G\"\n", 4, "maxx"),
             ("[node]\nbudget = \"1G\"\nreserve = \"1G\"\n", 3, "node.reserve"),
+            ("[[rule]]\nname = \"a\"\ncommand = \"x\"\nstall = \"often\"\n", 4, "rule[1].stall"),
             ("[node\n", 1, "-"),
         ] {
             let e = parse(text).expect_err(text);

@@ -162,6 +162,52 @@ mod daemon {
         }
     }
 
+    /// A rule's stall guard: while the process stalls past `target`, the
+    /// floor under its share rises by a tenth of its need a tick from its
+    /// limit (others give instead); after five calm ticks in a row it sinks
+    /// by a twentieth a tick. Without a target, no floor.
+    pub(crate) fn guard(floor: u64, calm: &mut u32, target: Option<f64>, stall: f64, limit: u64, need: u64) -> u64 {
+        let Some(target) = target else { return 0 };
+        if stall > target {
+            *calm = 0;
+            return (floor.max(limit) + need / 10).min(need);
+        }
+        *calm += 1;
+        if *calm >= 5 {
+            floor.saturating_sub(need / 20)
+        } else {
+            floor
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_stall_guard_rises_while_stalled_and_sinks_when_calm() {
+            let mut calm = 0;
+            let need = 1000;
+            assert_eq!(super::guard(0, &mut calm, None, 0.9, 500, need), 0, "no target, no floor");
+            let f = super::guard(0, &mut calm, Some(0.02), 0.5, 500, need);
+            assert_eq!(f, 600);
+            let f = super::guard(f, &mut calm, Some(0.02), 0.5, 600, need);
+            assert_eq!(f, 700);
+            assert_eq!(super::guard(f, &mut calm, Some(0.02), 0.5, 990, need), need, "never above the need");
+            let mut f = 700;
+            for _ in 0..4 {
+                f = super::guard(f, &mut calm, Some(0.02), 0.0, 700, need);
+            }
+            assert_eq!(f, 700, "four calm ticks keep it");
+            assert_eq!(super::guard(f, &mut calm, Some(0.02), 0.0, 700, need), 650, "then it sinks");
+        }
+    }
+
+    /// The share of time between two readings the process's threads spent
+    /// stalled on faults (summed over threads), by the process's own clock.
+    fn stall_share(prev: &Reading, last: &Reading) -> f64 {
+        let dt = (last.f("uptime_seconds") - prev.f("uptime_seconds")).max(1e-3);
+        (last.f("stall_seconds") - prev.f("stall_seconds")).max(0.0) / dt
+    }
+
     /// One round: read every member, share the budget, send limits, update the view.
     fn tick(cfg: &Config, members: &Members, view: &Mutex<View>, auto: &mut AutoBudget) {
         let paths: Vec<(u32, PathBuf)> = members.lock().iter().map(|(pid, m)| (*pid, PathBuf::from(&m.hello.stats))).collect();
@@ -176,13 +222,17 @@ mod daemon {
         let claims: Vec<Claim> = pids
             .iter()
             .map(|p| {
-                let x = &m[p];
+                let x = m.get_mut(p).expect("listed");
                 let rule = x.rule.map(|i| &cfg.rules[i]);
+                let last = x.last.as_ref().expect("read");
+                let need = last.need();
+                let stall = x.prev.as_ref().map_or(0.0, |prev| stall_share(prev, last));
+                x.guard_floor = guard(x.guard_floor, &mut x.calm, rule.and_then(|r| r.stall), stall, x.sent.flatten().unwrap_or(need), need);
                 Claim {
                     priority: rule.map_or(Priority::Normal, |r| r.priority),
-                    min: rule.map_or(0, |r| r.min),
+                    min: rule.map_or(0, |r| r.min).max(x.guard_floor),
                     max: rule.and_then(|r| r.max),
-                    need: x.last.as_ref().map_or(0, Reading::need),
+                    need,
                 }
             })
             .collect();
@@ -211,6 +261,7 @@ mod daemon {
             }
             let (last, prev) = (x.last.as_ref().expect("read"), x.prev.as_ref());
             let rate = |k: &str| prev.map_or(0.0, |p| (last.f(k) - p.f(k)).max(0.0) / last.at.duration_since(p.at).as_secs_f64().max(1e-3));
+            let stall = prev.map_or(0.0, |p| stall_share(p, last));
             let tiers = last
                 .snap
                 .get("tiers")
@@ -230,7 +281,7 @@ mod daemon {
                 limit: x.sent.flatten(),
                 tiers,
                 faults_per_s: rate("faults"),
-                stall_share: rate("stall_seconds"),
+                stall_share: stall,
                 evictions: last.f("pages_evicted") as u64,
                 refaults: last.f("faults_from_tier") as u64,
             });
