@@ -201,6 +201,20 @@ enum Bench {
         #[arg(long, value_parser = parse_duration)]
         duration: std::time::Duration,
     },
+    /// Run a command, and everything it starts, under the kernel's answer to
+    /// one budget: a memory cgroup of --limit bytes with zram (lz4) swap;
+    /// the machine is put back after. Root only.
+    KernelCgroup {
+        /// The memory cgroup's limit (e.g. 300M).
+        #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
+        limit: u64,
+        /// The zram swap device's size.
+        #[arg(long, default_value = "4G", value_parser = farmem_runtime::policy::parse_size)]
+        swap: u64,
+        /// The command and its arguments (after `--`).
+        #[arg(trailing_var_arg = true, required = true, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Parses a duration: seconds, optionally with s, m or h.
@@ -257,6 +271,11 @@ fn main() -> ExitCode {
             })
         }
         Command::Bench { which: Bench::Workload { kind, size, duration } } => farmem_bench::compare::run_workload(kind, size, duration).map_err(|e| e.to_string()),
+        Command::Bench { which: Bench::KernelCgroup { limit, swap, command } } => match farmem_bench::kernel::run_in_cgroup(limit, swap, &command) {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("{} ended with {status}", command[0].to_string_lossy())),
+            Err(e) => Err(e.to_string()),
+        },
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

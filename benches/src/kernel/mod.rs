@@ -43,6 +43,7 @@
 
 mod cgroup;
 mod child;
+mod contain;
 mod ratio;
 mod signals;
 mod swap;
@@ -58,6 +59,7 @@ use crate::BaselineError;
 use zram::zram_is_free;
 
 pub use cgroup::{memory_cgroup_root, CgroupRoot, MemCgroup, CGROUP_PREFIX};
+pub use contain::run_in_cgroup;
 pub use ratio::{zram_ratio, ZramRatio};
 pub use signals::{interrupted, SignalCatcher};
 pub use swap::{swap_off, swap_on, write_swap_header, ZramSwap, SWAP_PRIORITY, ZSWAP_ENABLED};
