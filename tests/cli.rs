@@ -270,3 +270,25 @@ fn a_program_runs_under_a_remote_tier_and_without_farmem_when_its_server_is_not_
     assert!(names.contains(&"redis"), "the run's tiers: {names:?}");
     std::fs::remove_file(&stats).unwrap();
 }
+
+#[test]
+fn bench_kernel_cgroup_runs_a_command_in_a_memory_cgroup_with_zram_and_puts_the_machine_back() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/sys/block/zram0").exists() {
+        eprintln!("skipped: needs root and zram0");
+        return;
+    }
+    let swaps = || std::fs::read_to_string("/proc/swaps").unwrap();
+    let before = swaps();
+    // 96 MiB written under a 32 MiB limit: it must swap to zram, and read back right.
+    let script = "cat /proc/self/cgroup; python3 -c \"x = bytearray(96 << 20)\nfor i in range(0, len(x), 4096): x[i] = i % 251\nprint(sum(x[::4096]))\"";
+    let out = farmem().args(["bench", "kernel-cgroup", "--limit", "32M", "--swap", "256M", "--", "sh", "-c", script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("farmem-bench-"), "the command was not in the group: {stdout}");
+    let want: usize = (0..(96usize << 20)).step_by(4096).map(|i| i % 251).sum();
+    assert!(stdout.contains(&want.to_string()), "{stdout}");
+    assert_eq!(swaps(), before, "the zram swap was left on");
+    let bad = farmem().args(["bench", "kernel-cgroup", "--limit", "32M", "--", "false"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("false ended with"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
