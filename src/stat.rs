@@ -65,12 +65,7 @@ fn mib(b: f64) -> String {
 /// shims serve them from.
 fn every_pid() -> Vec<u32> {
     // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let mut dirs = vec![PathBuf::from("/run/farmem"), PathBuf::from(format!("/run/user/{uid}/farmem")), PathBuf::from(format!("/tmp/farmem-{uid}"))];
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
-        dirs.push(PathBuf::from(x).join("farmem"));
-    }
-    let mut pids: Vec<u32> = dirs
+    let mut pids: Vec<u32> = farmem_agent::wire::socket_dirs(unsafe { libc::getuid() })
         .iter()
         .filter_map(|d| std::fs::read_dir(d).ok())
         .flatten()

@@ -114,17 +114,6 @@ pub fn read_stats(path: &Path) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
-/// Where this user's processes under farmem serve their statistics sockets.
-fn socket_dirs() -> Vec<PathBuf> {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let mut dirs = vec![PathBuf::from("/run/farmem"), PathBuf::from(format!("/run/user/{uid}/farmem")), PathBuf::from(format!("/tmp/farmem-{uid}"))];
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
-        dirs.push(PathBuf::from(x).join("farmem"));
-    }
-    dirs
-}
-
 /// What a process under farmem that did not join says of itself, read
 /// from /proc: its hello as it would have sent it.
 fn hello_of(pid: u32, stats: &Path) -> Option<Hello> {
@@ -141,7 +130,8 @@ fn hello_of(pid: u32, stats: &Path) -> Option<Hello> {
 pub fn adopt(members: &Members, config: &Config) {
     let mut m = members.lock();
     m.retain(|pid, x| x.joined() || (Path::new(&x.hello.stats).exists() && Path::new(&format!("/proc/{pid}")).exists()));
-    for dir in socket_dirs() {
+    // SAFETY: getuid has no preconditions.
+    for dir in crate::wire::socket_dirs(unsafe { libc::getuid() }) {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.strip_suffix(".sock")).and_then(|p| p.parse::<u32>().ok()) else { continue };

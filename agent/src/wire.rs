@@ -5,7 +5,25 @@
 //! the last limit it was given if the agent goes away, and tries to join
 //! again every few seconds.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
+
+/// The directories a shim run by `uid` serves its statistics socket
+/// (`PID.sock`) from, in the order it tries them: `/run/farmem` for root,
+/// `$XDG_RUNTIME_DIR/farmem`, `/tmp/farmem-UID`. Readers (the agent,
+/// `farmem stat`) look in the same places.
+pub fn socket_dirs(uid: u32) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if uid == 0 {
+        dirs.push(PathBuf::from("/run/farmem"));
+    }
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        dirs.push(Path::new(&x).join("farmem"));
+    }
+    dirs.push(PathBuf::from(format!("/tmp/farmem-{uid}")));
+    dirs
+}
 
 /// What a process says of itself when it joins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,18 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-/// The directories a socket may be in, in the order they are tried.
-pub fn socket_dirs(uid: u32) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if uid == 0 {
-        dirs.push(PathBuf::from("/run/farmem"));
-    }
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
-        dirs.push(Path::new(&x).join("farmem"));
-    }
-    dirs.push(PathBuf::from(format!("/tmp/farmem-{uid}")));
-    dirs
-}
+pub use farmem_agent::wire::socket_dirs;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +99,8 @@ pub fn serve(listener: UnixListener, snapshot: impl Fn() -> String, order: impl 
                 // read at once; an agent's line is already there.
                 let _ = c.set_read_timeout(Some(std::time::Duration::from_millis(200)));
                 let mut line = String::new();
-                if io::BufRead::read_line(&mut io::BufReader::new(&mut c), &mut line).is_ok() && !line.trim().is_empty() {
+                // An order is one short line; more is not one.
+                if io::BufRead::read_line(&mut io::BufReader::new(io::Read::take(&mut c, 256)), &mut line).is_ok() && !line.trim().is_empty() {
                     order(line.trim());
                 }
             }
