@@ -204,11 +204,14 @@ fn three_processes_share_one_budget_and_low_priority_gives_first() {
             let sum = (r + m + p) as u64;
             let py_limit = metric(&text, "farmem_limit_bytes", "python3");
             eprintln!("{:.1} s: resident redis {:.0} MiB, memcached {:.0} MiB, python {:.0} MiB (limit {:?}), sum {} MiB of {} MiB", t0.elapsed().as_secs_f64(), r / M as f64, m / M as f64, p / M as f64, py_limit.map(|l| l as u64 / M), sum / M, BUDGET / M);
-            if sum <= BUDGET + BUDGET / 20 && py_limit.is_some() {
+            // The job took memory while it filled and hashed its heap (it
+            // stalled, the servers were idle); calm again, it gives it back.
+            let below = |c| py_limit.is_some_and(|l| metric(&text, "farmem_limit_bytes", c).map_or(true, |o| o > l));
+            if sum <= BUDGET + BUDGET / 20 && below("redis-server") && below("memcached") && p < (120 * M) as f64 {
                 break text;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(90), "the budget did not hold within 90 s:\n{text}");
+        assert!(t0.elapsed() < Duration::from_secs(90), "the budget did not hold with the low-priority job squeezed first within 90 s:\n{text}");
         assert!(redis.running() && memcached.running() && python.running(), "a process died");
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -370,12 +373,13 @@ fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Two jobs of the same priority under a budget for a bit more than one:
-/// the one that stalls (it reads its heap at random, all the time) and
-/// whose rule has a stall target gets more of the budget back than an even
-/// split would give it, and the idle one gives instead.
+/// Two jobs under a budget for a bit more than one: a low-priority one
+/// that reads its heap at random all the time, and an idle high-priority
+/// one. By priority alone the busy job would be held at a quarter of its
+/// heap; its stall makes it take memory from the idle one instead, whose
+/// pages cost nothing to take.
 #[test]
-fn a_process_that_stalls_past_its_rules_target_is_given_memory_back() {
+fn a_busy_low_priority_process_takes_memory_from_an_idle_high_priority_one() {
     if !have("python3", "-V") {
         eprintln!("skipped: python3 is not installed");
         return;
@@ -384,7 +388,7 @@ fn a_process_that_stalls_past_its_rules_target_is_given_memory_back() {
     std::fs::create_dir_all(&dir).unwrap();
     let (mut agent, socket, port) = start_agent(
         &dir,
-        "[node]\nbudget = \"160M\"\n\n[[rule]]\nname = \"svc\"\nlabel = \"svc\"\nstall = \"5%\"\n\n[[rule]]\nname = \"idle\"\nlabel = \"idle\"\n",
+        "[node]\nbudget = \"160M\"\n\n[[rule]]\nname = \"svc\"\nlabel = \"svc\"\npriority = \"low\"\n\n[[rule]]\nname = \"idle\"\nlabel = \"idle\"\npriority = \"high\"\n",
     );
     forward(&mut agent);
     let stop = dir.join("stop");
@@ -418,7 +422,7 @@ fn a_process_that_stalls_past_its_rules_target_is_given_memory_back() {
         let get = |n: &str| r.iter().find(|(name, _)| name == n).map(|x| x.1);
         if let (Some(s), Some(i)) = (get("svc"), get("idle")) {
             eprintln!("{:.1} s: svc {:.0} MiB, idle {:.0} MiB", t0.elapsed().as_secs_f64(), s / M as f64, i / M as f64);
-            // An even split would be 80 MiB each.
+            // By priority: idle 128 MiB, svc 32 MiB.
             if s >= (104 * M) as f64 && i <= (60 * M) as f64 {
                 break;
             }

@@ -14,7 +14,7 @@
 //! priority = "high"          # high, normal (the default) or low
 //! min = "512M"               # never below this
 //! max = "4G"                 # never above this
-//! stall = "2%"               # squeezed no further while it stalls more than this
+//! stall = "2%"               # past this stall it takes memory from calmer processes
 //! ```
 //!
 //! Rules are tried in order; the first that matches a process is its rule.
@@ -88,8 +88,9 @@ pub struct Rule {
     /// Bytes it never goes above, if bounded.
     pub max: Option<u64>,
     /// The stall (a share of time, summed over its threads) past which a
-    /// process of the rule is squeezed no further: its share is kept at
-    /// what it holds, and others give instead. `None`: no such guard.
+    /// process of the rule takes memory from calmer ones (see
+    /// [`crate::budget`]). `None`: the priority's default,
+    /// [`crate::budget::default_stall`].
     pub stall: Option<f64>,
 }
 

@@ -50,7 +50,7 @@ mod daemon {
     use std::sync::{Arc, Mutex, RwLock};
     use std::time::{Duration, Instant, SystemTime};
 
-    use crate::budget::{share, Claim};
+    use crate::budget::{default_stall, share, Claim};
     use crate::config::{self, Config, NodeBudget, Priority};
     use crate::members::{read_stats, Members, Reading};
     use crate::metrics::{ProcView, View};
@@ -162,42 +162,23 @@ mod daemon {
         }
     }
 
-    /// A rule's stall guard: while the process stalls past `target`, the
-    /// floor under its share rises by a tenth of its need a tick from its
-    /// limit (others give instead); after five calm ticks in a row it sinks
-    /// by a twentieth a tick. Without a target, no floor.
-    pub(crate) fn guard(floor: u64, calm: &mut u32, target: Option<f64>, stall: f64, limit: u64, need: u64) -> u64 {
-        let Some(target) = target else { return 0 };
-        if stall > target {
-            *calm = 0;
-            return (floor.max(limit) + need / 10).min(need);
-        }
-        *calm += 1;
-        if *calm >= 5 {
-            floor.saturating_sub(need / 20)
-        } else {
-            floor
-        }
+    /// The next smoothed pressure from the last one and this tick's stall
+    /// against `target`: half each, so one slow tick does not move memory
+    /// and a stall that lasts does within two or three.
+    pub(crate) fn smooth(pressure: f64, stall: f64, target: f64) -> f64 {
+        (pressure + stall / target.max(1e-6)) / 2.0
     }
 
     #[cfg(test)]
     mod tests {
         #[test]
-        fn the_stall_guard_rises_while_stalled_and_sinks_when_calm() {
-            let mut calm = 0;
-            let need = 1000;
-            assert_eq!(super::guard(0, &mut calm, None, 0.9, 500, need), 0, "no target, no floor");
-            let f = super::guard(0, &mut calm, Some(0.02), 0.5, 500, need);
-            assert_eq!(f, 600);
-            let f = super::guard(f, &mut calm, Some(0.02), 0.5, 600, need);
-            assert_eq!(f, 700);
-            assert_eq!(super::guard(f, &mut calm, Some(0.02), 0.5, 990, need), need, "never above the need");
-            let mut f = 700;
-            for _ in 0..4 {
-                f = super::guard(f, &mut calm, Some(0.02), 0.0, 700, need);
-            }
-            assert_eq!(f, 700, "four calm ticks keep it");
-            assert_eq!(super::guard(f, &mut calm, Some(0.02), 0.0, 700, need), 650, "then it sinks");
+        fn pressure_follows_a_lasting_stall_and_not_one_tick() {
+            let one = super::smooth(0.0, 0.04, 0.02);
+            assert_eq!(one, 1.0, "one tick at twice the target is not yet past it");
+            let two = super::smooth(one, 0.04, 0.02);
+            assert!(two > 1.0, "{two}");
+            let calm = super::smooth(super::smooth(two, 0.0, 0.02), 0.0, 0.02);
+            assert!(calm < 0.5, "{calm}");
         }
     }
 
@@ -226,14 +207,10 @@ mod daemon {
                 let rule = x.rule.map(|i| &cfg.rules[i]);
                 let last = x.last.as_ref().expect("read");
                 let need = last.need();
+                let priority = rule.map_or(Priority::Normal, |r| r.priority);
                 let stall = x.prev.as_ref().map_or(0.0, |prev| stall_share(prev, last));
-                x.guard_floor = guard(x.guard_floor, &mut x.calm, rule.and_then(|r| r.stall), stall, x.sent.flatten().unwrap_or(need), need);
-                Claim {
-                    priority: rule.map_or(Priority::Normal, |r| r.priority),
-                    min: rule.map_or(0, |r| r.min).max(x.guard_floor),
-                    max: rule.and_then(|r| r.max),
-                    need,
-                }
+                x.pressure = smooth(x.pressure, stall, rule.and_then(|r| r.stall).unwrap_or_else(|| default_stall(priority)));
+                Claim { priority, min: rule.map_or(0, |r| r.min), max: rule.and_then(|r| r.max), need, pressure: x.pressure, held: x.share }
             })
             .collect();
         let held: u64 = pids.iter().map(|p| m[p].last.as_ref().map_or(0, |r| r.f("resident_bytes") as u64)).sum();
@@ -245,6 +222,7 @@ mod daemon {
         let mut procs = Vec::new();
         for ((pid, c), s) in pids.iter().zip(&claims).zip(&shares) {
             let x = m.get_mut(pid).expect("listed above");
+            x.share = Some(*s);
             let bounded = c.need.min(c.max.unwrap_or(u64::MAX)).max(c.min);
             // Room for all it needs: held at its max only, so it may grow.
             let limit = if *s >= bounded { c.max } else { Some(*s) };
