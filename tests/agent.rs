@@ -347,12 +347,13 @@ fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
     std::fs::create_dir_all(&dir).unwrap();
     // Started without --agent: it only serves its statistics socket.
     let job = "import sys\nx = bytearray(96 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('ready', flush=True)\nsys.stdin.readline()\nprint(sum(x[::4096]), flush=True)\n";
-    let mut python = Proc(farmem().args(["run", "--label", "adoptme", "--", "python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
+    let mut python = Proc(farmem().args(["run", "--limit", "64M", "--label", "adoptme", "--", "python3", "-c", job]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap());
     let mut out = BufReader::new(python.0.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let (mut agent, _, port) = start_agent(&dir, "[node]\nbudget = \"1G\"\nadopt = true\n\n[[rule]]\nname = \"adopted\"\nlabel = \"adoptme\"\nmax = \"40M\"\n");
+    let config = "[node]\nbudget = \"1G\"\nadopt = true\n\n[[rule]]\nname = \"adopted\"\nlabel = \"adoptme\"\n";
+    let (mut agent, _, port) = start_agent(&dir, &format!("{config}max = \"40M\"\n"));
     forward(&mut agent);
     let t0 = Instant::now();
     loop {
@@ -363,6 +364,20 @@ fn a_process_already_under_farmem_is_adopted_through_its_statistics_socket() {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "the job was not adopted and held to 40M within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Its own statistics say which limit is in force: the agent's, and
+    // none once the agent lifts it (not the 64M it was started with).
+    let pid = scrape(port).unwrap().lines().find(|l| l.starts_with("farmem_limit_bytes{") && l.contains("comm=\"python3\"")).and_then(|l| l.split("pid=\"").nth(1)?.split('"').next().map(str::to_owned)).unwrap();
+    let stat_limit = || -> serde_json::Value {
+        let out = farmem().args(["stat", &pid, "--json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["limit_bytes"].clone()
+    };
+    assert_eq!(stat_limit(), serde_json::json!(40 * M));
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let t0 = Instant::now();
+    while !stat_limit().is_null() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the lifted limit still shows as {}", stat_limit());
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(agent);

@@ -14,8 +14,8 @@
 //!   in use pays for a small share in stall; an idle one pays nothing. Each
 //!   process's *pressure* is its stall over its target (the rule's `stall`,
 //!   or one by priority: [`default_stall`]). Every tick, a process stalling
-//!   past its target takes a tenth of its need from those at less than half
-//!   its pressure, the calmest first, and the budget's changes are taken
+//!   past its target takes a tenth of its need or more (up to half, the
+//!   further past its target it is) from those at less than half its pressure, the calmest first, and the budget's changes are taken
 //!   from or given to the calmest or the dearest likewise. Among processes
 //!   alike in pressure, low priority gives first and high priority takes
 //!   first. Senpai and TMO steer by the same signal, time lost to refaults.
@@ -120,12 +120,16 @@ fn fit(budget: u64, claims: &[Claim], bounds: &[u64], out: &mut [u64]) {
 }
 
 /// Moves memory from calm processes to those stalling past their target:
-/// each takes up to a tenth of its need a tick.
+/// each takes a tenth of its need a tick at twice its target, more the
+/// more it is past it, up to half its need a tick at ten times. A
+/// process whose pages are all in use and that was squeezed while idle
+/// loses its rate until it has them back, so the climb must be quick.
 fn rebalance(claims: &[Claim], bounds: &[u64], out: &mut [u64]) {
     let mut takers: Vec<usize> = (0..claims.len()).filter(|&i| claims[i].pressure > TAKES_AT && out[i] < bounds[i]).collect();
     takers.sort_by(|&a, &b| claims[b].pressure.total_cmp(&claims[a].pressure).then(claims[b].priority.cmp(&claims[a].priority)));
     for r in takers {
-        let mut want = (bounds[r] / 10).max(1 << 20).min(bounds[r] - out[r]);
+        let step = (claims[r].pressure / 20.0).clamp(0.1, 0.5);
+        let mut want = ((bounds[r] as f64 * step) as u64).max(1 << 20).min(bounds[r] - out[r]);
         for d in giving_order(claims, out) {
             if want == 0 {
                 break;
@@ -233,6 +237,11 @@ mod tests {
         claims[1].held = Some(50 * M);
         claims[1].pressure = 2.0;
         assert_eq!(share(200 * M, &claims), [130 * M, 70 * M], "a tenth of its need a tick, from the idle one");
+        claims[1].pressure = 6.0;
+        assert_eq!(share(200 * M, &claims), [90 * M, 110 * M], "three tenths at six times its target");
+        claims[1].pressure = 50.0;
+        assert_eq!(share(200 * M, &claims), [50 * M, 150 * M], "half its need at most");
+        claims[1].pressure = 2.0;
         // Between calm and its target it keeps what it took.
         claims[0].held = Some(100 * M);
         claims[1].held = Some(100 * M);

@@ -18,7 +18,8 @@ use farmem_agent::wire::{cgroup_of, Hello, Order};
 use farmem_runtime::policy::PolicyConfig;
 use farmem_runtime::{Runtime, RuntimeScope};
 
-/// The limit in force, for the statistics (0: none).
+/// The limit the agent last set, for the statistics (0: it set none yet;
+/// [`LIFTED`]: it lifted the limit).
 static LIMIT_NOW: AtomicU64 = AtomicU64::new(0);
 
 /// The runtime and the policy from the environment, for orders that come
@@ -43,9 +44,13 @@ pub(crate) fn order(line: &str) {
 pub(crate) fn limit(configured: Option<u64>) -> Option<u64> {
     match LIMIT_NOW.load(Ordering::Relaxed) {
         0 => configured,
+        LIFTED => None,
         n => Some(n),
     }
 }
+
+/// [`LIMIT_NOW`] once the agent lifted the limit.
+const LIFTED: u64 = u64::MAX;
 
 /// Starts the thread that joins the agent at `socket`.
 pub(crate) fn join(rt: &'static Runtime, socket: PathBuf, stats: PathBuf, label: Option<String>, base: PolicyConfig) {
@@ -109,7 +114,7 @@ fn apply(rt: &Runtime, limit: Option<u64>, base: &PolicyConfig) {
     };
     match r {
         Ok(()) => {
-            LIMIT_NOW.store(limit.unwrap_or(0), Ordering::Relaxed);
+            LIMIT_NOW.store(limit.unwrap_or(LIFTED), Ordering::Relaxed);
             tracing::info!("the agent set the limit to {limit:?}");
         }
         Err(e) => tracing::warn!("the agent's limit {limit:?} could not be applied: {e}"),
