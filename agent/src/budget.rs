@@ -15,15 +15,16 @@
 //!   process's *pressure* is its stall over its target (the rule's `stall`,
 //!   or one by priority: [`default_stall`]). Every tick, a process stalling
 //!   past its target takes a tenth of its need or more (up to half, the
-//!   further past its target it is) from those at less than half its pressure, the calmest first, and the budget's changes are taken
-//!   from or given to the calmest or the dearest likewise. Among processes
-//!   alike in pressure, low priority gives first and high priority takes
-//!   first. Senpai and TMO steer by the same signal, time lost to refaults.
-//! - **Priority again, when calm.** A process calm again (under half its
-//!   target) that holds more than the split by priority gives it hands a
-//!   twentieth of its need a tick back to those holding less. A busy
-//!   low-priority process so ends up with about what holds it at its
-//!   target, and the rest stays where the operator wants it.
+//!   further past its target it is) from those at less than half its
+//!   pressure, the calmest first; the budget's changes are taken from the
+//!   calmest and given to the dearest. Among processes alike in pressure,
+//!   low priority gives first and high priority takes first. Senpai and
+//!   TMO steer by the same signal, time lost to refaults.
+//! - **Priority again, when calm.** A process calm for ten ticks (under
+//!   half its target) that holds more than the split by priority gives it
+//!   hands a twentieth of its need a tick back to those holding less. A
+//!   busy low-priority process so ends up with about what holds it at its
+//!   target, and the rest goes where the operator wants it.
 //!
 //! So the low-priority processes give first while giving costs them no more
 //! than it would cost others, and a process never goes below its min, even
@@ -47,6 +48,8 @@ pub struct Claim {
     pub pressure: f64,
     /// Its share at the last tick (`None`: new to the budget).
     pub held: Option<u64>,
+    /// Ticks in a row its pressure was under [`CALM_UNDER`].
+    pub calm: u32,
 }
 
 /// The stall a process may see before it takes memory from calmer ones,
@@ -145,9 +148,15 @@ fn rebalance(claims: &[Claim], bounds: &[u64], out: &mut [u64]) {
     }
 }
 
-/// Pressure under which a process is calm: what it holds past the split
-/// by priority drifts back.
-const CALM_UNDER: f64 = 0.5;
+/// Pressure under which a process is calm.
+pub const CALM_UNDER: f64 = 0.5;
+
+/// Calm ticks in a row before what a process holds past the split by
+/// priority drifts back. A process that reads its heap at random stalls
+/// hard at any cut (a fault costs 40 reads), so a burst's end is not yet a
+/// sign its pages went cold: a short calm would hand them back and take
+/// them again every few ticks.
+pub const SETTLE_AFTER: u32 = 10;
 
 /// Gives back, from calm processes holding more than the split by priority
 /// gives them, a twentieth of their need a tick to those holding less
@@ -159,7 +168,7 @@ fn settle(claims: &[Claim], start: &[u64], out: &mut [u64]) {
     let mut short: Vec<usize> = (0..claims.len()).filter(|&i| out[i] < start[i]).collect();
     short.sort_by_key(|&i| std::cmp::Reverse(claims[i].priority));
     for d in 0..claims.len() {
-        if claims[d].pressure >= CALM_UNDER || out[d] <= start[d] {
+        if claims[d].calm < SETTLE_AFTER || out[d] <= start[d] {
             continue;
         }
         let mut give = (claims[d].bounded() / 20).max(1 << 20).min(out[d] - start[d]);
@@ -204,7 +213,7 @@ mod tests {
     const M: u64 = 1 << 20;
 
     fn claim(priority: Priority, min: u64, need: u64) -> Claim {
-        Claim { priority, min, max: None, need, pressure: 0.0, held: None }
+        Claim { priority, min, max: None, need, pressure: 0.0, held: None, calm: 0 }
     }
 
     #[test]
@@ -247,8 +256,12 @@ mod tests {
         claims[1].held = Some(100 * M);
         claims[1].pressure = 0.7;
         assert_eq!(share(200 * M, &claims), [100 * M, 100 * M]);
-        // Calm, it gives back a twentieth of its need a tick, down to the split by priority.
+        // Calm, but not for long: it keeps it.
         claims[1].pressure = 0.2;
+        claims[1].calm = SETTLE_AFTER - 1;
+        assert_eq!(share(200 * M, &claims), [100 * M, 100 * M]);
+        // Calm for long, it gives back a twentieth of its need a tick, down to the split by priority.
+        claims[1].calm = SETTLE_AFTER;
         assert_eq!(share(200 * M, &claims), [110 * M, 90 * M]);
         claims[0].held = Some(145 * M);
         claims[1].held = Some(55 * M);

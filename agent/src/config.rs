@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [node]
-//! budget = "6G"        # the resident heap all managed processes share; or "auto"
+//! budget = "6G"        # the RAM (RSS) all managed processes share; or "auto"
 //! reserve = "1G"       # auto: memory the node keeps free beyond the processes
 //! pressure = "0.5%"    # auto: the share of time stalled on memory the node may see
 //! adopt = true         # also manage processes already under farmem that match a rule
@@ -97,7 +97,7 @@ pub struct Rule {
 /// How the node's budget is set.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NodeBudget {
-    /// A fixed number of bytes of resident heap shared by every managed process.
+    /// A fixed number of bytes of RAM (RSS) shared by every managed process.
     Fixed(u64),
     /// From the node: what the processes hold plus what is available, less
     /// `reserve`, lowered while memory pressure is above `pressure`.

@@ -50,7 +50,7 @@ mod daemon {
     use std::sync::{Arc, Mutex, RwLock};
     use std::time::{Duration, Instant, SystemTime};
 
-    use crate::budget::{default_stall, share, Claim};
+    use crate::budget::{default_stall, share, Claim, CALM_UNDER};
     use crate::config::{self, Config, NodeBudget, Priority};
     use crate::members::{read_stats, Members, Reading};
     use crate::metrics::{ProcView, View};
@@ -210,15 +210,21 @@ mod daemon {
                 let priority = rule.map_or(Priority::Normal, |r| r.priority);
                 let stall = x.prev.as_ref().map_or(0.0, |prev| stall_share(prev, last));
                 x.pressure = smooth(x.pressure, stall, rule.and_then(|r| r.stall).unwrap_or_else(|| default_stall(priority)));
-                Claim { priority, min: rule.map_or(0, |r| r.min), max: rule.and_then(|r| r.max), need, pressure: x.pressure, held: x.share }
+                x.calm = if x.pressure < CALM_UNDER { x.calm.saturating_add(1) } else { 0 };
+                Claim { priority, min: rule.map_or(0, |r| r.min), max: rule.and_then(|r| r.max), need, pressure: x.pressure, held: x.share, calm: x.calm }
             })
             .collect();
-        let held: u64 = pids.iter().map(|p| m[p].last.as_ref().map_or(0, |r| r.f("resident_bytes") as u64)).sum();
+        // The budget is RAM: what a process holds beside its resident heap
+        // (its compressed tier, the sampler's copies, code, stacks, what the
+        // shim does not manage) comes off it before the heaps are shared.
+        // That part moves with the limits; the next tick sees where it went.
+        let held: u64 = pids.iter().map(|p| m[p].last.as_ref().map_or(0, |r| r.f("rss_bytes") as u64)).sum();
+        let beside: u64 = pids.iter().map(|p| m[p].last.as_ref().map_or(0, |r| (r.f("rss_bytes") - r.f("resident_bytes")).max(0.0) as u64)).sum();
         let budget = match cfg.node {
             NodeBudget::Fixed(b) => b,
             NodeBudget::Auto { reserve, pressure } => auto.next(&node::read(), held, reserve, pressure),
         };
-        let shares = share(budget, &claims);
+        let shares = share(budget.saturating_sub(beside), &claims);
         let mut procs = Vec::new();
         for ((pid, c), s) in pids.iter().zip(&claims).zip(&shares) {
             let x = m.get_mut(pid).expect("listed above");
@@ -226,6 +232,7 @@ mod daemon {
             let bounded = c.need.min(c.max.unwrap_or(u64::MAX)).max(c.min);
             // Room for all it needs: held at its max only, so it may grow.
             let limit = if *s >= bounded { c.max } else { Some(*s) };
+            tracing::trace!("pid {pid} ({}): needs {} MiB, pressure {:.2}, share {} MiB", x.hello.comm, c.need >> 20, c.pressure, s >> 20);
             let changed = match (x.sent, limit) {
                 (Some(Some(a)), Some(b)) => a.abs_diff(b) > (a / 100).max(1 << 20),
                 (Some(a), b) => a != b,
@@ -256,6 +263,7 @@ mod daemon {
                 rule: x.rule.map_or("-".into(), |i| cfg.rules[i].name.clone()),
                 comm: x.hello.comm.clone(),
                 resident: last.f("resident_bytes") as u64,
+                rss: last.f("rss_bytes") as u64,
                 limit: x.sent.flatten(),
                 tiers,
                 faults_per_s: rate("faults"),

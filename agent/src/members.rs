@@ -57,6 +57,8 @@ pub struct Member {
     pub pressure: f64,
     /// Its share of the budget at the last tick.
     pub share: Option<u64>,
+    /// Ticks in a row it was calm (see [`crate::budget::CALM_UNDER`]).
+    pub calm: u32,
     to: Sink,
     /// Which connection: a process that joined again replaces its entry,
     /// and the old connection's end must not remove the new one.
@@ -142,7 +144,7 @@ pub fn adopt(members: &Members, config: &Config) {
             let Some(rule) = config.rule_for(&hello) else { continue };
             tracing::info!("adopted: pid {pid} ({}) through {}, rule {}", hello.comm, e.path().display(), config.rules[rule].name);
             let to = Sink::Stats(e.path());
-            m.insert(pid, Member { hello, rule: Some(rule), sent: None, prev: None, last: None, pressure: 0.0, share: None, to, conn: u64::MAX });
+            m.insert(pid, Member { hello, rule: Some(rule), sent: None, prev: None, last: None, pressure: 0.0, share: None, calm: 0, to, conn: u64::MAX });
         }
     }
 }
@@ -188,7 +190,7 @@ fn serve(conn: UnixStream, members: &Members, config: &RwLock<Config>) {
     let pid = hello.pid;
     let rule = config.read().unwrap_or_else(|e| e.into_inner()).rule_for(&hello);
     tracing::info!("joined: pid {pid} ({}, cgroup {}, label {:?}), rule {rule:?}", hello.comm, hello.cgroup, hello.label);
-    members.lock().insert(pid, Member { hello, rule, sent: None, prev: None, last: None, pressure: 0.0, share: None, to: Sink::Joined(to), conn: id });
+    members.lock().insert(pid, Member { hello, rule, sent: None, prev: None, last: None, pressure: 0.0, share: None, calm: 0, to: Sink::Joined(to), conn: id });
     // Nothing more comes from the process; the read ends when it exits.
     let mut rest = Vec::new();
     let _ = lines.read_to_end(&mut rest);

@@ -25,6 +25,8 @@ pub struct ProcView {
     pub comm: String,
     /// Resident heap under farmem, bytes.
     pub resident: u64,
+    /// All it holds in RAM (VmRSS: the heap, its compressed tier, the rest), bytes.
+    pub rss: u64,
     /// The limit it was given, if any.
     pub limit: Option<u64>,
     /// Per tier: its name, bytes it uses, bytes of pages it holds.
@@ -72,6 +74,7 @@ pub fn encode_view(view: &View) -> String {
         f
     };
     let resident = gauge(&mut reg, "resident_bytes", "Resident heap bytes under farmem");
+    let rss = gauge(&mut reg, "rss_bytes", "Bytes the process holds in RAM (VmRSS), its compressed tier included");
     let limit = gauge(&mut reg, "limit_bytes", "The limit the agent gave the process (absent: none)");
     let ratio = gauge(&mut reg, "compression_ratio", "Bytes of pages held in tiers per byte the tiers use");
     let faults = gauge(&mut reg, "faults_per_second", "Faults per second over the last tick");
@@ -88,6 +91,7 @@ pub fn encode_view(view: &View) -> String {
     for p in &view.procs {
         let l = Proc { pid: p.pid, name: p.rule.clone(), comm: p.comm.clone() };
         resident.get_or_create(&l).set(p.resident as f64);
+        rss.get_or_create(&l).set(p.rss as f64);
         if let Some(b) = p.limit {
             limit.get_or_create(&l).set(b as f64);
         }
@@ -110,7 +114,7 @@ pub fn encode_view(view: &View) -> String {
         reg.register(name, help, g);
     };
     node(&mut reg, "node_saved_bytes", "Bytes of pages out of RAM across the managed processes, less what their tiers use", saved as i64);
-    node(&mut reg, "node_budget_bytes", "The resident heap the managed processes share", view.budget as i64);
+    node(&mut reg, "node_budget_bytes", "The RAM the managed processes share (their RSS)", view.budget as i64);
     node(&mut reg, "node_processes", "Processes the agent manages", view.procs.len() as i64);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String does not fail");
@@ -157,6 +161,7 @@ mod tests {
             rule: "cache".into(),
             comm: "redis-server".into(),
             resident: 100,
+            rss: 150,
             limit: Some(200),
             tiers: vec![("lz4".into(), 10, 40)],
             faults_per_s: 1.5,
@@ -168,6 +173,7 @@ mod tests {
         for want in [
             "farmem_resident_bytes{pid=\"7\",name=\"cache\",comm=\"redis-server\"} 100",
             "farmem_limit_bytes{",
+            "farmem_rss_bytes{pid=\"7\",name=\"cache\",comm=\"redis-server\"} 150",
             "farmem_compression_ratio{pid=\"7\",name=\"cache\",comm=\"redis-server\"} 4",
             "farmem_evictions_total{pid=\"7\",name=\"cache\",comm=\"redis-server\"} 5",
             "farmem_tier_bytes{pid=\"7\",name=\"cache\",comm=\"redis-server\",tier=\"lz4\"} 10",
