@@ -265,9 +265,11 @@ fn three_processes_share_one_budget_and_low_priority_gives_first() {
     assert!(redis.running() && memcached.running() && python.running(), "a process died with the agent");
     check_all(&mut r, REDIS_VALUES, "redis");
     check_all(&mut m, MEMCACHED_VALUES, "memcached");
+    let t0 = Instant::now();
     python.0.stdin.take().unwrap().write_all(b"check\n").unwrap();
     let mut verdict = String::new();
     job_out.read_line(&mut verdict).unwrap();
+    eprintln!("the job hashed its heap again in {:.1} s", t0.elapsed().as_secs_f64());
     assert_eq!(verdict.trim(), "same", "the job's heap changed");
     drop((redis, memcached, python));
     std::fs::remove_dir_all(&dir).unwrap();

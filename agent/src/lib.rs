@@ -9,15 +9,16 @@
 //! sockets. Nothing is attached to a process that is not under farmem.
 //! Every tick (1 s) the agent reads each member's statistics socket,
 //! matches it to a rule of its configuration ([`config`]), shares the node
-//! budget among the members by priority ([`budget`]), and sends each its
-//! new limit, which the shim's limit mode then holds. If the agent dies,
+//! budget (RAM: the members' RSS) among them by priority and by what memory
+//! costs each in stall ([`budget`]), and sends each its new limit, which
+//! the shim's limit mode then holds. If the agent dies,
 //! each process keeps its last limit and runs on.
 //!
 //! | module | its job |
 //! | --- | --- |
 //! | `wire` | the join protocol (the only module the shim links) |
 //! | `config` | the TOML rules, and one-line errors naming line and field |
-//! | `budget` | sharing the budget: mins first, then high, normal, low |
+//! | `budget` | sharing the budget: mins, then priority to start, stall from then on |
 //! | `node` | `/proc/meminfo`, PSI, and the auto budget they steer |
 //! | `members` | the join socket and the processes that joined |
 //! | `metrics` | the `/metrics` endpoint |
