@@ -102,12 +102,12 @@ enum Bench {
     /// under the limit mode and the stall mode: resident memory, throughput,
     /// stall and sampling cost, with a plot.
     Policy {
-        /// Bytes of values.
-        #[arg(long, default_value = "4G", value_parser = farmem_runtime::policy::parse_size)]
-        size: u64,
-        /// How long each mode runs (seconds, or e.g. 60s, 2m).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
-        duration: std::time::Duration,
+        /// Bytes of values (default 4G; 64M with --quick).
+        #[arg(long, value_parser = farmem_runtime::policy::parse_size)]
+        size: Option<u64>,
+        /// How long each mode runs (seconds, or e.g. 60s, 2m; default 60s, 8s with --quick).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
         /// The Zipf exponent of the key distribution.
         #[arg(long, default_value_t = 0.99)]
         theta: f64,
@@ -126,6 +126,16 @@ enum Bench {
         /// Write resident memory and throughput over time as SVG to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// kv-zipf (1 KiB values, every page warm) or cold-tail (objects of
+        /// 64 B to 64 KiB, --cold-share of them never read after loading).
+        #[arg(long, default_value = "kv-zipf", value_parser = ["kv-zipf", "cold-tail"])]
+        workload: String,
+        /// cold-tail: the share of the objects never read after loading.
+        #[arg(long, default_value_t = 0.6)]
+        cold_share: f64,
+        /// A short run for tests: 64 MiB and 8 s a mode, unless --size or --duration say otherwise.
+        #[arg(long)]
+        quick: bool,
     },
     /// One workload, or your own program (--command), run plain, under
     /// farmem (--limit, --stall) and under the kernel's zram and zswap with
@@ -258,8 +268,16 @@ fn main() -> ExitCode {
                 spill: tiers,
             })
         }
-        Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, write_tracking, json, plot } } => {
-            farmem_bench::policy::run(&farmem_bench::policy::PolicyBenchConfig { size, duration, theta, limit, stall, write_tracking, json, plot })
+        Command::Bench { which: Bench::Policy { size, duration, theta, limit, stall, write_tracking, json, plot, workload, cold_share, quick } } => {
+            use farmem_bench::policy::{PolicyBenchConfig, PolicyWorkload};
+            let size = size.unwrap_or(if quick { 64 << 20 } else { 4 << 30 });
+            let duration = duration.unwrap_or(std::time::Duration::from_secs(if quick { 8 } else { 60 }));
+            let workload = if workload == "cold-tail" { PolicyWorkload::ColdTail { cold_share } } else { PolicyWorkload::KvZipf };
+            if !(0.0..1.0).contains(&cold_share) {
+                Err(format!("--cold-share {cold_share}: a share from 0 up to (not including) 1"))
+            } else {
+                farmem_bench::policy::run(&PolicyBenchConfig { size, duration, theta, limit, stall, write_tracking, json, plot, workload })
+            }
         }
         Command::Bench { which: Bench::Compare { workload, command, stdin, output_files, rounds, busy, timeout, redis_load, budgets, duration, out, quick, size, variants } } => {
             std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}")).and_then(|farmem| {

@@ -46,6 +46,31 @@ fn run_takes_a_second_t1_codec_and_names_a_bad_one() {
     }
 }
 
+/// The cold-tail workload of `bench policy`: every object is read back and
+/// checked after each mode (the run fails on a wrong byte), and the limit
+/// mode takes out the pages only cold objects touch before the others.
+#[test]
+fn bench_policy_cold_tail_reports_the_cold_share_out_of_ram() {
+    let dir = std::env::temp_dir().join(format!("farmem-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("policy.json");
+    let out = farmem().args(["bench", "policy", "--workload", "cold-tail", "--quick", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["workload"], "cold-tail");
+    let modes = v["modes"].as_array().unwrap();
+    let mode = |m: &str| modes.iter().find(|x| x["mode"] == m).unwrap_or_else(|| panic!("no {m} mode in {v}"));
+    for m in ["plain", "limit", "stall"] {
+        assert!(mode(m)["cold_out_pct"].as_f64().is_some(), "{m}: no cold_out_pct");
+    }
+    assert_eq!(mode("plain")["cold_out_pct"].as_f64(), Some(0.0));
+    // The limit is half the heap and about half the pages are cold-only: a
+    // policy blind to age would take out half of them.
+    let limit = mode("limit")["cold_out_pct"].as_f64().unwrap();
+    assert!(limit > 60.0, "the limit mode took out only {limit:.1}% of the cold-only pages");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bench_fault_writes_the_named_json_keys() {
     let dir = std::env::temp_dir().join(format!("farmem-cli-{}", std::process::id()));

@@ -1,12 +1,17 @@
-//! `farmem bench policy`: a skewed key-value workload run for a fixed time
-//! without farmem, then under farmem's policy in each mode, with resident
-//! memory, throughput and stall over time.
+//! `farmem bench policy`: a workload run for a fixed time without farmem,
+//! then under farmem's policy in each mode, with resident memory,
+//! throughput and stall over time. Two workloads:
 //!
-//! The store holds 1 KiB values in one mapping, keys scattered over it by a
-//! multiplicative hash, and is driven by one thread: 90% reads, 10% writes,
-//! keys drawn from a Zipf distribution (YCSB's generator). Every value carries
-//! its key, its version and a checksum of its body, and every read checks all
-//! three, so a wrong byte anywhere ends the run with an error.
+//! - `kv-zipf`: a store of 1 KiB values in one mapping, keys scattered over
+//!   it by a multiplicative hash, driven by one thread: 90% reads, 10%
+//!   writes, keys drawn from a Zipf distribution (YCSB's generator). Every
+//!   page holds four random keys, so every page is warm: the worst case.
+//! - `cold-tail` ([`cold_tail`]): a cache of objects of 64 B to 64 KiB, a
+//!   share of them never read after loading, the rest read with Zipf.
+//!
+//! Every value carries its key, its version and a checksum of its body, and
+//! every read checks all three, so a wrong byte anywhere ends the run with
+//! an error.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,6 +23,10 @@ use farmem_runtime::Runtime;
 use serde::Serialize;
 
 use crate::plot;
+
+pub(crate) mod cold_tail;
+
+use cold_tail::ColdTail;
 
 /// Bytes of one value of the store.
 pub(crate) const VALUE: usize = 1024;
@@ -42,6 +51,94 @@ pub struct PolicyBenchConfig {
     pub json: Option<PathBuf>,
     /// Where to write the plot (SVG).
     pub plot: Option<PathBuf>,
+    /// What runs.
+    pub workload: PolicyWorkload,
+}
+
+/// The workloads of `farmem bench policy`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PolicyWorkload {
+    /// 1 KiB values, every page warm.
+    KvZipf,
+    /// Objects of mixed sizes, this share of them never read after loading.
+    ColdTail {
+        /// The share of the objects (about the share of bytes) never read again.
+        cold_share: f64,
+    },
+}
+
+impl PolicyWorkload {
+    /// Its name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyWorkload::KvZipf => "kv-zipf",
+            PolicyWorkload::ColdTail { .. } => "cold-tail",
+        }
+    }
+}
+
+/// One run's workload, built anew for each mode.
+enum Work<'z> {
+    KvZipf { store: Store, zipf: &'z Zipf },
+    ColdTail(ColdTail),
+}
+
+impl Work<'_> {
+    fn build<'z>(cfg: &PolicyBenchConfig, zipf: &'z Zipf) -> Result<Work<'z>, String> {
+        Ok(match cfg.workload {
+            PolicyWorkload::KvZipf => Work::KvZipf { store: Store::new(cfg.size)?, zipf },
+            PolicyWorkload::ColdTail { cold_share } => Work::ColdTail(ColdTail::new(cfg.size, cold_share, cfg.theta)?),
+        })
+    }
+
+    fn mapping(&self) -> &Mapping {
+        match self {
+            Work::KvZipf { store, .. } => &store.map,
+            Work::ColdTail(c) => c.mapping(),
+        }
+    }
+
+    fn fill(&mut self) {
+        match self {
+            Work::KvZipf { store, .. } => (0..store.n).for_each(|k| store.write(k)),
+            Work::ColdTail(c) => c.fill(),
+        }
+    }
+
+    fn op(&mut self, rng: &mut Rng) -> Result<(), String> {
+        match self {
+            Work::KvZipf { store, zipf } => {
+                let k = zipf.next(rng.unit());
+                if rng.next().is_multiple_of(10) {
+                    store.write(k);
+                    Ok(())
+                } else {
+                    store.read(k)
+                }
+            }
+            Work::ColdTail(c) => c.op(rng),
+        }
+    }
+
+    fn check_all(&self) -> Result<(), String> {
+        match self {
+            Work::KvZipf { store, .. } => (0..store.n).try_for_each(|k| store.read(k)),
+            Work::ColdTail(c) => c.check_all(),
+        }
+    }
+
+    /// Bytes of the heap in RAM, and for the cold tail the share of its
+    /// cold-only pages out of RAM (mincore).
+    fn residency(&self) -> (u64, Option<f64>) {
+        let map = self.mapping();
+        let mut v = vec![0u8; map.len() / PAGE];
+        let _ = map.residency(0, &mut v);
+        let resident = v.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE as u64;
+        match self {
+            Work::KvZipf { .. } => (resident, None),
+            Work::ColdTail(c) => (resident, Some(c.cold_out(&v))),
+        }
+    }
 }
 
 /// One second of one run.
@@ -57,6 +154,8 @@ pub struct Sample {
     pub tier_bytes: u64,
     /// Share of the second the worker spent waiting on farmem faults.
     pub stall: f64,
+    /// cold-tail: the share of the pages only cold objects touch that is out of RAM.
+    pub cold_out: Option<f64>,
 }
 
 /// One mode's run.
@@ -94,6 +193,10 @@ pub struct ModeRun {
     pub sample_faults: u64,
     /// Pages the write tracking saw written (0 when it is off).
     pub written_pages_seen: u64,
+    /// cold-tail: the share of the cold-only pages out of RAM at the end, percent.
+    pub cold_out_pct: Option<f64>,
+    /// cold-tail: seconds from the start until 90% of the cold-only pages were out.
+    pub cold_out_90_s: Option<f64>,
 }
 
 /// YCSB's Zipfian generator over `[0, n)` (Gray et al., "Quickly generating
@@ -216,30 +319,21 @@ impl Store {
         }
         Ok(())
     }
-
-    /// Bytes of the store's values in RAM (mincore).
-    pub(crate) fn resident(&self) -> u64 {
-        let pages = self.map.len() / PAGE;
-        let mut v = vec![0u8; pages];
-        let _ = self.map.residency(0, &mut v);
-        v.iter().filter(|&&b| b & 1 != 0).count() as u64 * PAGE as u64
-    }
 }
 
 fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, zipf: &Zipf) -> Result<ModeRun, String> {
-    let mut store = Store::new(cfg.size)?;
+    let mut work = Work::build(cfg, zipf)?;
     let rt = match &policy {
         Some(_) => {
             let rt = Runtime::builder().build().map_err(|e| e.to_string())?;
-            rt.register(store.map.addr(), store.map.len()).map_err(|e| e.to_string())?;
+            let map = work.mapping();
+            rt.register(map.addr(), map.len()).map_err(|e| e.to_string())?;
             Some(rt)
         }
         None => None,
     };
-    eprint!("{mode}: filling {} MiB ...", store.map.len() >> 20);
-    for k in 0..store.n {
-        store.write(k);
-    }
+    eprint!("{mode}: filling {} MiB ...", work.mapping().len() >> 20);
+    work.fill();
     eprintln!(" done");
     if let (Some(rt), Some(p)) = (&rt, policy.clone()) {
         rt.start_policy(p).map_err(|e| e.to_string())?;
@@ -253,12 +347,7 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
     let mut last_stall = stall0;
     while t0.elapsed() < cfg.duration {
         for _ in 0..1024 {
-            let k = zipf.next(rng.unit());
-            if rng.next().is_multiple_of(10) {
-                store.write(k);
-            } else {
-                store.read(k)?;
-            }
+            work.op(&mut rng)?;
         }
         ops += 1024;
         if last_t.elapsed() >= Duration::from_secs(1) {
@@ -272,8 +361,10 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
                 }
                 None => (0, 0.0),
             };
-            let sample = Sample { t: t0.elapsed().as_secs_f64(), ops_per_s: (ops - last_ops) as f64 / dt, resident_bytes: store.resident(), tier_bytes, stall };
-            eprint!("\r{mode}: {:>4.0} s  {:>9.0} ops/s  resident {:>6} MiB  tiers {:>5} MiB  stall {:>6.3}%   ", sample.t, sample.ops_per_s, sample.resident_bytes >> 20, tier_bytes >> 20, stall * 100.0);
+            let (resident_bytes, cold_out) = work.residency();
+            let sample = Sample { t: t0.elapsed().as_secs_f64(), ops_per_s: (ops - last_ops) as f64 / dt, resident_bytes, tier_bytes, stall, cold_out };
+            let cold = cold_out.map_or(String::new(), |c| format!("  cold out {:>5.1}%", c * 100.0));
+            eprint!("\r{mode}: {:>4.0} s  {:>9.0} ops/s  resident {:>6} MiB  tiers {:>5} MiB  stall {:>6.3}%{cold}   ", sample.t, sample.ops_per_s, sample.resident_bytes >> 20, tier_bytes >> 20, stall * 100.0);
             samples.push(sample);
             (last_t, last_ops) = (Instant::now(), ops);
         }
@@ -283,9 +374,7 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
     // Taken before the check below, whose reads fault back every evicted page.
     let end = rt.as_ref().map(|r| r.stats());
     // Every value once more: eviction lost nothing.
-    for k in 0..store.n {
-        store.read(k)?;
-    }
+    work.check_all()?;
     let settled = &samples[samples.len() * 3 / 4..];
     let mean = |f: &dyn Fn(&Sample) -> u64| settled.iter().map(f).sum::<u64>() / settled.len().max(1) as u64;
     let resident = mean(&|s| s.resident_bytes);
@@ -306,7 +395,9 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
         None => (0.0, 0.0, 0, 0, 0, 0, None),
     };
     drop(rt);
-    let gib10 = store.map.len() as f64 / (10u64 << 30) as f64;
+    let gib10 = work.mapping().len() as f64 / (10u64 << 30) as f64;
+    let cold_out_pct = samples.last().and_then(|s| s.cold_out).map(|c| c * 100.0);
+    let cold_out_90_s = samples.iter().find(|s| s.cold_out.is_some_and(|c| c >= 0.9)).map(|s| s.t);
     Ok(ModeRun {
         mode: mode.into(),
         policy: desc,
@@ -324,13 +415,17 @@ fn run_mode(cfg: &PolicyBenchConfig, mode: &str, policy: Option<PolicyConfig>, z
         refaults,
         sample_faults,
         written_pages_seen: written,
+        cold_out_pct,
+        cold_out_90_s,
     })
 }
 
 /// Runs the bench and prints its table; writes JSON and the plot when asked.
 pub fn run(cfg: &PolicyBenchConfig) -> Result<(), String> {
+    // kv-zipf's generator is over the store's keys, and takes a while to set up:
+    // made once for all modes. The cold tail makes its own, over its hot objects.
     let n = Store::new(cfg.size)?.n;
-    let zipf = Zipf::new(n, cfg.theta);
+    let zipf = Zipf::new(if cfg.workload == PolicyWorkload::KvZipf { n } else { 2 }, cfg.theta);
     let limit = cfg.limit.unwrap_or(cfg.size / 2);
     let modes: Vec<(&str, Option<PolicyConfig>)> = vec![
         ("plain", None),
@@ -347,11 +442,24 @@ pub fn run(cfg: &PolicyBenchConfig) -> Result<(), String> {
         r.footprint_saved_pct = (1.0 - r.footprint_bytes as f64 / plain_res as f64) * 100.0;
         r.throughput_loss_pct = (1.0 - r.throughput / plain_ops) * 100.0;
     }
-    println!("policy bench: {} MiB of 1 KiB values, Zipf {} keys, 90% reads, one worker thread, {} s per mode", (n * VALUE as u64) >> 20, cfg.theta, cfg.duration.as_secs());
-    println!("{:<7} {:>11} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}", "mode", "ops/s", "loss %", "resident", "saved %", "+tiers", "saved %", "stall %", "sample cpu%");
+    let what = match cfg.workload {
+        PolicyWorkload::KvZipf => format!("{} MiB of 1 KiB values, Zipf {} keys", (n * VALUE as u64) >> 20, cfg.theta),
+        PolicyWorkload::ColdTail { cold_share } => format!("cold-tail: {} {}", ColdTail::new(cfg.size, cold_share, cfg.theta)?.describe(), cfg.theta),
+    };
+    println!("policy bench: {what}, 90% reads, one worker thread, {} s per mode", cfg.duration.as_secs());
+    let cold = cfg.workload != PolicyWorkload::KvZipf;
+    println!(
+        "{:<7} {:>11} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}{}",
+        "mode", "ops/s", "loss %", "resident", "saved %", "+tiers", "saved %", "stall %", "sample cpu%",
+        if cold { "  cold out %  90% out after" } else { "" }
+    );
     for r in &runs {
+        let cold_cols = match (cold, r.cold_out_pct) {
+            (false, _) => String::new(),
+            (true, c) => format!(" {:>11.1} {:>14}", c.unwrap_or(0.0), r.cold_out_90_s.map_or("-".into(), |t| format!("{t:.0} s"))),
+        };
         println!(
-            "{:<7} {:>11.0} {:>10.1} {:>7} MiB {:>10.1} {:>6} MiB {:>9.1} {:>9.3} {:>10.2}",
+            "{:<7} {:>11.0} {:>10.1} {:>7} MiB {:>10.1} {:>6} MiB {:>9.1} {:>9.3} {:>10.2}{cold_cols}",
             r.mode,
             r.throughput,
             r.throughput_loss_pct,
@@ -363,10 +471,11 @@ pub fn run(cfg: &PolicyBenchConfig) -> Result<(), String> {
             r.sampling_cpu_pct
         );
     }
-    println!("(resident and +tiers: means over the last quarter of each run; sample cpu: % of one core for aging and sampling)");
+    println!("(resident and +tiers: means over the last quarter of each run; sample cpu: % of one core for aging and sampling{})", if cold { "; cold out: the pages only cold objects touch that are out of RAM at the end" } else { "" });
     if let Some(path) = &cfg.json {
         let json = serde_json::json!({
-            "size_bytes": n * VALUE as u64, "theta": cfg.theta, "duration_s": cfg.duration.as_secs_f64(),
+            "workload": cfg.workload.name(),
+            "size_bytes": if cold { cfg.size } else { n * VALUE as u64 }, "theta": cfg.theta, "duration_s": cfg.duration.as_secs_f64(),
             "modes": runs,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).map_err(|e| format!("writing {}: {e}", path.display()))?;
