@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How far a fast fill runs ahead of reclaim depends on the CPU reclaim
+/// gets, so the launcher test, which bounds the heap's peak, runs alone;
+/// the other tests share the machine.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The machine shared with the other tests of this file.
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How often the testing aid evicts everything.
 const EVICT_EVERY: &str = "200ms";
 /// A limit small enough to force eviction once the policy runs.
@@ -156,6 +166,7 @@ fn python() -> &'static str {
 
 #[test]
 fn bad_limit_is_one_line_and_the_program_runs_without_farmem() {
+    let _machine = shared();
     check_library();
     let dir = scratch("bad");
     let stats = dir.join("stats.json");
@@ -180,6 +191,7 @@ fn bad_limit_is_one_line_and_the_program_runs_without_farmem() {
 
 #[test]
 fn without_a_full_userfaultfd_the_program_runs_without_farmem() {
+    let _machine = shared();
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 || !have("setpriv") {
         eprintln!("SKIPPED: needs root and setpriv to run a program as nobody");
@@ -210,6 +222,7 @@ fn without_a_full_userfaultfd_the_program_runs_without_farmem() {
 
 #[test]
 fn exit_status_and_signals_pass_through() {
+    let _machine = shared();
     check_library();
     let st = Command::new(farmem_bin()).args(["run", "--", "sh", "-c", "exit 7"]).status().unwrap();
     assert_eq!(st.code(), Some(7));
@@ -230,6 +243,7 @@ fn exit_status_and_signals_pass_through() {
 
 #[test]
 fn a_program_killed_by_a_signal_still_leaves_statistics() {
+    let _machine = shared();
     check_library();
     let dir = scratch("killed");
     let stats = dir.join("stats.json");
@@ -248,6 +262,7 @@ fn a_program_killed_by_a_signal_still_leaves_statistics() {
 
 #[test]
 fn forker_keeps_every_byte_across_fork_threads_mremap_madvise_munmap() {
+    let _machine = shared();
     let dir = scratch("forker");
     let bin = compile(&dir, "forker");
     let plain = Command::new(&bin).output().unwrap();
@@ -282,6 +297,7 @@ impl Drop for CpuLoad {
 
 #[test]
 fn a_churning_heap_under_load_matches_a_plain_run() {
+    let _machine = shared();
     // Blocks of many sizes allocated, filled, checked and freed, with the
     // allocator purging freed pages at once (every free is a drop farmem must
     // follow) and a table of random read-modify-writes beside them; evicted
@@ -319,6 +335,7 @@ print(len(d), h.hexdigest())
 
 #[test]
 fn python_dict_hash_matches_a_plain_run() {
+    let _machine = shared();
     let dir = scratch("python");
     let stats = dir.join("stats.json");
     let args = ["-c", PY_DICT, "600000"];
@@ -348,6 +365,7 @@ print(len(vals), h.hexdigest())
 
 #[test]
 fn alphanumeric_values_go_to_t1s_second_codec_not_stay_in_ram() {
+    let _machine = shared();
     let dir = scratch("alnum");
     let stats = dir.join("stats.json");
     let args = ["-c", PY_ALNUM, "40000"];
@@ -380,6 +398,7 @@ fn sort_input(path: &Path, seed: u64, lines: u64) {
 
 #[test]
 fn sort_with_a_large_buffer_matches_plain_sort() {
+    let _machine = shared();
     let dir = scratch("sort");
     let input = dir.join("in.txt");
     sort_input(&input, 0x9e3779b97f4a7c15, 1_500_000);
@@ -410,6 +429,7 @@ const KERNELIO: &str = "pipe same\nsocket same\nfile same\nstdio 1000 lines same
 
 #[test]
 fn in_signal_mode_buffers_handed_to_the_kernel_come_back_first() {
+    let _machine = shared();
     // Signal mode: a system call on an evicted page would fail with EFAULT.
     // Every case here hands the kernel evicted or never-touched memory
     // (pipes, sockets, files, stdio, futexes), or tests the program's own
@@ -446,6 +466,7 @@ fn futexcold(dir: &Path, mode: &str) {
 
 #[test]
 fn futex_words_in_a_heap_evicted_every_5ms_work_in_thread_mode() {
+    let _machine = shared();
     futexcold(&scratch("futex-thread"), "thread");
 }
 
@@ -455,11 +476,13 @@ fn futex_words_in_a_heap_evicted_every_5ms_work_in_thread_mode() {
 /// SIGBUS inside farmem's handler (its thread vector was in the heap).
 #[test]
 fn futex_words_in_a_heap_evicted_every_5ms_work_in_signal_mode() {
+    let _machine = shared();
     futexcold(&scratch("futex-signal"), "signal");
 }
 
 #[test]
 fn sort_in_signal_mode_matches_plain_sort() {
+    let _machine = shared();
     let dir = scratch("sort-signal");
     let input = dir.join("in.txt");
     sort_input(&input, 0x2545f4914f6cdd1d, 2_000_000);
@@ -477,6 +500,7 @@ fn sort_in_signal_mode_matches_plain_sort() {
 
 #[test]
 fn stat_reads_a_live_process_over_its_socket() {
+    let _machine = shared();
     check_library();
     let script = "import os, sys, time\nd = [bytes(1000) for i in range(50000)]\nprint(os.getpid(), flush=True)\nsys.stdin.read()\nprint('done')";
     let mut child = Command::new(farmem_bin())
@@ -609,11 +633,13 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn redis_digests_survive_eviction_load_and_bgsave() {
+    let _machine = shared();
     redis_digests("thread");
 }
 
 #[test]
 fn redis_digests_survive_eviction_load_and_bgsave_in_signal_mode() {
+    let _machine = shared();
     redis_digests("signal");
 }
 
@@ -674,6 +700,7 @@ fn redis_digests(mode: &str) {
 
 #[test]
 fn cxx_new_and_delete_are_the_shims_and_keep_cxx_failure_semantics() {
+    let _machine = shared();
     let dir = scratch("cxxnew");
     let stats = dir.join("stats.json");
     let bin = compile_cxx(&dir, "cxxnew");
@@ -692,6 +719,7 @@ fn cxx_new_and_delete_are_the_shims_and_keep_cxx_failure_semantics() {
 
 #[test]
 fn limit_alone_evicts_and_the_output_matches() {
+    let _machine = shared();
     let dir = scratch("limit");
     let stats = dir.join("stats.json");
     // A pause between building and reading gives the policy's controller
@@ -723,6 +751,7 @@ fn assert_written_by(stats: &Value, pid: u32, exe: &Path) {
 
 #[test]
 fn statistics_and_the_limit_follow_a_program_through_launcher_scripts() {
+    let _alone = MACHINE.write().unwrap_or_else(|e| e.into_inner());
     // `python3` is often a script that execs the interpreter (pyenv,
     // virtualenv, conda): sh -> program, and sh -> sh -> program, one pid.
     let dir = scratch("launchers");
@@ -744,14 +773,13 @@ fn statistics_and_the_limit_follow_a_program_through_launcher_scripts() {
         assert!(n(&s, "registered_bytes") >= 64 << 20, "{what}: the heap was not all registered: {s}");
         // The limit held: what was resident at exit, after reading the whole
         // heap back, within 5%; and the most the policy ever measured in RAM
-        // stayed well under the whole heap. How far a fast fill runs ahead of
-        // reclaim depends on the CPU reclaim gets: 6-21% over alone, about 13%
-        // with the other tests running, 41% once when a parallel test held
-        // both CPUs. So the bound on the peak is twice the limit (a limit that
-        // did nothing would show the 64 MiB heap), and the figure is printed.
+        // (a fast fill runs ahead of reclaim: 6-21% over here) within 25%.
+        // With another test holding both CPUs it once peaked 41% over: reclaim
+        // short of CPU does not hold a fast fill back. This test therefore
+        // runs alone (see `MACHINE`); the bound stays.
         let peak = n(&s, "heap_peak_resident_bytes");
         eprintln!("{what}: the heap peaked {:.0}% over the limit", (peak as f64 / limit as f64 - 1.0) * 100.0);
-        assert!(peak <= 2 * limit, "{what}: the heap peaked at {peak} bytes in RAM, limit {limit}: {s}");
+        assert!(peak <= limit + limit / 4, "{what}: the heap peaked at {peak} bytes in RAM, limit {limit}: {s}");
         let resident = n(&s, "resident_bytes");
         assert!(resident <= limit + limit / 20 && resident >= limit / 2, "{what}: {resident} bytes resident at exit, limit {limit}: {s}");
     }
@@ -759,6 +787,7 @@ fn statistics_and_the_limit_follow_a_program_through_launcher_scripts() {
 
 #[test]
 fn forked_and_spawned_children_leave_the_statistics_to_their_parent() {
+    let _machine = shared();
     // The program, behind a launcher, forks a child that allocates and
     // leaves through exit(), and starts a copy of itself (fork and exec) that
     // runs under the shim with FARMEM_STATS in its environment. fillcheck
@@ -778,6 +807,7 @@ fn forked_and_spawned_children_leave_the_statistics_to_their_parent() {
 
 #[test]
 fn shells_that_only_start_programs_start_no_runtime() {
+    let _machine = shared();
     // sh -> sh -c -> sh -> ... -> fillcheck, each shell a process of its
     // own that only runs the next. Each shell says how many threads and
     // userfaultfds it has: a runtime would have its fault, policy and
@@ -810,6 +840,7 @@ if [ "$n" -gt 0 ]; then sh -c "sh $0 $((n - 1)) $*; true"; else "$@"; fi"#,
 
 #[test]
 fn a_program_that_blocks_a_signal_to_wait_for_it_gets_it() {
+    let _machine = shared();
     // farmem's threads block every signal: one meant for the program (here
     // SIGUSR1, blocked in main and taken with sigtimedwait) must never be
     // delivered to a farmem thread, where its default action would end the
